@@ -1,0 +1,135 @@
+"""Config schemas (Hydra ConfigStore dataclasses): a typo in any key is an error, not a silent default.
+
+Method and task families extend :class:`MethodConfig` / :class:`TaskConfig` in their own modules and
+store them under ``schema/method/<family>`` / ``schema/task/<family>``; each YAML in ``conf/`` starts from
+its schema.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from .loading import TinySpec
+
+REPO = Path(__file__).resolve().parent.parent
+CONF_DIR = REPO / "conf"
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING  # label in results rows
+    source: str = "hf"  # hf (Hub id or folder in `path`) | smollm2_wheel | tiny
+    path: Optional[str] = None
+    dtype: str = "float32"
+    attention: str = "speclab"  # speclab (engine kernel) | sdpa | eager
+    revision: Optional[str] = None
+    trust_remote_code: bool = False
+    tiny: TinySpec = field(default_factory=TinySpec)
+
+
+@dataclass
+class MethodConfig:
+    name: str = MISSING  # label in results rows
+    family: str = MISSING  # registry key (methods/<family>.py)
+    rule: str = "auto"  # acceptance rule: auto | greedy | rejection (lossy rules say so in their rows)
+
+
+@dataclass
+class TaskConfig:
+    name: str = MISSING
+    family: str = MISSING  # registry key (tasks/<family>.py)
+    path: Optional[str] = None  # local JSONL/parquet; relative paths are looked up under $SPECLAB_DATA
+    hub_id: Optional[str] = None
+    hub_config: Optional[str] = None
+    split: str = "test"
+    limit: Optional[int] = None  # at most this many prompts per group
+    groups: list[str] = field(default_factory=list)
+    categories: list[str] = field(default_factory=list)
+    max_turns: Optional[int] = None
+    chat: bool = True  # false: raw text, for base models without a chat template
+    system_prompt: Optional[str] = None  # null: the template's default; "": no system message
+    score: bool = False  # task-specific scoring (exact match, pass@1) where the task has one
+
+
+@dataclass
+class BaselineConfig:
+    mode: str = "interleaved"  # interleaved | cached | none
+    cache_dir: str = "${oc.env:SPECLAB_BASELINE_CACHE,results/baseline_cache}"
+
+
+@dataclass
+class EngineConfig:
+    threads: int = 2
+    kernel: str = "torch"  # linear-layer kernel for target and drafts: torch | onednn
+    warmup: bool = True
+    warmup_tokens: int = 16
+    load_check: bool = True  # measure other processes' CPU use around each timed generation
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"  # none | wandb
+    project: str = "speclab"
+    entity: Optional[str] = None
+    mode: Optional[str] = None  # online | offline | disabled (default: WANDB_MODE)
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = MISSING
+    method: Any = MISSING
+    task: Any = MISSING
+    baseline: BaselineConfig = MISSING
+    logger: LoggerConfig = MISSING
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+    repeats: int = 1
+    progress: bool = True
+    out_dir: Optional[str] = None  # set by run.py to Hydra's run folder; the API may set it directly
+
+
+def register_schemas() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="run_schema", node=RunConfig)
+    cs.store(group="schema/model", name="model", node=ModelConfig)
+    cs.store(group="schema/task", name="base", node=TaskConfig)
+    cs.store(group="schema/baseline", name="baseline", node=BaselineConfig)
+    cs.store(group="schema/logger", name="logger", node=LoggerConfig)
+
+
+register_schemas()
+
+
+def _run_hash(*, _root_) -> str:
+    from omegaconf import OmegaConf
+
+    from .results import config_hash
+
+    # hydra.run.dir itself calls this resolver, so hash a copy without the hydra node
+    return config_hash(OmegaConf.masked_copy(_root_, [k for k in _root_.keys() if k != "hydra"]))
+
+
+def _basename(path: str | None) -> str:
+    return Path(str(path)).name if path else "model"
+
+
+def register_resolvers() -> None:
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("speclab_hash"):
+        OmegaConf.register_new_resolver("speclab_hash", _run_hash)
+    if not OmegaConf.has_resolver("speclab_basename"):
+        OmegaConf.register_new_resolver("speclab_basename", _basename)
+
+
+register_resolvers()

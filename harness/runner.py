@@ -1,0 +1,332 @@
+"""The runner: a method and the autoregressive baseline on the same prompts, interleaved, into a run folder.
+
+``run(cfg) -> DataFrame`` is the Python API behind ``python run.py``. Per prompt and repeat it runs every
+turn for both sides in alternating order (A B, then B A for the next prompt), so drift on a shared
+machine hits both alike. Turn t > 1 is asked after the *baseline's* own earlier answers on both sides,
+so method and baseline decode the same workload even when an earlier turn diverged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from . import hostinfo
+from .config import REPO, RunConfig
+from .decoder import PromptResult
+from .errors import SpeclabError
+from .generator import METHODS, Generator, MethodContext
+from .hostinfo import LoadMonitor
+from .kernels import apply_kernel
+from .loading import TinySpec, load_target
+from .metrics import first_divergence, generation_stats, geomean, summarize
+from .model import TargetModel
+from .results import BaselineCache, ResultsStore, config_hash
+from .sampling import Sampling
+
+log = logging.getLogger("speclab")
+
+NEAR_TIE_MARGIN = {"float32": 1e-3, "float16": 2e-2, "bfloat16": 1e-1}
+LOAD_WARNING = 0.25  # cores used by other processes during a timed generation
+
+
+def as_config(cfg: Any) -> DictConfig:
+    """A RunConfig-typed DictConfig from a DictConfig, a RunConfig or a plain dict."""
+    import methods  # noqa: F401  (registers method schemas and builders)
+    import tasks  # noqa: F401
+
+    schema = OmegaConf.structured(RunConfig)
+    if isinstance(cfg, DictConfig) and OmegaConf.get_type(cfg) is RunConfig:
+        return cfg
+    data = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg if isinstance(cfg, dict) else OmegaConf.structured(cfg))
+    data = OmegaConf.masked_copy(data, [k for k in data.keys() if k != "hydra"]) if "hydra" in data else data
+    return OmegaConf.merge(schema, data)
+
+
+def derive_seed(seed: int, prompt_id: str, turn: int, repeat: int) -> int:
+    digest = hashlib.sha256(f"{seed}|{prompt_id}|{turn}|{repeat}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+@dataclass
+class Timed:
+    result: PromptResult
+    foreign_load: float | None
+    peak_rss_mb: float
+
+
+def timed_generate(gen: Generator, prompt_ids: list[int], max_new_tokens: int, seed: int | None) -> Timed:
+    rng = torch.Generator().manual_seed(seed) if seed is not None else None
+    with LoadMonitor() as mon:
+        res = gen.generate(prompt_ids, max_new_tokens, rng)
+    return Timed(res, mon.result.foreign_load, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def divergence_margin(target: TargetModel, prompt_ids: list[int], reference_ids: list[int], pos: int) -> float | None:
+    """The target's top-1 minus top-2 logit after prompt + reference[:pos] (where the outputs diverged)."""
+    if pos >= len(reference_ids):
+        return None
+    cache = target.new_cache(len(prompt_ids) + pos + 1)
+    logits = target.forward(cache, prompt_ids + reference_ids[:pos], logits_rows=[-1]).logits[-1]
+    top = torch.topk(logits.float(), 2).values
+    return float(top[0] - top[1])
+
+
+class Runner:
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+        self.sampling = Sampling(cfg.temperature, cfg.top_k, cfg.top_p)
+        if cfg.max_new_tokens <= 0:
+            raise SpeclabError(f"max_new_tokens must be positive, got {cfg.max_new_tokens}; pass e.g. max_new_tokens=128")
+        if cfg.repeats < 1:
+            raise SpeclabError(f"repeats must be >= 1, got {cfg.repeats}")
+        if cfg.baseline.mode not in ("interleaved", "cached", "none"):
+            raise SpeclabError(f"unknown baseline.mode {cfg.baseline.mode!r}; choose interleaved, cached or none")
+        torch.set_num_threads(int(cfg.engine.threads))
+        torch.manual_seed(int(cfg.seed))
+        out_dir = cfg.out_dir or str(REPO / "results" / "runs" / cfg.task.name / cfg.model.name / f"{cfg.method.name}-{config_hash(cfg)}")
+        self.store = ResultsStore(out_dir, cfg)
+        self.run_id = self.store.hash
+
+        m = cfg.model
+        self.target = load_target(
+            m.name, m.source, m.path, m.dtype, m.attention, m.revision, m.trust_remote_code, TinySpec(**m.tiny)
+        )
+        apply_kernel(self.target.model, cfg.engine.kernel)
+        from tasks.base import build_task
+
+        self.task = build_task(cfg.task)
+        self.samples = self.task.samples()
+        ctx = MethodContext(self.target, self.sampling, cfg.engine)
+        self.method = METHODS.build(cfg.method, ctx)
+        self.baseline = None
+        if cfg.baseline.mode != "none":
+            from methods.ar import ARConfig
+
+            self.baseline = METHODS.build(OmegaConf.structured(ARConfig), ctx)
+        self.cache = BaselineCache(cfg.baseline.cache_dir) if cfg.baseline.mode == "cached" else None
+        self.near_tie = NEAR_TIE_MARGIN.get(m.dtype, 1e-3)
+        self._check_context()
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _check_context(self) -> None:
+        limit = self.target.max_positions
+        for s in self.samples:
+            n = len(self.task.render(s, 0, [], self.target.tokenizer))
+            if n + self.cfg.max_new_tokens > limit:
+                raise SpeclabError(
+                    f"prompt {s.id!r} of task {self.cfg.task.name!r} has {n} tokens; with max_new_tokens="
+                    f"{self.cfg.max_new_tokens} it exceeds the model's context of {limit}; lower max_new_tokens "
+                    f"or filter it out (task.groups / task.categories)"
+                )
+
+    def _common(self) -> dict[str, Any]:
+        cfg = self.cfg
+        info = self.target.info
+        return {
+            "run_id": self.run_id,
+            "task": cfg.task.name,
+            "model": info.name,
+            "model_path": info.path,
+            "weights_hash": info.weights_hash,
+            "dtype": info.dtype,
+            "temperature": float(cfg.temperature),
+            "top_k": int(cfg.top_k),
+            "top_p": float(cfg.top_p),
+            "max_new_tokens": int(cfg.max_new_tokens),
+            "threads": int(cfg.engine.threads),
+            "kernel": cfg.engine.kernel,
+            "baseline_mode": cfg.baseline.mode,
+            "config_hash": self.run_id,
+            "git_sha": hostinfo.git_sha(),
+            "versions": json.dumps(hostinfo.versions()),
+            **{k: v for k, v in hostinfo.hardware().items()},
+        }
+
+    def _cache_key(self, sample_id: str, turn: int, repeat: int, prompt_ids: list[int], seed: int | None) -> dict[str, Any]:
+        cfg = self.cfg
+        info = self.target.info
+        return {
+            "model": info.name, "weights_hash": info.weights_hash, "dtype": info.dtype, "attention": cfg.model.attention,
+            "task": cfg.task.name, "prompt_id": sample_id, "turn": turn, "repeat": repeat,
+            "prompt_sha": hashlib.sha256(json.dumps(prompt_ids).encode()).hexdigest()[:16],
+            "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p,
+            "seed": seed, "threads": cfg.engine.threads, "kernel": cfg.engine.kernel,
+            "host": hostinfo.hardware()["host"], "cpu": hostinfo.cpu_model(), "torch": hostinfo.versions().get("torch"),
+        }
+
+    def _row(self, role: str, gen: Generator, timed: Timed, sample, turn: int, repeat: int, seed: int | None, order: int) -> dict[str, Any]:
+        method_cfg = self.cfg.method if role == "method" else {"name": "ar", "family": "ar"}
+        method_dict = OmegaConf.to_container(method_cfg) if isinstance(method_cfg, DictConfig) else dict(method_cfg)
+        row = {
+            **self._common(),
+            "role": role,
+            "method": gen.name,
+            "method_family": method_dict.get("family"),
+            "method_config": json.dumps(method_dict, sort_keys=True),
+            "method_hash": hashlib.sha256(json.dumps(method_dict, sort_keys=True).encode()).hexdigest()[:10],
+            "acceptance_rule": gen.acceptance_rule,
+            "lossless": bool(gen.lossless),
+            "group": sample.group,
+            "category": sample.category,
+            "prompt_id": sample.id,
+            "turn": turn + 1,
+            "repeat": repeat,
+            "seed": seed,
+            "order": order,
+            "history_source": "baseline" if turn > 0 else None,
+            "baseline_source": "run" if role == "baseline" else None,
+            "foreign_load": timed.foreign_load,
+            "peak_rss_mb": timed.peak_rss_mb,
+            "output_hash": hashlib.sha256(json.dumps(timed.result.token_ids).encode()).hexdigest()[:16],
+            "timestamp": time.time(),
+            **generation_stats(timed.result),
+        }
+        row.update({k: v for k, v in timed.result.extra.items() if isinstance(v, (int, float, str, bool)) or v is None})
+        if self.cfg.task.score:
+            scores = self.task.score(sample, turn, self.target.tokenizer.decode(timed.result.token_ids, skip_special_tokens=True))
+            row.update({f"score_{k}": v for k, v in (scores or {}).items()})
+        return row
+
+    # -- main loop ------------------------------------------------------------------------------
+    def warmup(self) -> None:
+        if not self.cfg.engine.warmup:
+            return
+        ids = self.task.render(self.samples[0], 0, [], self.target.tokenizer)
+        n = min(self.cfg.engine.warmup_tokens, self.cfg.max_new_tokens)
+        for gen in (self.method, self.baseline):
+            if gen is not None:
+                gen.generate(ids, n, torch.Generator().manual_seed(0) if not self.sampling.greedy else None)
+
+    def run_prompt(self, index: int, sample, repeat: int) -> tuple[list[dict], list[dict]]:
+        tok = self.target.tokenizer
+        rows: list[dict] = []
+        texts: list[dict] = []
+        history: list[str] = []
+        baseline_first = (index + repeat) % 2 == 0
+        for turn in range(len(sample.turns)):
+            prompt_ids = self.task.render(sample, turn, history, tok)
+            if len(prompt_ids) + self.cfg.max_new_tokens > self.target.max_positions:
+                raise SpeclabError(
+                    f"turn {turn + 1} of prompt {sample.id!r} has {len(prompt_ids)} tokens with its history; with "
+                    f"max_new_tokens={self.cfg.max_new_tokens} it exceeds the context of {self.target.max_positions}; "
+                    "lower max_new_tokens or set task.max_turns=1"
+                )
+            seed = None if self.sampling.greedy else derive_seed(self.cfg.seed, sample.id, turn, repeat)
+            timed: dict[str, Timed] = {}
+            cached = None
+            if self.cache is not None:
+                key = self._cache_key(sample.id, turn, repeat, prompt_ids, seed)
+                cached = self.cache.get(key)
+            sides = ["baseline", "method"] if baseline_first else ["method", "baseline"]
+            if self.baseline is None:
+                sides = ["method"]
+            for side in sides:
+                if side == "baseline" and cached is not None:
+                    continue
+                gen = self.method if side == "method" else self.baseline
+                timed[side] = timed_generate(gen, prompt_ids, self.cfg.max_new_tokens, seed)
+
+            m_row = self._row("method", self.method, timed["method"], sample, turn, repeat, seed, sides.index("method"))
+            m_ids = timed["method"].result.token_ids
+            rows.append(m_row)
+            texts.append(self._text(sample, turn, repeat, "method", self.method.name, m_ids))
+            if self.baseline is None:
+                history.append(tok.decode(m_ids, skip_special_tokens=True))
+                continue
+            if cached is not None:
+                b_row = {**cached["row"], **self._common(), "order": -1, "baseline_source": "cache", "timestamp": time.time()}
+                b_text = {**cached["text"], "repeat": repeat}
+                b_ids = list(b_text["token_ids"])
+            else:
+                b_row = self._row("baseline", self.baseline, timed["baseline"], sample, turn, repeat, seed, sides.index("baseline"))
+                b_ids = timed["baseline"].result.token_ids
+                b_text = self._text(sample, turn, repeat, "baseline", self.baseline.name, b_ids)
+                if self.cache is not None:
+                    self.cache.put(key, b_row, b_text)
+            rows.append(b_row)
+            texts.append(b_text)
+            self._compare(m_row, m_ids, b_row, b_ids, prompt_ids)
+            history.append(tok.decode(b_ids, skip_special_tokens=True))
+        return rows, texts
+
+    def _text(self, sample, turn: int, repeat: int, role: str, method: str, ids: list[int]) -> dict[str, Any]:
+        text = self.target.tokenizer.decode(ids, skip_special_tokens=True)
+        return {"prompt_id": sample.id, "turn": turn + 1, "repeat": repeat, "role": role, "method": method, "text": text, "token_ids": ids}
+
+    def _compare(self, m_row: dict, m_ids: list[int], b_row: dict, b_ids: list[int], prompt_ids: list[int]) -> None:
+        m_row["speedup"] = (m_row["tokens_per_s"] or 0.0) / b_row["tokens_per_s"] if b_row.get("tokens_per_s") else None
+        for key in ("equivalent", "first_divergence", "divergence_margin", "near_tie"):
+            m_row[key] = None
+        if not self.sampling.greedy:
+            return  # sampled outputs differ by design; losslessness is checked distributionally (tests)
+        div = first_divergence(m_ids, b_ids)
+        m_row["equivalent"] = div is None
+        m_row["first_divergence"] = div
+        m_row["near_tie"] = False
+        if div is not None:
+            margin = divergence_margin(self.target, prompt_ids, b_ids, div)
+            m_row["divergence_margin"] = margin
+            m_row["near_tie"] = margin is not None and margin < self.near_tie
+
+    def run(self) -> pd.DataFrame:
+        done = self.store.done()
+        todo = [(i, s, r) for i, s in enumerate(self.samples) for r in range(self.cfg.repeats) if (s.id, r) not in done]
+        total = len(self.samples) * self.cfg.repeats
+        if todo:
+            self.warmup()
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, initial=total - len(todo), desc=f"{self.cfg.method.name} vs ar", unit="prompt",
+                   disable=not self.cfg.progress, file=sys.stderr, dynamic_ncols=True)
+        speedups: list[float] = [r["speedup"] for r in self.store.rows if r.get("role") == "method" and r.get("speedup")]
+        for index, sample, repeat in todo:
+            rows, texts = self.run_prompt(index, sample, repeat)
+            self.store.add(rows, texts)
+            speedups += [r["speedup"] for r in rows if r["role"] == "method" and r.get("speedup")]
+            m = [r for r in self.store.rows if r["role"] == "method"]
+            tau = sum(r["new_tokens"] for r in m) / max(1, sum(r["steps"] for r in m))
+            bar.set_postfix(speedup=f"{geomean(speedups):.2f}x" if speedups else "-", tau=f"{tau:.2f}")
+            bar.update(1)
+        bar.close()
+        return self.store.frame()
+
+
+def print_summary(df: pd.DataFrame, out_dir: Path, file=sys.stdout) -> pd.DataFrame:
+    if "speedup" not in df or df[df.role == "baseline"].empty:
+        return pd.DataFrame()
+    summary = summarize(df)
+    cols = ["method", "group", "prompts", "speedup_geomean", "speedup_ci_low", "speedup_ci_high", "speedup", "tau",
+            "acceptance_rate", "equivalence_rate", "near_ties", "tokens_per_s", "baseline_tokens_per_s"]
+    show = summary[cols].copy()
+    fmt = {c: "{:.2f}".format for c in cols if show[c].dtype.kind == "f"}
+    print(show.to_string(index=False, formatters=fmt, na_rep="-"), file=file)
+    load = df.foreign_load.dropna()
+    if len(load) and load.median() > LOAD_WARNING:
+        print(
+            f"WARNING: other processes used {load.median():.2f} cores (median) while timing; speedups from this run "
+            "are not meaningful. Re-run on an idle machine.", file=file,
+        )
+    print(f"results: {out_dir / 'results.parquet'}", file=file)
+    return summary
+
+
+def run(cfg: Any) -> pd.DataFrame:
+    """Run a config (DictConfig, RunConfig or dict) and return its results frame (the Python API)."""
+    cfg = as_config(cfg)
+    runner = Runner(cfg)
+    df = runner.run()
+    print_summary(df, runner.store.dir)
+    return df

@@ -1,0 +1,124 @@
+"""Verification: which draft nodes the target accepts, and the token it emits after them.
+
+Every rule walks the draft tree from the root, choosing at most one child per level, so the accepted
+nodes always form one root-to-node path; the emitted tokens are that path plus one target token (the
+correction or bonus).
+
+* ``greedy``: a child is accepted iff it equals the target's argmax at its parent (longest matching path;
+  the first such child wins).
+* ``rejection``: lossless speculative sampling generalised to trees (multi-step speculative sampling,
+  SpecInfer). Siblings are tried in order against the current target residual: a child drawn from q is
+  accepted with probability min(1, p(x)/q(x)), else p <- norm((p - q)+); a deterministic child (q is
+  None: retrieval drafts, top-k trees) uses q = one-hot, i.e. accept with p(x), else zero p(x) and
+  renormalise. For a chain with q this is Leviathan et al.'s rule. If no child is accepted the emitted
+  token is drawn from the residual.
+
+Lossy rules (typical acceptance, ...) subclass :class:`Verifier` with ``lossless = False``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import tree as T
+from .proposal import Proposal
+from .sampling import Sampling, sample, warp
+
+
+@dataclass
+class VerifyResult:
+    accepted: list[int]  # draft node indices along the accepted path, root side first
+    token: int  # the target's own token after the path (correction or bonus)
+    reached: int  # how many draft positions were evaluated (depth of the deepest level tried)
+
+
+class Verifier:
+    name = "base"
+    lossless = True
+
+    def __init__(self, sampling: Sampling) -> None:
+        self.sampling = sampling
+
+    def verify(
+        self, logits: torch.Tensor, proposal: Proposal, generator: torch.Generator | None
+    ) -> VerifyResult:
+        """``logits[0]`` is the target's prediction after the root, ``logits[i + 1]`` after node i."""
+        raise NotImplementedError
+
+
+class GreedyVerifier(Verifier):
+    name = "greedy"
+
+    def verify(self, logits, proposal, generator=None):
+        pred = logits.argmax(-1).tolist()
+        if not proposal.tokens:
+            return VerifyResult([], pred[0], 0)
+        kids = T.children(proposal.parents)
+        path: list[int] = []
+        row = 0
+        reached = 0
+        while kids[row]:
+            reached += 1
+            nxt = next((c for c in kids[row] if proposal.tokens[c] == pred[row]), None)
+            if nxt is None:
+                break
+            path.append(nxt)
+            row = nxt + 1
+        return VerifyResult(path, pred[row], reached)
+
+
+class RejectionVerifier(Verifier):
+    name = "rejection"
+
+    def verify(self, logits, proposal, generator=None):
+        kids = T.children(proposal.parents) if proposal.tokens else [[]]
+        q = proposal.q
+        path: list[int] = []
+        row = 0
+        reached = 0
+        while True:
+            p = warp(logits[row], self.sampling)
+            if not kids[row]:
+                return VerifyResult(path, sample(p, generator), reached)
+            reached += 1
+            accepted = None
+            for c in kids[row]:
+                x = proposal.tokens[c]
+                u = float(torch.rand((), generator=generator))
+                if q is None:
+                    if u < float(p[x]):
+                        accepted = c
+                        break
+                    p = p.clone()
+                    p[x] = 0.0
+                else:
+                    qc = q[c]
+                    qx = float(qc[x])
+                    if qx > 0 and u < min(1.0, float(p[x]) / qx):
+                        accepted = c
+                        break
+                    p = torch.clamp(p - qc, min=0.0)
+                total = float(p.sum())
+                if total <= 0.0:  # p was (numerically) equal to what was rejected; nothing left to prefer
+                    p = warp(logits[row], self.sampling)
+                    total = float(p.sum())
+                p = p / total
+            if accepted is None:
+                return VerifyResult(path, sample(p, generator), reached)
+            path.append(accepted)
+            row = accepted + 1
+
+
+def make_verifier(sampling: Sampling, rule: str = "auto") -> Verifier:
+    """``auto`` is greedy matching at temperature 0 and lossless rejection sampling otherwise."""
+    if rule == "auto":
+        rule = "greedy" if sampling.greedy else "rejection"
+    if rule == "greedy":
+        if not sampling.greedy:
+            raise ValueError("the greedy rule needs temperature=0; use rule=rejection (or auto) when sampling")
+        return GreedyVerifier(sampling)
+    if rule == "rejection":
+        return RejectionVerifier(sampling)
+    raise ValueError(f"unknown acceptance rule {rule!r}; choose auto, greedy or rejection")

