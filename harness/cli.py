@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config import CONF_DIR
 from .errors import SpeclabError
+from .sweep import warn_if_parallel
 
 GROUPS = ("model", "method", "task", "baseline", "logger", "experiment")
 
@@ -41,6 +42,7 @@ def _main(cfg: DictConfig) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         out_dir = HydraConfig.get().runtime.output_dir
+        warn_if_parallel(HydraConfig.get())  # in each job's own log too, beside the timings it warns about
         cfg = as_config(cfg)
         OmegaConf.set_readonly(cfg, False)
         cfg.out_dir = out_dir
@@ -49,7 +51,11 @@ def _main(cfg: DictConfig) -> None:
         summary = print_summary(df, Path(out_dir))
         from .report import write_reports
 
-        write_reports(df, summary, Path(out_dir), cfg)
+        report = write_reports(df, summary, Path(out_dir), cfg)
+        if cfg.logger.name == "wandb":
+            from .wandb_log import log_run
+
+            log_run(df, report, cfg)
     except SpeclabError as e:
         sys.stderr.write(f"error: {e}\n")
         raise SystemExit(e.exit_code) from None

@@ -36,6 +36,7 @@ class PromptResult:
     prefill_time: float = 0.0
     draft_time: float = 0.0
     verify_time: float = 0.0
+    accepted_total: int | None = None  # set by generators that know only the total (per-step lists empty)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -13,7 +13,7 @@ import importlib.util
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -209,7 +209,8 @@ def load_target(
             eos_token_id=tok.eos_token_id,
         ).to(DTYPES[dtype])
         model.config._attn_implementation = attention
-        info = ModelInfo(name, f"tiny:seed={spec.seed}", tensors_hash(model), dtype, sum(p.numel() for p in model.parameters()))
+        info = ModelInfo(name, f"tiny:seed={spec.seed}", tensors_hash(model), dtype, sum(p.numel() for p in model.parameters()),
+                         {"tiny": asdict(spec)})
         return TargetModel(model, tok, info)
     if source == "smollm2_wheel" and path is None:
         folder = smollm2_folder()

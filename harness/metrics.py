@@ -40,8 +40,9 @@ def position_counts(r: PromptResult) -> tuple[list[int], list[int]]:
 
 def generation_stats(r: PromptResult) -> dict[str, object]:
     drafted = sum(r.drafted)
-    accepted = sum(r.accepted)
-    reached, acc_pos = position_counts(r)
+    per_step = r.accepted_total is None
+    accepted = sum(r.accepted) if per_step else r.accepted_total
+    reached, acc_pos = position_counts(r) if per_step else (None, None)
     wall = r.wall_time
     return {
         "prompt_tokens": r.prompt_len,
@@ -59,7 +60,7 @@ def generation_stats(r: PromptResult) -> dict[str, object]:
         "ms_per_step": 1e3 * (wall - r.prefill_time) / max(1, r.steps - 1),
         "tokens_per_s": r.new_tokens / wall if wall > 0 else None,
         "stop_reason": r.stop_reason,
-        "accept_lengths": [a + 1 for a in r.accepted],
+        "accept_lengths": [a + 1 for a in r.accepted] if per_step else None,
         "drafted_per_step": list(r.drafted),
         "pos_reached": reached,
         "pos_accepted": acc_pos,
@@ -106,10 +107,11 @@ def _mean_throughput(rows: pd.DataFrame) -> float:
 
 
 def _pooled_curve(series: pd.Series) -> list[int]:
-    width = max((len(x) for x in series), default=0)
+    width = max((len(x) for x in series if x is not None), default=0)
     total = np.zeros(width, dtype=np.int64)
     for x in series:
-        total[: len(x)] += np.asarray(x, dtype=np.int64)
+        if x is not None:
+            total[: len(x)] += np.asarray(x, dtype=np.int64)
     return total.tolist()
 
 

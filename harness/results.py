@@ -3,7 +3,8 @@
 A run folder holds ``run_config.json`` (the config and its hash), ``results.parquet`` (one row per
 prompt, turn, repeat and role) and ``samples.jsonl`` (texts and token ids). Both data files are rewritten
 through a temporary file and ``os.replace`` after every finished prompt, so a killed run loses at most
-the prompt in flight and never leaves a truncated file.
+the prompt in flight and never leaves a truncated file. ``results.parquet`` is written last and is the
+record of what is finished: texts of a prompt it lacks are dropped on resume and that prompt runs again.
 """
 
 from __future__ import annotations
@@ -57,8 +58,13 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 def write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    try:
+        df.to_parquet(tmp, index=False)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class ResultsStore:
@@ -71,22 +77,26 @@ class ResultsStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.hash = config_hash(cfg)
         meta_path = self.dir / "run_config.json"
+        has_results = self.results_path.is_file()
         if meta_path.is_file():
             old = json.loads(meta_path.read_text())
-            if old.get("config_hash") != self.hash:
+            # A folder without results has nothing to lose (a run that failed on bad input): it is taken over.
+            if old.get("config_hash") != self.hash and has_results:
                 raise SpeclabError(
                     f"{self.dir} holds a run with another config (hash {old.get('config_hash')} != {self.hash}); "
                     "choose another hydra.run.dir (or out_dir), or delete that folder to start over"
                 )
-        else:
+        if not has_results:
             write_atomic(meta_path, json.dumps({"config_hash": self.hash, "config": semantic_config(cfg)}, indent=1).encode())
         self.rows: list[dict[str, Any]] = []
         self.texts: list[dict[str, Any]] = []
-        if (self.dir / "results.parquet").is_file():
-            self.rows = pd.read_parquet(self.dir / "results.parquet").to_dict("records")
+        if has_results:
+            self.rows = pd.read_parquet(self.results_path).to_dict("records")
         if (self.dir / "samples.jsonl").is_file():
+            done = self.done()
             with open(self.dir / "samples.jsonl") as f:
-                self.texts = [json.loads(line) for line in f if line.strip()]
+                texts = [json.loads(line) for line in f if line.strip()]
+            self.texts = [t for t in texts if (t["prompt_id"], int(t["repeat"])) in done]
 
     @property
     def results_path(self) -> Path:
@@ -105,9 +115,9 @@ class ResultsStore:
     def add(self, rows: Iterable[dict[str, Any]], texts: Iterable[dict[str, Any]]) -> None:
         self.rows.extend(rows)
         self.texts.extend(texts)
-        write_parquet_atomic(self.frame(), self.results_path)
         payload = "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in self.texts)
         write_atomic(self.dir / "samples.jsonl", payload.encode())
+        write_parquet_atomic(self.frame(), self.results_path)  # last: it marks the prompt finished
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows)

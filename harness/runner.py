@@ -84,6 +84,22 @@ def divergence_margin(target: TargetModel, prompt_ids: list[int], reference_ids:
     return float(top[0] - top[1])
 
 
+def equivalence(
+    target: TargetModel, prompt_ids: list[int], method_ids: list[int], baseline_ids: list[int], near_tie: float
+) -> dict[str, Any]:
+    """Greedy equivalence of a method's output with the baseline's: identical or not, the first divergence,
+    the target's top-1/top-2 margin there, and ``near_tie`` when that margin is under ``near_tie`` (a numerical
+    tie, expected in low precision). A near tie is still a mismatch: ``equivalent`` is False."""
+    div = first_divergence(method_ids, baseline_ids)
+    margin = divergence_margin(target, prompt_ids, baseline_ids, div) if div is not None else None
+    return {
+        "equivalent": div is None,
+        "first_divergence": div,
+        "divergence_margin": margin,
+        "near_tie": margin is not None and margin < near_tie,
+    }
+
+
 class Runner:
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
@@ -118,19 +134,23 @@ class Runner:
             self.baseline = METHODS.build(OmegaConf.structured(ARConfig), ctx)
         self.cache = BaselineCache(cfg.baseline.cache_dir) if cfg.baseline.mode == "cached" else None
         self.near_tie = NEAR_TIE_MARGIN.get(m.dtype, 1e-3)
+        self._warm: set[int] = set()
         self._check_context()
 
     # -- helpers -------------------------------------------------------------------------------
     def _check_context(self) -> None:
         limit = self.target.max_positions
         for s in self.samples:
-            n = len(self.task.render(s, 0, [], self.target.tokenizer))
-            if n + self.cfg.max_new_tokens > limit:
-                raise SpeclabError(
-                    f"prompt {s.id!r} of task {self.cfg.task.name!r} has {n} tokens; with max_new_tokens="
-                    f"{self.cfg.max_new_tokens} it exceeds the model's context of {limit}; lower max_new_tokens "
-                    f"or filter it out (task.groups / task.categories)"
-                )
+            for t in range(len(s.turns)):
+                # empty earlier answers: a lower bound; run_prompt checks again with the real history
+                n = len(self.task.render(s, t, [""] * t, self.target.tokenizer))
+                if n + self.cfg.max_new_tokens > limit:
+                    where = f"prompt {s.id!r}" + (f" (turn {t + 1}, before any answer)" if t else "")
+                    raise SpeclabError(
+                        f"{where} of task {self.cfg.task.name!r} has {n} tokens; with max_new_tokens="
+                        f"{self.cfg.max_new_tokens} it exceeds the model's context of {limit}; lower max_new_tokens "
+                        f"or filter it out (task.groups / task.categories{' / task.max_turns=1' if t else ''})"
+                    )
 
     def _common(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -164,7 +184,8 @@ class Runner:
             "prompt_sha": hashlib.sha256(json.dumps(prompt_ids).encode()).hexdigest()[:16],
             "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p,
             "seed": seed, "threads": cfg.engine.threads, "kernel": cfg.engine.kernel,
-            "host": hostinfo.hardware()["host"], "cpu": hostinfo.cpu_model(), "torch": hostinfo.versions().get("torch"),
+            "host": hostinfo.hardware()["host"], "cpu": hostinfo.cpu_model(), "gpu": hostinfo.hardware()["gpu"],
+            "torch": hostinfo.versions().get("torch"),
         }
 
     def _row(self, role: str, gen: Generator, timed: Timed, sample, turn: int, repeat: int, seed: int | None, order: int) -> dict[str, Any]:
@@ -186,7 +207,7 @@ class Runner:
             "repeat": repeat,
             "seed": seed,
             "order": order,
-            "history_source": "baseline" if turn > 0 else None,
+            "history_source": (None if turn == 0 else "baseline" if self.baseline is not None else "method"),
             "baseline_source": "run" if role == "baseline" else None,
             "foreign_load": timed.foreign_load,
             "peak_rss_mb": timed.peak_rss_mb,
@@ -201,14 +222,18 @@ class Runner:
         return row
 
     # -- main loop ------------------------------------------------------------------------------
-    def warmup(self) -> None:
+    def warmup(self, gen: Generator | None = None) -> None:
+        """Untimed generations before the first timed one of each generator (all of them when ``gen`` is None;
+        in cached mode the baseline waits for its first cache miss)."""
         if not self.cfg.engine.warmup:
             return
         ids = self.task.render(self.samples[0], 0, [], self.target.tokenizer)
         n = min(self.cfg.engine.warmup_tokens, self.cfg.max_new_tokens)
-        for gen in (self.method, self.baseline):
-            if gen is not None:
-                gen.generate(ids, n, torch.Generator().manual_seed(0) if not self.sampling.greedy else None)
+        gens = [gen] if gen is not None else [self.method] + ([self.baseline] if self.baseline is not None and self.cache is None else [])
+        for g in gens:
+            if g is not None and id(g) not in self._warm:
+                g.generate(ids, n, torch.Generator().manual_seed(0) if not self.sampling.greedy else None)
+                self._warm.add(id(g))
 
     def run_prompt(self, index: int, sample, repeat: int) -> tuple[list[dict], list[dict]]:
         tok = self.target.tokenizer
@@ -237,6 +262,7 @@ class Runner:
                 if side == "baseline" and cached is not None:
                     continue
                 gen = self.method if side == "method" else self.baseline
+                self.warmup(gen)
                 timed[side] = timed_generate(gen, prompt_ids, self.cfg.max_new_tokens, seed)
 
             m_row = self._row("method", self.method, timed["method"], sample, turn, repeat, seed, sides.index("method"))
@@ -272,14 +298,7 @@ class Runner:
             m_row[key] = None
         if not self.sampling.greedy:
             return  # sampled outputs differ by design; losslessness is checked distributionally (tests)
-        div = first_divergence(m_ids, b_ids)
-        m_row["equivalent"] = div is None
-        m_row["first_divergence"] = div
-        m_row["near_tie"] = False
-        if div is not None:
-            margin = divergence_margin(self.target, prompt_ids, b_ids, div)
-            m_row["divergence_margin"] = margin
-            m_row["near_tie"] = margin is not None and margin < self.near_tie
+        m_row.update(equivalence(self.target, prompt_ids, m_ids, b_ids, self.near_tie))
 
     def run(self) -> pd.DataFrame:
         done = self.store.done()

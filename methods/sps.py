@@ -1,0 +1,132 @@
+"""Draft-model speculative sampling (Leviathan et al., 2023; Chen et al., 2023).
+
+A smaller model sharing the target's tokenizer drafts a chain of k tokens, greedily or by sampling from
+its warped distribution q (recorded for the verifier's min(1, p/q) test), and keeps its own KV cache,
+cropped back to the committed prefix after every verification. ``adaptive`` uses transformers'
+heuristic schedule (k += 2 after a fully accepted draft, else k -= 1).
+
+``vocab_size`` restricts the draft's output head to the target tokens listed, most frequent first, in
+the draft folder's ``token_frequency.json``: the 49152-way head is a large share of a small draft's
+step. The rule stays lossless: the draft simply never proposes the other tokens (q is zero there).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+from hydra.core.config_store import ConfigStore
+
+from harness.config import MethodConfig
+from harness.drafter import DecodeState, Drafter
+from harness.drafts import default_draft, load_draft
+from harness.errors import SpeclabError
+from harness.generator import METHODS, EngineGenerator, MethodContext
+from harness.kernels import apply_kernel
+from harness.model import ForwardOutput, TargetModel
+from harness.proposal import Proposal
+from harness.sampling import Sampling, sample, warp
+from harness.verify import VerifyResult
+
+
+@dataclass
+class DraftModelConfig:
+    path: Optional[str] = None  # HF id or folder; null = drafts/<model.name>/ (the distilled default)
+    dtype: str = "float32"
+
+
+@dataclass
+class SpSConfig(MethodConfig):
+    name: str = "sps"
+    family: str = "sps"
+    draft: DraftModelConfig = field(default_factory=DraftModelConfig)
+    k: int = 4  # draft tokens per step
+    adaptive: bool = False
+    k_min: int = 1
+    k_max: int = 16
+    vocab_size: Optional[int] = None  # null: the draft's full head
+
+
+class DraftModel(Drafter):
+    name = "sps"
+
+    def __init__(self, draft: TargetModel, sampling: Sampling, cfg: SpSConfig, token_ids: torch.Tensor | None) -> None:
+        if not 1 <= cfg.k_min <= cfg.k <= cfg.k_max:
+            raise SpeclabError(f"sps needs 1 <= k_min <= k <= k_max, got {cfg.k_min}, {cfg.k}, {cfg.k_max}")
+        self.draft = draft
+        self.sampling = sampling
+        self.cfg = cfg
+        self.k = cfg.k
+        self.token_ids = token_ids  # draft head row -> target token id (None: identity)
+        self.cache = None
+        self._fed_before = 0
+
+    def begin(self, state: DecodeState, prefill: ForwardOutput) -> None:
+        self.cache = self.draft.new_cache(len(state.ids) + state.max_new_tokens + self.cfg.k_max + 8)
+        self.k = self.cfg.k
+
+    def _distribution(self, logits: torch.Tensor, vocab: int) -> torch.Tensor:
+        probs = warp(logits, self.sampling)
+        if self.token_ids is None:
+            return probs
+        full = torch.zeros(vocab, dtype=probs.dtype)
+        full[self.token_ids] = probs
+        return full
+
+    def propose(self, state: DecodeState, max_depth: int) -> Proposal:
+        k = min(self.k, max_depth)
+        if k <= 0:
+            return Proposal()
+        vocab = state.target.vocab_size
+        self._fed_before = len(state.ids)
+        logits = self.draft.forward(self.cache, state.ids[self.cache.length :], logits_rows=[-1]).logits[-1]
+        tokens: list[int] = []
+        qs: list[torch.Tensor] = []
+        for i in range(k):
+            q = self._distribution(logits, vocab)
+            x = int(q.argmax()) if self.sampling.greedy else sample(q, state.generator)
+            tokens.append(x)
+            qs.append(q)
+            if i + 1 < k:
+                logits = self.draft.forward(self.cache, [x], logits_rows=[-1]).logits[-1]
+        return Proposal.chain(tokens, q=None if self.sampling.greedy else torch.stack(qs))
+
+    def observe(self, state: DecodeState, proposal: Proposal, result: VerifyResult, out: ForwardOutput) -> None:
+        if not proposal.tokens:
+            return
+        # the draft cache holds the committed prefix plus drafted tokens 1..k-1; keep what was accepted
+        self.cache.truncate(self._fed_before + min(len(result.accepted), len(proposal.tokens) - 1))
+        if self.cfg.adaptive:
+            full = len(result.accepted) == len(proposal.tokens)
+            self.k = min(self.cfg.k_max, self.k + 2) if full else max(self.cfg.k_min, self.k - 1)
+
+
+def frequent_tokens(draft_path: Path, n: int) -> torch.Tensor:
+    freq = draft_path / "token_frequency.json"
+    if not freq.is_file():
+        raise SpeclabError(f"method.vocab_size needs {freq} (token ids by frequency); set method.vocab_size=null")
+    ids = json.loads(freq.read_text())["token_ids"][:n]
+    return torch.tensor(sorted(ids), dtype=torch.long)
+
+
+@METHODS.register("sps", SpSConfig)
+def build(cfg: SpSConfig, ctx: MethodContext) -> EngineGenerator:
+    draft = load_draft(cfg.draft.path, ctx.target, cfg.draft.dtype)
+    token_ids = None
+    if cfg.vocab_size:
+        path = Path(cfg.draft.path).expanduser() if cfg.draft.path else default_draft(ctx.target.info.name)
+        token_ids = frequent_tokens(path, cfg.vocab_size)
+        # the head over a subset of the vocabulary: rows of the (tied) output matrix
+        head = torch.nn.Linear(draft.lm_head.in_features, len(token_ids), bias=False)
+        head.weight = torch.nn.Parameter(draft.lm_head.weight.detach()[token_ids].clone(), requires_grad=False)
+        draft.model.set_output_embeddings(head)
+    apply_kernel(draft.model, ctx.engine.kernel)
+    draft.lm_head = draft.model.get_output_embeddings()
+    drafter = DraftModel(draft, ctx.sampling, cfg, token_ids)
+    return EngineGenerator(cfg.name, ctx.target, drafter, ctx.sampling, cfg.rule)
+
+
+ConfigStore.instance().store(group="schema/method", name="sps", node=SpSConfig)

@@ -1,0 +1,91 @@
+#!/usr/bin/env python
+"""Merge a sweep's runs into one frame and write its leaderboard, summary, heatmap and plots.
+
+    python scripts/collect.py results/multirun/spec_bench/smollm2-135m [--out DIR]
+
+Every ``results.parquet`` under SWEEP_DIR (Hydra's multirun layout
+``<sweep dir>/<method>-<hash>/results.parquet``, or any nesting of them) is merged into
+``DIR/collected.parquet`` (default DIR: SWEEP_DIR/collected), with a ``label`` column naming each run
+by its method and whatever settings set it apart. Written beside it: ``leaderboard.{md,csv,tex}`` in
+Spec-Bench's layout, ``summary.{md,csv,tex}`` per method and group, ``heatmap.png`` and the plots of
+``harness.report`` across methods. Numbers come only from the merged rows (harness.metrics).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # runnable from a checkout without `pip install -e .`
+
+from harness.report import (  # noqa: E402
+    CAPTION, Report, figures, plot_heatmap, save_figures, summarize_frame, summary_table, with_labels,
+    write_leaderboard, write_table,
+)
+
+ROW_KEY = ["run_id", "prompt_id", "turn", "repeat", "role"]
+MERGED = "collected.parquet"
+
+
+def find_results(sweep_dir: Path, exclude: Path | None = None) -> list[Path]:
+    """Every run's results.parquet under ``sweep_dir``, outside ``exclude`` (an earlier collect's output)."""
+    paths = sorted(sweep_dir.rglob("results.parquet"))
+    if exclude is not None:
+        paths = [p for p in paths if exclude.resolve() not in p.resolve().parents]
+    return paths
+
+
+def merge(paths: list[Path]) -> pd.DataFrame:
+    """One frame from many runs; a run found twice (a copied folder) counts once, its latest rows kept."""
+    frames = [pd.read_parquet(p).assign(source=str(p.parent)) for p in paths]
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if df.empty:
+        return df
+    latest_last = df.sort_values("timestamp", kind="stable") if "timestamp" in df else df
+    dup = latest_last.duplicated(ROW_KEY, keep="last")
+    if dup.any():
+        print(f"collect: {int(dup.sum())} rows of runs found twice are counted once", file=sys.stderr)
+    return df.loc[sorted(dup.index[~dup])].reset_index(drop=True)
+
+
+def collect(sweep_dir: Path, out_dir: Path | None = None) -> Report:
+    """Merge ``sweep_dir`` and write the merged parquet, tables and figures into ``out_dir``."""
+    sweep_dir = Path(sweep_dir)
+    out_dir = Path(out_dir) if out_dir else sweep_dir / "collected"
+    paths = find_results(sweep_dir, exclude=out_dir)
+    if not paths:
+        raise SystemExit(f"error: no results.parquet under {sweep_dir}; "
+                         "pass a sweep folder such as results/multirun/<task>/<model>")
+    df = with_labels(merge(paths))
+    print(f"collect: {df.run_id.nunique()} runs, {len(df)} rows from {len(paths)} files under {sweep_dir}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    df.to_parquet(out_dir / MERGED, index=False)
+    summary = summarize_frame(df)
+    summary.to_parquet(out_dir / "summary.parquet", index=False)
+    tables = write_leaderboard(summary, out_dir / "leaderboard")
+    tables += write_table(summary_table(summary), out_dir / "summary", caption=CAPTION)
+    figs = save_figures({"heatmap": plot_heatmap(summary), **figures(df, summary)}, out_dir)
+    return Report(summary, [out_dir / MERGED, *tables], figs)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep_dir", type=Path,
+                        help="a Hydra multirun folder, e.g. results/multirun/spec_bench/smollm2-135m")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: SWEEP_DIR/collected)")
+    args = parser.parse_args(argv)
+    report = collect(args.sweep_dir, args.out)
+    leaderboard_md = next(p for p in report.tables if p.name == "leaderboard.md")
+    print(leaderboard_md.read_text())
+    print(f"merged: {report.tables[0]}")
+    print(f"leaderboard: {leaderboard_md}")
+    print(f"figures: {', '.join(str(p) for p in report.figures.values())}")
+
+
+if __name__ == "__main__":
+    main()

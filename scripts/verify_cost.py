@@ -1,0 +1,74 @@
+#!/usr/bin/env python
+"""Measure the verify cost curve c(k), k = 1..32, for a model on this machine and cache it for the runner.
+
+    python scripts/verify_cost.py                                  # default model, engine settings from conf/
+    python scripts/verify_cost.py engine.kernel=torch engine.threads=1
+    python scripts/verify_cost.py --compare-kernels                # torch vs onednn, 1 and 2 threads
+
+Overrides use the same Hydra syntax as run.py (model=, engine.kernel=, engine.threads=, model.dtype=).
+Run it on an idle machine: under concurrent load multi-row kernels slow down far more than 1-row ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def measure_config(overrides: list[str], cache_len: int, repeats: int, ks: list[int]) -> tuple[dict, dict[int, float]]:
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    import methods  # noqa: F401
+    import tasks  # noqa: F401
+    from harness import verify_cost as vc
+    from harness.config import CONF_DIR
+    from harness.kernels import apply_kernel
+    from harness.loading import TinySpec, load_target
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    m = cfg.model
+    torch.set_num_threads(int(cfg.engine.threads))
+    target = load_target(m.name, m.source, m.path, m.dtype, m.attention, m.revision, m.trust_remote_code, TinySpec(**m.tiny))
+    apply_kernel(target.model, cfg.engine.kernel)
+    key = vc.curve_key(target, cfg.engine.kernel, int(cfg.engine.threads), cache_len)
+    ms = vc.measure(target, ks, cache_len=cache_len, repeats=repeats)
+    vc.save(key, ms)
+    return key, ms
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("overrides", nargs="*", help="Hydra overrides (model=..., engine.kernel=..., engine.threads=...)")
+    p.add_argument("--cache-len", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--ks", default="1-32", help="k values: a range 1-32 or a list 1,2,4,8")
+    p.add_argument("--compare-kernels", action="store_true", help="measure kernel in {torch, onednn} x threads in {1, 2}")
+    p.add_argument("--json", default=None, help="also write all curves to this file")
+    args = p.parse_args(argv)
+    ks = list(range(int(args.ks.split("-")[0]), int(args.ks.split("-")[1]) + 1)) if "-" in args.ks else [int(k) for k in args.ks.split(",")]
+    if 1 not in ks:
+        ks = [1] + ks
+    settings = [[]]
+    if args.compare_kernels:
+        settings = [[f"engine.kernel={k}", f"engine.threads={t}"] for k in ("torch", "onednn") for t in (1, 2)]
+    curves = []
+    for extra in settings:
+        key, ms = measure_config(args.overrides + extra, args.cache_len, args.repeats, ks)
+        curves.append({"key": key, "ms": ms})
+        label = f"{key['model']} {key['dtype']} kernel={key['kernel']} threads={key['threads']} cache={key['cache_len']}"
+        print(label)
+        print("  k   ms     c(k)")
+        for k in ks:
+            print(f"  {k:<3d} {ms[k]:6.1f} {ms[k] / ms[1]:5.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(curves, indent=1))
+
+
+if __name__ == "__main__":
+    main()

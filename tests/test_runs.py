@@ -1,0 +1,286 @@
+"""Runs on the tiny model through the Python API: results columns, turn-2 history, cached baselines,
+equivalence with tie margins, resume and the run folder (the kill-and-resume test is in test_resume.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from harness.errors import SpeclabError
+from harness.metrics import aggregate, repetition_4gram
+from harness.runner import Runner, as_config, equivalence, run
+
+from .conftest import REPO, compose
+
+FIX = REPO / "tests" / "fixtures"
+MT_FIXTURE = f"task.path={FIX / 'mt_bench_prompts.jsonl'}"
+
+
+def tiny_cfg(tmp_path, *overrides: str, name: str = "run"):
+    cfg = compose("model=tiny-llama", "engine.warmup=false", "progress=false", "max_new_tokens=8", *overrides)
+    cfg.out_dir = str(tmp_path / name)
+    return cfg
+
+
+def texts_of(folder) -> list[dict]:
+    return [json.loads(line) for line in open(folder / "samples.jsonl")]
+
+
+# -- the Python API, quality and honesty columns -------------------------------------------------------
+
+
+def test_run_api_returns_the_results_frame_with_quality_columns(tmp_path):
+    cfg = tiny_cfg(tmp_path, "task.limit=2", "engine.threads=1")
+    df = run(cfg)
+    assert isinstance(df, pd.DataFrame) and len(df) == 4
+    assert sorted(df.role) == ["baseline", "baseline", "method", "method"]
+    on_disk = pd.read_parquet(tmp_path / "run" / "results.parquet")
+    assert on_disk.timestamp.tolist() == df.timestamp.tolist()
+
+    for col in ("repetition_4gram", "prefill_time_s", "ms_per_step", "peak_rss_mb", "threads", "foreign_load"):
+        assert col in df.columns, col
+    assert (df.threads == 1).all()
+    assert (df.prefill_time_s > 0).all() and (df.prefill_time_s < df.wall_time_s).all()
+    expected_ms = 1e3 * (df.wall_time_s - df.prefill_time_s) / (df.steps - 1).clip(lower=1)
+    assert ((df.ms_per_step - expected_ms).abs() < 1e-9).all()
+    assert (df.peak_rss_mb > 10).all()
+    assert df.foreign_load.dropna().ge(0).all()
+    ids = {(t["prompt_id"], t["role"]): t["token_ids"] for t in texts_of(tmp_path / "run")}
+    for r in df.itertuples():
+        assert r.repetition_4gram == repetition_4gram(ids[(r.prompt_id, r.role)])
+
+    # a plain dict works too, and the same config resumes: nothing runs again
+    again = run(OmegaConf.to_container(cfg))
+    assert again.timestamp.tolist() == df.timestamp.tolist()
+
+
+def test_repetition_4gram():
+    assert repetition_4gram([1, 2, 3, 4, 5, 6]) == 0.0
+    assert repetition_4gram([1, 2, 3, 4] * 3) == pytest.approx(5 / 9)  # 9 4-grams: the first four are new, the other five repeat
+    assert repetition_4gram([1, 2]) == 0.0
+
+
+# -- turn 2 follows the baseline's own turn-1 answer on both sides -------------------------------------
+
+
+def test_turn_two_is_asked_after_the_baseline_answer(tmp_path):
+    runner = Runner(as_config(tiny_cfg(tmp_path, "task=mtbench", MT_FIXTURE, "max_new_tokens=10")))
+    tok = runner.target.tokenizer
+    z = tok.convert_tokens_to_ids("Z")
+    seen: dict[str, list[list[int]]] = {"method": [], "baseline": []}
+
+    def spy(side, generate, replace):
+        def wrapped(ids, n, rng):
+            seen[side].append(list(ids))
+            res = generate(ids, n, rng)
+            if replace:  # the method answers differently, so history taken from the wrong side would show
+                res.token_ids = [z] * len(res.token_ids)
+            return res
+        return wrapped
+
+    runner.method.generate = spy("method", runner.method.generate, True)
+    runner.baseline.generate = spy("baseline", runner.baseline.generate, False)
+    df = runner.run()
+
+    texts = {(t["prompt_id"], t["turn"], t["role"]): t["text"] for t in texts_of(tmp_path / "run")}
+    for i, sample in enumerate(runner.samples):
+        answer = texts[(sample.id, 1, "baseline")]
+        assert answer != texts[(sample.id, 1, "method")]
+        expected = runner.task.render(sample, 1, [answer], tok)
+        assert seen["method"][2 * i + 1] == expected and seen["baseline"][2 * i + 1] == expected
+        turn2 = df[(df.prompt_id == sample.id) & (df.turn == 2)]
+        assert set(turn2.role) == {"method", "baseline"}
+        assert (turn2.prompt_tokens == len(expected)).all() and (turn2.history_source == "baseline").all()
+    assert df[df.turn == 1].history_source.isna().all()
+
+
+def test_without_baseline_the_history_is_the_method_own(tmp_path):
+    df = run(tiny_cfg(tmp_path, "task=mtbench", MT_FIXTURE, "baseline=none", "max_new_tokens=4"))
+    assert set(df.role) == {"method"} and len(df) == 4
+    assert (df[df.turn == 2].history_source == "method").all()
+
+
+# -- baseline=cached -----------------------------------------------------------------------------------
+
+
+def test_cached_baseline_is_shared_across_methods_and_never_across_weights(tmp_path):
+    common = ("baseline=cached", f"baseline.cache_dir={tmp_path / 'cache'}", "task.limit=2", "engine.warmup=true")
+    first = run(tiny_cfg(tmp_path, *common, "method=pld", name="pld"))
+    assert (first[first.role == "baseline"].baseline_source == "run").all()
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 2
+
+    # another method, same model: the baseline generator is never called (warm-up included)
+    runner = Runner(as_config(tiny_cfg(tmp_path, *common, "method=ar", name="ar")))
+    runner.baseline.generate = lambda *a, **k: pytest.fail("the cached baseline ran again")
+    second = runner.run()
+    b1 = first[first.role == "baseline"].set_index("prompt_id")
+    b2 = second[second.role == "baseline"].set_index("prompt_id")
+    assert (b2.baseline_source == "cache").all() and len(b2) == 2
+    assert (b2.output_hash == b1.output_hash).all() and (b2.wall_time_s == b1.wall_time_s).all()
+    assert (b2.run_id != b1.run_id).all()  # the rows belong to the new run, the measurement to the old one
+    m2 = second[second.role == "method"]
+    assert m2.speedup.notna().all() and m2.equivalent.all()
+
+    # other weights (tiny seed 1): a new weights hash, so the baseline runs
+    runner = Runner(as_config(tiny_cfg(tmp_path, *common, "method=ar", "model.tiny.seed=1", name="seed1")))
+    calls = []
+    generate = runner.baseline.generate
+    runner.baseline.generate = lambda *a: calls.append(1) or generate(*a)
+    third = runner.run()
+    b3 = third[third.role == "baseline"]
+    assert (b3.baseline_source == "run").all() and len(calls) >= 2
+    assert set(b3.weights_hash).isdisjoint(set(b1.weights_hash))
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 4
+
+
+# -- equivalence with tie margins ----------------------------------------------------------------------
+
+
+def test_equivalence_margin_and_near_tie(tiny_target, tiny_prompts):
+    from harness.loading import load_target
+
+    prompt = tiny_prompts[0]
+    baseline = [70, 71, 72, 73, 74, 75]
+    method = baseline[:3] + [99, 74, 75]
+    # the margin computed independently: the same weights through transformers' own forward (sdpa)
+    reference = load_target("tiny-llama", source="tiny", attention="sdpa").model
+    with torch.no_grad():
+        logits = reference(input_ids=torch.tensor([prompt + baseline[:3]])).logits[0, -1]
+    top = torch.topk(logits.float(), 2).values
+    margin = float(top[0] - top[1])
+    assert margin > 0
+
+    tie = equivalence(tiny_target, prompt, method, baseline, near_tie=margin * 2)
+    assert tie["equivalent"] is False and tie["first_divergence"] == 3 and tie["near_tie"] is True
+    assert tie["divergence_margin"] == pytest.approx(margin, rel=1e-4, abs=1e-4)
+    no_tie = equivalence(tiny_target, prompt, method, baseline, near_tie=margin / 2)
+    assert no_tie["equivalent"] is False and no_tie["near_tie"] is False
+
+    same = equivalence(tiny_target, prompt, baseline, baseline, near_tie=1e9)
+    assert same == {"equivalent": True, "first_divergence": None, "divergence_margin": None, "near_tie": False}
+    longer = equivalence(tiny_target, prompt, baseline + [5], baseline, near_tie=1e9)
+    assert longer["equivalent"] is False and longer["first_divergence"] == len(baseline)
+
+
+def test_near_ties_are_never_counted_as_equal(tmp_path):
+    df = run(tiny_cfg(tmp_path, "task.limit=2"))
+    m, b = df[df.role == "method"].copy(), df[df.role == "baseline"]
+    assert aggregate(m, b)["equivalence_rate"] == 1.0
+    first = m.index[0]
+    m.loc[first, ["equivalent", "near_tie", "divergence_margin"]] = [False, True, 1e-6]
+    agg = aggregate(m, b)
+    assert agg["equivalence_rate"] == 0.5 and agg["near_ties"] == 1
+
+
+# -- run folder: derived from the config, resumed, refused on another config ---------------------------
+
+
+def hydra_run_dir(*overrides: str) -> str:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from harness.config import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+    return str(cfg.hydra.run.dir)
+
+
+def test_run_folder_is_derived_from_the_config():
+    from harness.results import config_hash
+
+    base = ("model=tiny-llama", "task=spec_bench", "method=pld")
+    folder = hydra_run_dir(*base)
+    assert folder == f"results/runs/spec_bench/tiny-llama/pld-{config_hash(compose(*base))}"
+    assert hydra_run_dir(*base) == folder  # not a timestamp
+    assert hydra_run_dir(*base, "task.limit=3", "progress=false") == folder  # these do not change the results
+    assert hydra_run_dir(*base, "max_new_tokens=64") != folder
+    assert hydra_run_dir(*base, "task.groups=[qa]") != folder
+
+
+def test_resume_skips_finished_prompts_and_refuses_another_config(tmp_path):
+    one = run(tiny_cfg(tmp_path, "task.limit=1"))
+    two = run(tiny_cfg(tmp_path, "task.limit=3"))  # the limit is not part of the config hash: this resumes
+    assert len(two) == 6 and two.iloc[:2].timestamp.tolist() == one.timestamp.tolist()
+    assert not two.duplicated(["prompt_id", "turn", "repeat", "role"]).any()
+    before = (tmp_path / "run" / "results.parquet").read_bytes()
+    with pytest.raises(SpeclabError, match="holds a run with another config.*choose another hydra.run.dir"):
+        Runner(as_config(tiny_cfg(tmp_path, "task.limit=3", "max_new_tokens=9")))
+    assert (tmp_path / "run" / "results.parquet").read_bytes() == before
+
+
+def test_a_failure_mid_run_keeps_the_finished_prompts(tmp_path):
+    long = "word " * 200
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"id": i, "prompt": p}) + "\n" for i, p in enumerate(["Hi", long])))
+    cfg = tiny_cfg(tmp_path, f"task.path={data}")
+    runner = Runner(as_config(cfg))
+    limit = runner.target.max_positions
+    # as if the context were shorter than the second prompt (the up-front check has passed)
+    runner.target.max_positions = len(runner.task.render(runner.samples[1], 0, [], runner.target.tokenizer)) + 4
+    with pytest.raises(SpeclabError, match="turn 1 of prompt '1' has .* exceeds the context"):
+        runner.run()
+    kept = pd.read_parquet(tmp_path / "run" / "results.parquet")
+    assert set(kept.prompt_id) == {"0"} and len(kept) == 2 and len(texts_of(tmp_path / "run")) == 2
+    runner = Runner(as_config(cfg))
+    assert runner.target.max_positions == limit
+    done = runner.run()
+    assert done[done.prompt_id == "0"].timestamp.tolist() == kept.timestamp.tolist() and len(done) == 4
+
+
+def test_results_files_are_replaced_atomically(tmp_path, monkeypatch):
+    from harness.results import write_parquet_atomic
+
+    path = tmp_path / "results.parquet"
+    write_parquet_atomic(pd.DataFrame({"a": [1, 2]}), path)
+
+    def crash(self, target, **kwargs):
+        open(target, "wb").write(b"PAR1 half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", crash)
+    with pytest.raises(KeyboardInterrupt):
+        write_parquet_atomic(pd.DataFrame({"a": [1, 2, 3]}), path)
+    monkeypatch.undo()
+    assert pd.read_parquet(path).a.tolist() == [1, 2]
+    assert [p.name for p in tmp_path.iterdir()] == ["results.parquet"]  # no temporary file left behind
+
+
+def test_texts_without_a_finished_row_are_dropped_on_resume(tmp_path):
+    run(tiny_cfg(tmp_path, "task.limit=1"))
+    folder = tmp_path / "run"
+    # a kill between the two writes: samples.jsonl already has the next prompt's texts, results.parquet not
+    orphan = {"prompt_id": "demo-2", "turn": 1, "repeat": 0, "role": "method", "method": "pld", "text": "x", "token_ids": [1]}
+    with open(folder / "samples.jsonl", "a") as f:
+        f.write(json.dumps(orphan) + "\n")
+    df = run(tiny_cfg(tmp_path, "task.limit=2"))
+    keys = [(t["prompt_id"], t["turn"], t["repeat"], t["role"]) for t in texts_of(folder)]
+    assert len(keys) == len(set(keys)) == len(df) == 4
+    assert not any(t["text"] == "x" for t in texts_of(folder))
+    assert not math.isnan(df.wall_time_s.sum())
+
+
+# -- interleaving and scoring in a run -----------------------------------------------------------------
+
+
+def test_interleaved_order_alternates_per_prompt_and_repeat(tmp_path):
+    df = run(tiny_cfg(tmp_path, "task.limit=2", "repeats=2", "max_new_tokens=4"))
+    assert len(df) == 8 and sorted(set(zip(df.prompt_id, df.repeat))) == [("demo-1", 0), ("demo-1", 1), ("demo-2", 0), ("demo-2", 1)]
+    m = df[df.role == "method"]
+    b = df[df.role == "baseline"].set_index(["prompt_id", "repeat"])
+    for r in m.itertuples():
+        index = int(r.prompt_id.split("-")[1]) - 1
+        baseline_first = (index + r.repeat) % 2 == 0  # A B for one, B A for the next
+        assert (r.order, b.loc[(r.prompt_id, r.repeat), "order"]) == ((1, 0) if baseline_first else (0, 1))
+
+
+def test_scores_are_columns_when_asked_for(tmp_path):
+    df = run(tiny_cfg(tmp_path, "task=gsm8k", f"task.path={FIX / 'gsm8k_test.jsonl'}", "task.score=true", "max_new_tokens=4"))
+    assert len(df) == 6 and df.score_exact_match.isin([0.0, 1.0]).all()
+    plain = run(tiny_cfg(tmp_path, "task=gsm8k", f"task.path={FIX / 'gsm8k_test.jsonl'}", "max_new_tokens=4", name="plain"))
+    assert "score_exact_match" not in plain.columns
