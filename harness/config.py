@@ -65,10 +65,11 @@ class BaselineConfig:
 @dataclass
 class EngineConfig:
     threads: int = 2
-    kernel: str = "torch"  # linear-layer kernel for target and drafts: torch | onednn
+    kernel: str = "onednn"  # linear-layer kernel for target and drafts: onednn | torch (harness/kernels.py)
     warmup: bool = True
     warmup_tokens: int = 16
-    load_check: bool = True  # measure other processes' CPU use around each timed generation
+    load_check: bool = True  # warn before timing when other processes keep the CPU busy
+    verify_cost: str = "cached"  # c(k) for the speedup bound: cached (use a measurement if present) | measure | off
 
 
 @dataclass
@@ -94,6 +95,7 @@ class RunConfig:
     top_p: float = 1.0
     seed: int = 0
     repeats: int = 1
+    compare: list[str] = field(default_factory=list)  # more conf/method options timed in the same interleaved run
     progress: bool = True
     out_dir: Optional[str] = None  # set by run.py to Hydra's run folder; the API may set it directly
 

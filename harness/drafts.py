@@ -92,6 +92,28 @@ def load_draft(path: str | None, target: TargetModel, dtype: str = "float32") ->
     return draft
 
 
+def save_layer_draft(model, out: str | Path, target: TargetModel, meta: dict) -> Path:
+    """Write ``model``'s own tensors (fp16) and a config naming ``target`` and the tensors shared with it."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    shared = ["model.embed_tokens.weight"] + ([] if model.config.tie_word_embeddings else ["lm_head.weight"])
+    own = {k: v.detach().half().contiguous() for k, v in model.state_dict().items() if k not in shared and k != "lm_head.weight"}
+    save_file(own, str(out / "model.safetensors"))
+    config = model.config.to_dict()
+    config["dtype"] = "float16"
+    config["speclab_draft"] = {
+        "target": target.info.name,
+        "target_path": target.info.path,
+        "target_weights_hash": target.info.weights_hash,
+        "shared": shared,
+        **meta,
+    }
+    (out / "config.json").write_text(json.dumps(config, indent=1, default=str))
+    return out
+
+
 def export_hf(path: str | Path, target: TargetModel, out: str | Path | None = None) -> Path:
     """Write a layer draft, assembled with ``target``'s shared tensors, as an ordinary HF folder (cached)."""
     folder = Path(path)

@@ -1,21 +1,21 @@
 """Linear-layer kernels. The choice applies to the whole model, so baseline and methods always share it.
 
 ``torch``: ``F.linear`` (MKL sgemv for one row, sgemm for more). On this 2-core CPU a 2-row sgemm costs
-about twice the 1-row sgemv, which makes every multi-token verification expensive.
+about twice the 1-row sgemv, and the 49152-way head over 3 rows three times, which makes every
+multi-token verification expensive (c(2) ~ 1.7).
 
 ``onednn``: weights pre-packed once into oneDNN's blocked layout (``mkldnn._reorder_linear_weight``) and
-multiplied with ``mkldnn._linear_pointwise``. Measured here (SmolLM2-135M, fp32, 2 threads): all linear
-layers of one forward cost about the same for 1..8 rows, and less than torch's 1-row path. oneDNN picks a
-different inner kernel for a single row, so one-row inputs are padded to ``min_rows`` rows: every row is
-then computed by the same kernel whatever the draft size, which keeps fp32 greedy outputs of the
-baseline and of speculative methods bit-identical in the linear layers.
+multiplied with ``mkldnn._linear_pointwise``. Inputs of fewer than ``min_rows`` rows are padded: oneDNN's
+kernel for 4+ rows streams each packed weight once for all rows, so on this CPU (SmolLM2-135M, fp32,
+2 threads, BENCHMARKS.md) a forward over 1..8 tokens costs about the same, and the padded 1-token step is
+itself ~30% faster than torch's. Every row of a 1..32-row input is computed by the same kernel, so the
+linear layers give the same values for a token whatever the draft size.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .errors import SpeclabError
 
@@ -23,7 +23,7 @@ KERNELS = ("torch", "onednn")
 
 
 class OneDNNLinear(nn.Module):
-    def __init__(self, linear: nn.Linear, min_rows: int = 2, batch_hint: int = 16) -> None:
+    def __init__(self, linear: nn.Linear, min_rows: int = 4, batch_hint: int = 16) -> None:
         super().__init__()
         self.in_features = linear.in_features
         self.out_features = linear.out_features
@@ -69,7 +69,3 @@ def apply_kernel(model: nn.Module, kernel: str) -> nn.Module:
     swap(model)
     return model
 
-
-def linear(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
-    """``layer(x)`` for either kernel (helpers that reuse a model's head on a subset of its rows)."""
-    return layer(x) if isinstance(layer, OneDNNLinear) else F.linear(x, layer.weight, layer.bias)

@@ -146,6 +146,8 @@ def aggregate(method_rows: pd.DataFrame, baseline_rows: pd.DataFrame) -> dict[st
         "pos_acceptance_conditional": [a / r if r else math.nan for a, r in zip(accepted, reached)],
         "pos_acceptance_unconditional": [a / steps_verify if steps_verify else math.nan for a in accepted],
         "repetition_4gram": float(m.repetition_4gram.mean()),
+        # geometric mean of the rows' verify-cost bounds (harness/verify_cost.py), beside speedup_geomean
+        "speedup_bound": geomean(m.speedup_bound.dropna().astype(float).tolist()) if "speedup_bound" in m else math.nan,
     }
 
 
@@ -159,4 +161,26 @@ def summarize(df: pd.DataFrame, by: str = "group") -> pd.DataFrame:
         for group, mg in list(m.groupby(by, sort=False)) + [("overall", m)]:
             bg = base.merge(mg[pair].drop_duplicates(), on=pair)
             out.append({"method": method, by: group, **aggregate(mg, bg)})
+    return pd.DataFrame(out)
+
+
+def head_to_head(df: pd.DataFrame, a: str, b: str, by: str = "group") -> pd.DataFrame:
+    """Method ``a`` against method ``b`` timed in the same interleaved run: per prompt the ratio of their
+    tokens/s (turns and repeats pooled), summarised per group and overall as a geometric mean with a
+    bootstrap 95% interval."""
+    keys = ["run_id", "prompt_id"]
+    rows = df[df.role == "method"]
+
+    def per_prompt(name: str) -> pd.DataFrame:
+        g = rows[rows.method == name].groupby(keys).agg(new_tokens=("new_tokens", "sum"), wall=("wall_time_s", "sum"), group=(by, "first"))
+        return g.assign(tps=g.new_tokens / g.wall)
+
+    pa, pb = per_prompt(a), per_prompt(b)
+    joined = pa[["tps", "group"]].join(pb[["tps"]], rsuffix="_b", how="inner")
+    joined["ratio"] = joined.tps / joined.tps_b
+    out = []
+    for group, g in list(joined.groupby("group", sort=False)) + [("overall", joined)]:
+        lo, hi = bootstrap_ci(g.ratio.tolist())
+        out.append({"a": a, "b": b, by: group, "prompts": len(g), "ratio_geomean": geomean(g.ratio.tolist()),
+                    "ci_low": lo, "ci_high": hi})
     return pd.DataFrame(out)

@@ -76,11 +76,15 @@ class TargetModel:
         self.info = info
         self.config = model.config
         self.backbone = model.get_decoder()
-        self.lm_head = model.get_output_embeddings()
         self.num_layers = int(self.config.num_hidden_layers)
         self.vocab_size = int(self.lm_head.weight.shape[0])
         self.max_positions = int(getattr(self.config, "max_position_embeddings", 0) or 1 << 30)
         self.dtype = next(model.parameters()).dtype
+
+    @property
+    def lm_head(self) -> torch.nn.Module:
+        # looked up on every call: kernels and reduced heads swap the module after construction
+        return self.model.get_output_embeddings()
 
     @property
     def stop_ids(self) -> set[int]:

@@ -22,7 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
-from .metrics import geomean, summarize
+from .metrics import summarize
 
 SPEC_BENCH_GROUPS = ("mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag")
 TITLES = {
@@ -78,33 +78,14 @@ def _ordered(labels: Sequence[str]) -> list[str]:
     return sorted(seen, key=lambda x: (not (x == "ar" or str(x).startswith("ar (")), seen.index(x)))
 
 
-def add_bound(summary: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
-    """Add ``speedup_bound`` per (method, group) when the rows carry a measured verify-cost bound.
-
-    The geometric mean of the rows' bounds, so it sits beside ``speedup_geomean`` on the same footing.
-    """
-    if "speedup_bound" in summary or "speedup_bound" not in df:
-        return summary
-    df = with_labels(df)
-    m = df[(df.role == "method") & df.speedup_bound.notna()]
-    if m.empty:
-        return summary
-    values = []
-    for method, group in zip(summary.method, summary.group):
-        rows = m[m.label == method]
-        rows = rows if group == "overall" else rows[rows.group == group]
-        values.append(geomean(rows.speedup_bound.astype(float).tolist()) if len(rows) else math.nan)
-    return summary.assign(speedup_bound=values)
-
-
 def summarize_frame(df: pd.DataFrame) -> pd.DataFrame:
-    """:func:`metrics.summarize` per run label (plus the bound when measured): the one summary of a frame."""
+    """:func:`metrics.summarize` per run label: the one summary of a frame."""
     df = with_labels(df)
     summary = summarize(df.assign(method=df.label))
     if len(summary):
         order = {label: i for i, label in enumerate(_ordered(summary.method.tolist()))}
         summary = summary.sort_values("method", key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
-    return add_bound(summary, df)
+    return summary
 
 
 def summary_table(summary: pd.DataFrame) -> pd.DataFrame:
@@ -424,7 +405,7 @@ def write_reports(df: pd.DataFrame, summary: pd.DataFrame | None, out_dir: Path,
     if df.empty or not (df.role == "method").any():
         return Report(pd.DataFrame())
     # the CLI's summary is empty for baseline=none runs; tau, acceptance and the plots still apply
-    summary = add_bound(summary, df) if summary is not None and len(summary) else summarize_frame(df)
+    summary = summary if summary is not None and len(summary) else summarize_frame(df)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary.to_parquet(out_dir / "summary.parquet", index=False)
     tables = write_table(summary_table(summary), out_dir / "summary", caption=CAPTION)

@@ -34,6 +34,7 @@ from .loading import TinySpec, load_target
 from .metrics import first_divergence, generation_stats, geomean, summarize
 from .model import TargetModel
 from .results import BaselineCache, ResultsStore, config_hash
+from . import verify_cost as vc
 from .sampling import Sampling
 
 log = logging.getLogger("speclab")
@@ -53,6 +54,25 @@ def as_config(cfg: Any) -> DictConfig:
     data = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg if isinstance(cfg, dict) else OmegaConf.structured(cfg))
     data = OmegaConf.masked_copy(data, [k for k in data.keys() if k != "hydra"]) if "hydra" in data else data
     return OmegaConf.merge(schema, data)
+
+
+def method_node(entry: str) -> DictConfig:
+    """The config of a ``compare`` entry: a conf/method option, optionally with overrides (``"hf_assisted k=6"``)."""
+    from hydra import compose, initialize_config_dir
+
+    from .config import CONF_DIR
+
+    name, *overrides = entry.split()
+    if not (CONF_DIR / "method" / f"{name}.yaml").is_file():
+        known = ", ".join(sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml")))
+        raise SpeclabError(f"unknown method {name!r} in compare; choose from: {known}")
+    from hydra.core.global_hydra import GlobalHydra
+
+    overrides = [f"method={name}"] + [f"method.{o}" for o in overrides]
+    if GlobalHydra.instance().is_initialized():  # inside run.py's Hydra app, which already knows conf/
+        return compose(config_name="config", overrides=overrides).method
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides).method
 
 
 def derive_seed(seed: int, prompt_id: str, turn: int, repeat: int) -> int:
@@ -126,7 +146,15 @@ class Runner:
         self.task = build_task(cfg.task)
         self.samples = self.task.samples()
         ctx = MethodContext(self.target, self.sampling, cfg.engine)
-        self.method = METHODS.build(cfg.method, ctx)
+        # the method, then the methods it is compared with in the same interleaved run (cfg.compare)
+        self.methods: list[tuple[Any, Generator]] = [(cfg.method, METHODS.build(cfg.method, ctx))]
+        for entry in cfg.compare:
+            node = method_node(entry)
+            self.methods.append((node, METHODS.build(node, ctx)))
+        names = [g.name for _, g in self.methods]
+        if len(set(names)) != len(names):
+            raise SpeclabError(f"methods in one run need distinct names, got {names}; set method.name or use other presets")
+        self.method = self.methods[0][1]
         self.baseline = None
         if cfg.baseline.mode != "none":
             from methods.ar import ARConfig
@@ -134,10 +162,25 @@ class Runner:
             self.baseline = METHODS.build(OmegaConf.structured(ARConfig), ctx)
         self.cache = BaselineCache(cfg.baseline.cache_dir) if cfg.baseline.mode == "cached" else None
         self.near_tie = NEAR_TIE_MARGIN.get(m.dtype, 1e-3)
+        self.curve = self._verify_cost_curve()
         self._warm: set[int] = set()
         self._check_context()
 
     # -- helpers -------------------------------------------------------------------------------
+    def _verify_cost_curve(self) -> vc.Curve | None:
+        mode = self.cfg.engine.verify_cost
+        if mode not in ("cached", "measure", "off"):
+            raise SpeclabError(f"unknown engine.verify_cost {mode!r}; choose cached, measure or off")
+        if mode == "off":
+            return None
+        key = vc.curve_key(self.target, self.cfg.engine.kernel, int(self.cfg.engine.threads), vc.CACHE_LEN)
+        ms = vc.load(key)
+        if ms is None and mode == "measure":
+            log.info("measuring the verify cost curve c(k)")
+            ms = vc.measure(self.target, cache_len=vc.CACHE_LEN)
+            vc.save(key, ms)
+        return vc.Curve(ms) if ms else None
+
     def _check_context(self) -> None:
         limit = self.target.max_positions
         for s in self.samples:
@@ -188,8 +231,9 @@ class Runner:
             "torch": hostinfo.versions().get("torch"),
         }
 
-    def _row(self, role: str, gen: Generator, timed: Timed, sample, turn: int, repeat: int, seed: int | None, order: int) -> dict[str, Any]:
-        method_cfg = self.cfg.method if role == "method" else {"name": "ar", "family": "ar"}
+    def _row(self, role: str, method_cfg: Any, gen: Generator, timed: Timed, sample, turn: int, repeat: int, seed: int | None,
+             order: int) -> dict[str, Any]:
+        method_cfg = method_cfg if method_cfg is not None else {"name": "ar", "family": "ar"}
         method_dict = OmegaConf.to_container(method_cfg) if isinstance(method_cfg, DictConfig) else dict(method_cfg)
         row = {
             **self._common(),
@@ -216,6 +260,9 @@ class Runner:
             **generation_stats(timed.result),
         }
         row.update({k: v for k, v in timed.result.extra.items() if isinstance(v, (int, float, str, bool)) or v is None})
+        if role == "method" and self.curve is not None:
+            r = timed.result
+            row["speedup_bound"] = self.curve.bound(r.new_tokens, r.drafted, r.prefill_time, r.draft_time)
         if self.cfg.task.score:
             scores = self.task.score(sample, turn, self.target.tokenizer.decode(timed.result.token_ids, skip_special_tokens=True))
             row.update({f"score_{k}": v for k, v in (scores or {}).items()})
@@ -229,18 +276,32 @@ class Runner:
             return
         ids = self.task.render(self.samples[0], 0, [], self.target.tokenizer)
         n = min(self.cfg.engine.warmup_tokens, self.cfg.max_new_tokens)
-        gens = [gen] if gen is not None else [self.method] + ([self.baseline] if self.baseline is not None and self.cache is None else [])
+        gens = [gen] if gen is not None else [g for _, g in self.methods] + ([self.baseline] if self.baseline is not None and self.cache is None else [])
         for g in gens:
             if g is not None and id(g) not in self._warm:
                 g.generate(ids, n, torch.Generator().manual_seed(0) if not self.sampling.greedy else None)
                 self._warm.add(id(g))
+
+    def _check_idle(self) -> None:
+        if not self.cfg.engine.load_check:
+            return
+        with LoadMonitor() as mon:
+            time.sleep(0.5)
+        load = mon.result.foreign_load
+        if load is not None and load > LOAD_WARNING:
+            sys.stderr.write(
+                f"WARNING: other processes are using {load:.1f} cores; timings taken now are not meaningful "
+                "(multi-token kernels slow down far more than 1-token ones under contention)\n"
+            )
 
     def run_prompt(self, index: int, sample, repeat: int) -> tuple[list[dict], list[dict]]:
         tok = self.target.tokenizer
         rows: list[dict] = []
         texts: list[dict] = []
         history: list[str] = []
-        baseline_first = (index + repeat) % 2 == 0
+        sides: list[int | None] = ([None] if self.baseline is not None else []) + list(range(len(self.methods)))
+        shift = (index + repeat) % len(sides)  # rotate who goes first: A B, then B A, ...
+        sides = sides[shift:] + sides[:shift]
         for turn in range(len(sample.turns)):
             prompt_ids = self.task.render(sample, turn, history, tok)
             if len(prompt_ids) + self.cfg.max_new_tokens > self.target.max_positions:
@@ -250,42 +311,42 @@ class Runner:
                     "lower max_new_tokens or set task.max_turns=1"
                 )
             seed = None if self.sampling.greedy else derive_seed(self.cfg.seed, sample.id, turn, repeat)
-            timed: dict[str, Timed] = {}
             cached = None
             if self.cache is not None:
                 key = self._cache_key(sample.id, turn, repeat, prompt_ids, seed)
                 cached = self.cache.get(key)
-            sides = ["baseline", "method"] if baseline_first else ["method", "baseline"]
-            if self.baseline is None:
-                sides = ["method"]
+            timed: dict[int | None, Timed] = {}
             for side in sides:
-                if side == "baseline" and cached is not None:
+                if side is None and cached is not None:
                     continue
-                gen = self.method if side == "method" else self.baseline
+                gen = self.baseline if side is None else self.methods[side][1]
                 self.warmup(gen)
                 timed[side] = timed_generate(gen, prompt_ids, self.cfg.max_new_tokens, seed)
 
-            m_row = self._row("method", self.method, timed["method"], sample, turn, repeat, seed, sides.index("method"))
-            m_ids = timed["method"].result.token_ids
-            rows.append(m_row)
-            texts.append(self._text(sample, turn, repeat, "method", self.method.name, m_ids))
-            if self.baseline is None:
-                history.append(tok.decode(m_ids, skip_special_tokens=True))
-                continue
-            if cached is not None:
-                b_row = {**cached["row"], **self._common(), "order": -1, "baseline_source": "cache", "timestamp": time.time()}
-                b_text = {**cached["text"], "repeat": repeat}
-                b_ids = list(b_text["token_ids"])
-            else:
-                b_row = self._row("baseline", self.baseline, timed["baseline"], sample, turn, repeat, seed, sides.index("baseline"))
-                b_ids = timed["baseline"].result.token_ids
-                b_text = self._text(sample, turn, repeat, "baseline", self.baseline.name, b_ids)
-                if self.cache is not None:
-                    self.cache.put(key, b_row, b_text)
-            rows.append(b_row)
-            texts.append(b_text)
-            self._compare(m_row, m_ids, b_row, b_ids, prompt_ids)
-            history.append(tok.decode(b_ids, skip_special_tokens=True))
+            b_row = b_ids = None
+            if self.baseline is not None:
+                if cached is not None:
+                    b_row = {**cached["row"], **self._common(), "order": -1, "baseline_source": "cache", "timestamp": time.time()}
+                    b_text = {**cached["text"], "repeat": repeat}
+                    b_ids = list(b_text["token_ids"])
+                else:
+                    b_row = self._row("baseline", None, self.baseline, timed[None], sample, turn, repeat, seed, sides.index(None))
+                    b_ids = timed[None].result.token_ids
+                    b_text = self._text(sample, turn, repeat, "baseline", self.baseline.name, b_ids)
+                    if self.cache is not None:
+                        self.cache.put(key, b_row, b_text)
+            for i, (node, gen) in enumerate(self.methods):
+                m_row = self._row("method", node, gen, timed[i], sample, turn, repeat, seed, sides.index(i))
+                m_ids = timed[i].result.token_ids
+                if b_row is not None:
+                    self._compare(m_row, m_ids, b_row, b_ids, prompt_ids)
+                rows.append(m_row)
+                texts.append(self._text(sample, turn, repeat, "method", gen.name, m_ids))
+            if b_row is not None:
+                rows.append(b_row)
+                texts.append(b_text)
+            # later turns follow the baseline's answer (the main method's when there is no baseline)
+            history.append(tok.decode(b_ids if b_ids is not None else timed[0].result.token_ids, skip_special_tokens=True))
         return rows, texts
 
     def _text(self, sample, turn: int, repeat: int, role: str, method: str, ids: list[int]) -> dict[str, Any]:
@@ -305,10 +366,11 @@ class Runner:
         todo = [(i, s, r) for i, s in enumerate(self.samples) for r in range(self.cfg.repeats) if (s.id, r) not in done]
         total = len(self.samples) * self.cfg.repeats
         if todo:
+            self._check_idle()
             self.warmup()
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, initial=total - len(todo), desc=f"{self.cfg.method.name} vs ar", unit="prompt",
+        bar = tqdm(total=total, initial=total - len(todo), desc=f"{', '.join(g.name for _, g in self.methods)} vs ar", unit="prompt",
                    disable=not self.cfg.progress, file=sys.stderr, dynamic_ncols=True)
         speedups: list[float] = [r["speedup"] for r in self.store.rows if r.get("role") == "method" and r.get("speedup")]
         for index, sample, repeat in todo:
@@ -327,8 +389,10 @@ def print_summary(df: pd.DataFrame, out_dir: Path, file=sys.stdout) -> pd.DataFr
     if "speedup" not in df or df[df.role == "baseline"].empty:
         return pd.DataFrame()
     summary = summarize(df)
-    cols = ["method", "group", "prompts", "speedup_geomean", "speedup_ci_low", "speedup_ci_high", "speedup", "tau",
-            "acceptance_rate", "equivalence_rate", "near_ties", "tokens_per_s", "baseline_tokens_per_s"]
+    cols = ["method", "group", "prompts", "speedup_geomean", "speedup_ci_low", "speedup_ci_high", "speedup", "speedup_bound",
+            "tau", "acceptance_rate", "equivalence_rate", "near_ties", "tokens_per_s", "baseline_tokens_per_s"]
+    if summary.speedup_bound.isna().all():
+        cols.remove("speedup_bound")
     show = summary[cols].copy()
     fmt = {c: "{:.2f}".format for c in cols if show[c].dtype.kind == "f"}
     print(show.to_string(index=False, formatters=fmt, na_rep="-"), file=file)

@@ -30,6 +30,9 @@ from .loading import cache_dir
 from .model import TargetModel
 
 
+CACHE_LEN = 256  # the cache length c(k) is measured at (stated with every curve)
+
+
 def curve_key(target: TargetModel, kernel: str, threads: int, cache_len: int) -> dict[str, Any]:
     info = target.info
     return {
@@ -46,7 +49,7 @@ def _path(key: dict[str, Any]) -> Path:
 
 
 @torch.inference_mode()
-def measure(target: TargetModel, ks: Sequence[int] = tuple(range(1, 33)), cache_len: int = 256, repeats: int = 10,
+def measure(target: TargetModel, ks: Sequence[int] = tuple(range(1, 33)), cache_len: int = CACHE_LEN, repeats: int = 10,
             warmup: int = 2, seed: int = 0) -> dict[int, float]:
     """Median milliseconds of one verification forward over k tokens, for each k."""
     g = torch.Generator().manual_seed(seed)

@@ -12,6 +12,8 @@ acceptance is unknown and left null.
 
 from __future__ import annotations
 
+import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -48,7 +50,7 @@ class HFAssistedConfig(MethodConfig):
     name: str = "hf_assisted"
     family: str = "hf_assisted"
     draft: DraftModelConfig = field(default_factory=DraftModelConfig)
-    k: int = 4  # num_assistant_tokens, with the constant schedule
+    k: int = 2  # num_assistant_tokens, with the constant schedule (matched to sps)
     confidence_threshold: Optional[float] = 0.0  # 0 = always draft k tokens (transformers' default is 0.4)
 
 
@@ -61,7 +63,6 @@ class HFGenerator(Generator):
         self.sampling = sampling
         self.extra = extra
         self._fed: list[int] = []
-        stock.model.register_forward_pre_hook(self._count, with_kwargs=True)
 
     def _count(self, module, args, kwargs) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
@@ -70,8 +71,6 @@ class HFGenerator(Generator):
 
     @torch.inference_mode()
     def generate(self, prompt_ids: list[int], max_new_tokens: int, generator: torch.Generator | None) -> PromptResult:
-        import time
-
         s = self.sampling
         kwargs = dict(max_new_tokens=max_new_tokens, eos_token_id=sorted(self.stock.stop_ids), pad_token_id=self.stock.tokenizer.pad_token_id or 0)
         if s.greedy:
@@ -80,9 +79,15 @@ class HFGenerator(Generator):
             torch.manual_seed(generator.initial_seed() if generator is not None else 0)
             kwargs.update(do_sample=True, temperature=s.temperature, top_k=s.top_k or None, top_p=s.top_p)
         self._fed = []
-        t0 = time.perf_counter()
-        out = self.stock.model.generate(torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long), **kwargs, **self.extra)
-        wall = time.perf_counter() - t0
+        hook = self.stock.model.register_forward_pre_hook(self._count, with_kwargs=True)
+        try:
+            t0 = time.perf_counter()
+            out = self.stock.model.generate(
+                torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long), **kwargs, **self.extra
+            )
+            wall = time.perf_counter() - t0
+        finally:
+            hook.remove()
         ids = out[0, len(prompt_ids):].tolist()
         fed = self._fed
         drafted = [n - 1 for n in fed[1:]]
@@ -92,8 +97,13 @@ class HFGenerator(Generator):
                             accepted_total=len(ids) - steps)
 
 
+_STOCK: "weakref.WeakKeyDictionary[TargetModel, TargetModel]" = weakref.WeakKeyDictionary()
+
+
 def stock_copy(ctx: MethodContext) -> TargetModel:
-    """The target loaded again with transformers' default attention and kernels."""
+    """The target loaded again with transformers' default attention and kernels (one copy shared by all peers)."""
+    if ctx.target in _STOCK:
+        return _STOCK[ctx.target]
     info = ctx.target.info
     if "tiny" in info.extra:
         from harness.loading import TinySpec
@@ -103,6 +113,7 @@ def stock_copy(ctx: MethodContext) -> TargetModel:
         stock = load_target(info.name, "hf", info.path, info.dtype, "sdpa")
     if stock.info.weights_hash != info.weights_hash:
         raise SpeclabError(f"the stock copy of {info.name} has other weights than the target; peers need the same model")
+    _STOCK[ctx.target] = stock
     return stock
 
 

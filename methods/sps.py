@@ -43,7 +43,7 @@ class SpSConfig(MethodConfig):
     name: str = "sps"
     family: str = "sps"
     draft: DraftModelConfig = field(default_factory=DraftModelConfig)
-    k: int = 4  # draft tokens per step
+    k: int = 2  # draft tokens per step
     adaptive: bool = False
     k_min: int = 1
     k_max: int = 16
@@ -124,7 +124,6 @@ def build(cfg: SpSConfig, ctx: MethodContext) -> EngineGenerator:
         head.weight = torch.nn.Parameter(draft.lm_head.weight.detach()[token_ids].clone(), requires_grad=False)
         draft.model.set_output_embeddings(head)
     apply_kernel(draft.model, ctx.engine.kernel)
-    draft.lm_head = draft.model.get_output_embeddings()
     drafter = DraftModel(draft, ctx.sampling, cfg, token_ids)
     return EngineGenerator(cfg.name, ctx.target, drafter, ctx.sampling, cfg.rule)
 

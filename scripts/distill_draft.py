@@ -42,9 +42,11 @@ NON_COMMERCIAL = ("alpacaeval", "wizardlm", "codealpaca")  # CC BY-NC sources in
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="smollm2-135m", help="target: smollm2-135m (the wheel) or an HF id/folder")
+    p.add_argument("--model", default="smollm2-135m", help="target: smollm2-135m (the wheel), tiny-llama (tests) or an HF id/folder")
     p.add_argument("--prompts-file", default=None, help="JSONL with a 'prompt' field (default: $SPECLAB_DATA/train_prompts/prompts.jsonl)")
-    p.add_argument("--layers", type=int, default=2, help="draft depth N <= 4: the target's first N layers")
+    p.add_argument("--layers", type=int, default=2, help="draft depth N <= 4")
+    p.add_argument("--init-layers", default=None,
+                   help="comma-separated target layers to initialise the draft's N layers from (default: the first N)")
     p.add_argument("--prompts", type=int, default=640, help="training prompts to answer")
     p.add_argument("--gen-tokens", type=int, default=96, help="answer length per prompt")
     p.add_argument("--max-prompt-tokens", type=int, default=320)
@@ -64,6 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not 1 <= args.layers <= 4:
         p.error("--layers must be between 1 and 4")
+    args.init = [int(x) for x in args.init_layers.split(",")] if args.init_layers else list(range(args.layers))
+    if len(args.init) != args.layers:
+        p.error(f"--init-layers names {len(args.init)} layers for --layers {args.layers}")
     return args
 
 
@@ -126,7 +131,9 @@ def generate(args: argparse.Namespace, target, prompts: list[dict], work: Path) 
     return samples
 
 
-def build_draft(target, layers: int):
+def build_draft(target, layers: int, init: list[int] | None = None):
+    """A draft of ``layers`` decoder layers copied from the target's layers ``init`` (default: the first ones),
+    with the target's final norm and its (shared, frozen) embeddings and tied head."""
     from transformers import AutoModelForCausalLM
 
     config = target.model.config.__class__.from_dict(target.model.config.to_dict())
@@ -134,7 +141,11 @@ def build_draft(target, layers: int):
     config._attn_implementation = "sdpa"
     draft = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     src = target.model.state_dict()
-    own = {k: v.clone() for k, v in src.items() if k.startswith("model.layers.") and int(k.split(".")[2]) < layers}
+    init = list(range(layers)) if init is None else init
+    own = {}
+    for i, j in enumerate(init):
+        prefix = f"model.layers.{j}."
+        own.update({f"model.layers.{i}." + k[len(prefix):]: v.clone() for k, v in src.items() if k.startswith(prefix)})
     own["model.norm.weight"] = src["model.norm.weight"].clone()
     shared = {"model.embed_tokens.weight": src["model.embed_tokens.weight"]}
     draft.load_state_dict({**own, **shared}, strict=False)
@@ -188,7 +199,7 @@ def train(args, target, draft, samples: list[dict], head_ids: torch.Tensor, work
     total = max(1, int(per_epoch * args.epochs))
     warm = max(1, total // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
-    ckpt = work / f"train_l{args.layers}.pt"
+    ckpt = work / f"train_l{'-'.join(map(str, args.init))}_e{args.epochs:g}.pt"
     step, spent = 0, 0.0
     if ckpt.is_file():
         state = torch.load(ckpt)
@@ -246,30 +257,17 @@ def agreement(draft, samples: list[dict], head_ids: torch.Tensor | None = None) 
 
 
 def export(args, target, draft, stats: dict, freq: list[int], out: Path) -> None:
-    from safetensors.torch import save_file
+    from harness.drafts import save_layer_draft
 
-    out.mkdir(parents=True, exist_ok=True)
-    own = {k: v.detach().half().contiguous() for k, v in draft.state_dict().items() if k.startswith(("model.layers.", "model.norm."))}
-    save_file(own, str(out / "model.safetensors"))
-    config = draft.config.to_dict()
-    config.pop("_attn_implementation_autoset", None)
-    config["dtype"] = "float16"
-    config["speclab_draft"] = {
-        "target": target.info.name,
-        "target_path": target.info.path,
-        "target_weights_hash": target.info.weights_hash,
-        "shared": ["model.embed_tokens.weight"],
-        "init": f"target layers 0..{args.layers - 1} and final norm",
-        "command": "python scripts/distill_draft.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-        **stats,
-    }
-    (out / "config.json").write_text(json.dumps(config, indent=1, default=str))
+    command = "python scripts/distill_draft.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    save_layer_draft(draft, out, target, {"init": f"target layers {args.init} and final norm", "command": command, **stats})
     (out / "token_frequency.json").write_text(json.dumps({"token_ids": freq}))
     (out / "README.md").write_text(
         f"# Distilled draft for {target.info.name}\n\n"
-        f"The target's first {args.layers} layers and final norm, trained on the target's own greedy answers; "
+        f"{args.layers} decoder layers initialised from the target's layers {args.init} and its final norm, trained on "
+        "the target's own greedy answers; "
         "embeddings and the tied output head are the target's (not stored here).\n\n"
-        f"Made by: `{config['speclab_draft']['command']}`\n\n"
+        f"Made by: `{command}`\n\n"
         f"Held-out teacher-forced agreement with the target's greedy token: {stats['agreement']:.3f} "
         f"(before training: {stats['agreement_init']:.3f}).\n\n"
         "Load it with `harness.drafts.load_draft(path, target)`; `harness.drafts.export_hf(path, target)` writes an "
@@ -282,8 +280,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    target = load_target(args.model, "smollm2_wheel" if args.model == "smollm2-135m" else "hf",
-                         None if args.model == "smollm2-135m" else args.model)
+    source = {"smollm2-135m": "smollm2_wheel", "tiny-llama": "tiny"}.get(args.model, "hf")
+    target = load_target(args.model, source, None if source != "hf" else args.model)
     work = Path(args.work) if args.work else cache_dir() / "distill" / f"{target.info.name}-{target.info.weights_hash}"
     gen_dir = work / f"gen-p{args.prompts}-t{args.gen_tokens}-k{args.topk}-s{args.seed}"
     gen_dir.mkdir(parents=True, exist_ok=True)
@@ -301,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
     head_ids = torch.tensor(sorted(freq[: args.train_vocab]), dtype=torch.long)
 
     target.model.config._attn_implementation = "sdpa"
-    draft = build_draft(target, args.layers)
+    draft = build_draft(target, args.layers, args.init)
     init = agreement(draft, held)
     stats = train(args, target, draft, train_set, head_ids, work / gen_dir.name)
     stats.update(

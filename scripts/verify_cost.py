@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def measure_config(overrides: list[str], cache_len: int, repeats: int, ks: list[int]) -> tuple[dict, dict[int, float]]:
+def measure_config(overrides: list[str], cache_len: int, repeats: int, ks: list[int], save: bool = True) -> tuple[dict, dict[int, float]]:
     import torch
     from hydra import compose, initialize_config_dir
 
@@ -38,18 +40,21 @@ def measure_config(overrides: list[str], cache_len: int, repeats: int, ks: list[
     apply_kernel(target.model, cfg.engine.kernel)
     key = vc.curve_key(target, cfg.engine.kernel, int(cfg.engine.threads), cache_len)
     ms = vc.measure(target, ks, cache_len=cache_len, repeats=repeats)
-    vc.save(key, ms)
+    if save:
+        vc.save(key, ms)
     return key, ms
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="*", help="Hydra overrides (model=..., engine.kernel=..., engine.threads=...)")
-    p.add_argument("--cache-len", type=int, default=256)
+    p.add_argument("--cache-len", type=int, default=256, help="cache length (the runner reads curves measured at 256)")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--ks", default="1-32", help="k values: a range 1-32 or a list 1,2,4,8")
     p.add_argument("--compare-kernels", action="store_true", help="measure kernel in {torch, onednn} x threads in {1, 2}")
     p.add_argument("--json", default=None, help="also write all curves to this file")
+    p.add_argument("--background-load", type=int, default=0,
+                   help="busy-loop processes to run meanwhile (to study contention; such curves are not saved)")
     args = p.parse_args(argv)
     ks = list(range(int(args.ks.split("-")[0]), int(args.ks.split("-")[1]) + 1)) if "-" in args.ks else [int(k) for k in args.ks.split(",")]
     if 1 not in ks:
@@ -58,16 +63,25 @@ def main(argv: list[str] | None = None) -> None:
     if args.compare_kernels:
         settings = [[f"engine.kernel={k}", f"engine.threads={t}"] for k in ("torch", "onednn") for t in (1, 2)]
     curves = []
-    for extra in settings:
-        key, ms = measure_config(args.overrides + extra, args.cache_len, args.repeats, ks)
-        curves.append({"key": key, "ms": ms})
-        label = f"{key['model']} {key['dtype']} kernel={key['kernel']} threads={key['threads']} cache={key['cache_len']}"
-        print(label)
-        print("  k   ms     c(k)")
-        for k in ks:
-            print(f"  {k:<3d} {ms[k]:6.1f} {ms[k] / ms[1]:5.2f}")
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.background_load)]
+    try:
+        for extra in settings:
+            curves.append(report(measure_config(args.overrides + extra, args.cache_len, args.repeats, ks, save=not hogs), ks))
+    finally:
+        for h in hogs:
+            h.kill()
     if args.json:
         Path(args.json).write_text(json.dumps(curves, indent=1))
+
+
+def report(measured: tuple[dict, dict[int, float]], ks: list[int]) -> dict:
+    key, ms = measured
+    label = f"{key['model']} {key['dtype']} kernel={key['kernel']} threads={key['threads']} cache={key['cache_len']}"
+    print(label + f" OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}")
+    print("  k   ms     c(k)")
+    for k in ks:
+        print(f"  {k:<3d} {ms[k]:6.1f} {ms[k] / ms[1]:5.2f}", flush=True)
+    return {"key": key, "ms": ms}
 
 
 if __name__ == "__main__":

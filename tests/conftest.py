@@ -48,3 +48,15 @@ def compose(*overrides: str):
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=list(overrides))
+
+
+@pytest.fixture(scope="session")
+def layer_draft_folder(tmp_path_factory, tiny_target):
+    """A speclab layer draft: the tiny target's first layer and norm, sharing its embeddings."""
+    from harness.drafts import save_layer_draft
+    from scripts.distill_draft import build_draft
+
+    draft = build_draft(tiny_target, 1)
+    path = tmp_path_factory.mktemp("layer_draft")
+    save_layer_draft(draft, path, tiny_target, {"command": "test"})
+    return path

@@ -32,3 +32,30 @@ def test_default_job_on_real_model(tmp_path):
     again = run(cfg)
     assert len(again) == 4 and again.timestamp.tolist() == df.timestamp.tolist()
     assert isinstance(pd.read_parquet(tmp_path / "results.parquet"), pd.DataFrame)
+
+
+def test_sps_with_the_committed_draft_is_lossless(tmp_path):
+    cfg = compose("method=sps", "task.limit=1", "max_new_tokens=24", "engine.warmup=false")
+    cfg.out_dir = str(tmp_path)
+    df = run(cfg)
+    m = df[df.role == "method"]
+    assert m.equivalent.all() and (m.drafted_tokens > 0).all() and m.method.eq("sps").all()
+
+
+def test_committed_draft_exports_as_an_ordinary_hf_model(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from harness.drafts import default_draft, export_hf, load_draft
+    from harness.loading import load_target
+
+    target = load_target("smollm2-135m", "smollm2_wheel")
+    folder = export_hf(default_draft("smollm2-135m"), target, tmp_path / "hf")
+    plain = AutoModelForCausalLM.from_pretrained(folder).eval()
+    assert plain.config.num_hidden_layers == 2
+    ids = target.encode_chat([{"role": "user", "content": "Name three colours."}])
+    draft = load_draft(None, target)
+    with torch.no_grad():
+        expect = plain(torch.tensor([ids])).logits[0, -1]
+    got = draft.forward(draft.new_cache(len(ids)), ids, logits_rows=[-1]).logits[0]
+    torch.testing.assert_close(got, expect, rtol=1e-4, atol=1e-4)

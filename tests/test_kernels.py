@@ -1,0 +1,43 @@
+"""Linear kernels: oneDNN's packed kernel computes the same linear maps and keeps greedy outputs lossless."""
+
+import copy
+
+import pytest
+import torch
+
+from harness.decoder import Decoder
+from harness.errors import SpeclabError
+from harness.kernels import OneDNNLinear, apply_kernel, onednn_available
+from harness.sampling import Sampling
+from harness.verify import make_verifier
+from methods.pld import PLDConfig, PromptLookup
+
+from .test_greedy_equivalence import MAX_NEW, OracleTree, hf_greedy
+
+pytestmark = pytest.mark.skipif(not onednn_available(), reason="torch built without oneDNN")
+
+
+def test_onednn_linear_matches_torch():
+    lin = torch.nn.Linear(96, 200, bias=True)
+    packed = OneDNNLinear(lin)
+    for rows in (1, 2, 3, 4, 9, 33):
+        x = torch.randn(2, rows, 96)
+        torch.testing.assert_close(packed(x), lin(x), rtol=1e-5, atol=1e-5)
+        # every row is computed by the same kernel whatever the batch size
+        torch.testing.assert_close(packed(x[:, :1]), packed(x)[:, :1], rtol=0, atol=0)
+
+
+def test_engine_is_lossless_with_onednn(tiny_target, tiny_prompts):
+    target = copy.deepcopy(tiny_target)
+    apply_kernel(target.model, "onednn")
+    assert isinstance(target.lm_head, OneDNNLinear)
+    for i, prompt in enumerate(tiny_prompts):
+        ref = hf_greedy(target, prompt, MAX_NEW)
+        dec = Decoder(target, make_verifier(Sampling()))
+        assert dec.generate(prompt, PromptLookup(PLDConfig(), target.stop_ids), MAX_NEW).token_ids == ref
+        assert dec.generate(prompt, OracleTree(ref, seed=i), MAX_NEW).token_ids == ref
+
+
+def test_unknown_kernel_is_an_error(tiny_target):
+    with pytest.raises(SpeclabError, match="engine.kernel"):
+        apply_kernel(tiny_target.model, "fast")
