@@ -65,5 +65,8 @@ def main() -> None:
     import methods  # noqa: F401  (register method and task schemas before Hydra composes)
     import tasks  # noqa: F401
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-file loading bars would bury the run's own progress bar
     check_choices(sys.argv[1:])
     _main()

@@ -64,7 +64,9 @@ class BaselineConfig:
 
 @dataclass
 class EngineConfig:
-    threads: int = 2
+    # 1: on this 2-core CPU a second thread is ~15% faster when the machine is idle, but with one busy process
+    # beside it OpenMP's spinning threads make every forward 2.5-4x slower (BENCHMARKS.md, "Threads")
+    threads: int = 1
     kernel: str = "onednn"  # linear-layer kernel for target and drafts: onednn | torch (harness/kernels.py)
     warmup: bool = True
     warmup_tokens: int = 16

@@ -56,7 +56,8 @@ def versions() -> dict[str, str]:
 
 
 def hardware() -> dict[str, object]:
-    return {"host": platform.node(), "cpu": cpu_model(), "cpu_count": os.cpu_count() or 1, "gpu": _gpu_name()}
+    return {"host": platform.node(), "cpu": cpu_model(), "cpu_count": os.cpu_count() or 1, "gpu": _gpu_name(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default")}
 
 
 def _gpu_name() -> str | None:

@@ -228,6 +228,7 @@ class Runner:
             "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p,
             "seed": seed, "threads": cfg.engine.threads, "kernel": cfg.engine.kernel,
             "host": hostinfo.hardware()["host"], "cpu": hostinfo.cpu_model(), "gpu": hostinfo.hardware()["gpu"],
+            "omp_wait_policy": hostinfo.hardware()["omp_wait_policy"],
             "torch": hostinfo.versions().get("torch"),
         }
 

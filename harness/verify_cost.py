@@ -39,7 +39,7 @@ def curve_key(target: TargetModel, kernel: str, threads: int, cache_len: int) ->
         "model": info.name, "weights_hash": info.weights_hash, "dtype": info.dtype,
         "attention": target.model.config._attn_implementation, "kernel": kernel, "threads": threads,
         "host": hostinfo.hardware()["host"], "cpu": hostinfo.cpu_model(), "torch": hostinfo.versions().get("torch"),
-        "cache_len": cache_len,
+        "omp_wait_policy": hostinfo.hardware()["omp_wait_policy"], "cache_len": cache_len,
     }
 
 
@@ -51,28 +51,29 @@ def _path(key: dict[str, Any]) -> Path:
 @torch.inference_mode()
 def measure(target: TargetModel, ks: Sequence[int] = tuple(range(1, 33)), cache_len: int = CACHE_LEN, repeats: int = 10,
             warmup: int = 2, seed: int = 0) -> dict[int, float]:
-    """Median milliseconds of one verification forward over k tokens, for each k."""
+    """Median milliseconds of one verification forward over k tokens, for each k.
+
+    Rounds visit every k once, so drift on a shared machine spreads over all k instead of biasing some.
+    """
     g = torch.Generator().manual_seed(seed)
     vocab = target.vocab_size
     cache = target.new_cache(cache_len + max(ks) + 1)
     target.forward(cache, torch.randint(0, vocab, (cache_len,), generator=g).tolist(), logits_rows=[-1])
-    out: dict[int, float] = {}
-    for k in ks:
-        tokens = torch.randint(0, vocab, (k,), generator=g).tolist()
-        parents = T.chain_parents(k - 1)
-        times = []
-        for i in range(warmup + repeats):
+    inputs = {k: torch.randint(0, vocab, (k,), generator=g).tolist() for k in ks}
+    times: dict[int, list[float]] = {k: [] for k in ks}
+    for round_ in range(warmup + repeats):
+        for k in ks:
+            parents = T.chain_parents(k - 1)
             t0 = time.perf_counter()
             if k == 1:
-                target.forward(cache, tokens)
+                target.forward(cache, inputs[k])
             else:
-                target.forward(cache, tokens, positions=T.positions(parents, cache_len), tree=T.ancestor_mask(parents))
+                target.forward(cache, inputs[k], positions=T.positions(parents, cache_len), tree=T.ancestor_mask(parents))
             dt = time.perf_counter() - t0
             cache.truncate(cache_len)
-            if i >= warmup:
-                times.append(dt)
-        out[k] = 1e3 * statistics.median(times)
-    return out
+            if round_ >= warmup:
+                times[k].append(dt)
+    return {k: 1e3 * statistics.median(v) for k, v in times.items()}
 
 
 def save(key: dict[str, Any], ms: dict[int, float]) -> Path:
