@@ -12,6 +12,9 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 if "SPECLAB_DATA" not in os.environ and (REPO.parent / "shared" / "data").is_dir():
     os.environ["SPECLAB_DATA"] = str(REPO.parent / "shared" / "data")
+if os.environ.get("SPECLAB_DATA"):
+    # README passes a cwd-relative path; subprocess tests run from scratch folders, so pin it now
+    os.environ["SPECLAB_DATA"] = str(Path(os.environ["SPECLAB_DATA"]).expanduser().resolve())
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
