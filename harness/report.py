@@ -249,8 +249,10 @@ def plot_accept_lengths(df: pd.DataFrame) -> Figure:
     m = df[df.role == "method"]
     labels = _ordered(m.label.tolist())
     fig, ax = _figure()
-    counts = {lab: np.bincount(np.concatenate([np.zeros(0, int), *(np.asarray(x, int) for x in rows.accept_lengths)]))
+    # peers running transformers' generate() expose no per-step lengths (None): they get no bars
+    counts = {lab: np.bincount(np.concatenate([np.zeros(0, int), *(np.asarray(x, int) for x in rows.accept_lengths if x is not None)]))
               for lab, rows in m.groupby("label", sort=False)}
+    labels = [lab for lab in labels if counts[lab].sum()]
     longest = max((len(c) for c in counts.values()), default=0)
     if longest <= 1:
         _empty(ax, "no verification steps")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import resource
 import sys
 import time
@@ -24,6 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import hostinfo
+from . import verify_cost as vc
 from .config import REPO, RunConfig
 from .decoder import PromptResult
 from .errors import SpeclabError
@@ -34,7 +34,6 @@ from .loading import TinySpec, load_target
 from .metrics import first_divergence, generation_stats, geomean, summarize
 from .model import TargetModel
 from .results import BaselineCache, ResultsStore, config_hash
-from . import verify_cost as vc
 from .sampling import Sampling
 
 log = logging.getLogger("speclab")
@@ -373,17 +372,23 @@ class Runner:
 
         bar = tqdm(total=total, initial=total - len(todo), desc=f"{', '.join(g.name for _, g in self.methods)} vs ar", unit="prompt",
                    disable=not self.cfg.progress, file=sys.stderr, dynamic_ncols=True)
-        speedups: list[float] = [r["speedup"] for r in self.store.rows if r.get("role") == "method" and r.get("speedup")]
         for index, sample, repeat in todo:
             rows, texts = self.run_prompt(index, sample, repeat)
             self.store.add(rows, texts)
-            speedups += [r["speedup"] for r in rows if r["role"] == "method" and r.get("speedup")]
-            m = [r for r in self.store.rows if r["role"] == "method"]
-            tau = sum(r["new_tokens"] for r in m) / max(1, sum(r["steps"] for r in m))
-            bar.set_postfix(speedup=f"{geomean(speedups):.2f}x" if speedups else "-", tau=f"{tau:.2f}")
+            bar.set_postfix_str(self._running_figures())
             bar.update(1)
         bar.close()
         return self.store.frame()
+
+    def _running_figures(self) -> str:
+        """Per method so far: geometric-mean speedup and tau (a compare run lists each method apart)."""
+        parts = []
+        for _, gen in self.methods:
+            m = [r for r in self.store.rows if r["role"] == "method" and r["method"] == gen.name]
+            speedups = [r["speedup"] for r in m if r.get("speedup")]
+            tau = sum(r["new_tokens"] for r in m) / max(1, sum(r["steps"] for r in m))
+            parts.append(f"{gen.name} {geomean(speedups):.2f}x tau {tau:.2f}" if speedups else f"{gen.name} tau {tau:.2f}")
+        return ", ".join(parts)
 
 
 def print_summary(df: pd.DataFrame, out_dir: Path, file=sys.stdout) -> pd.DataFrame:

@@ -29,7 +29,6 @@ from . import tree as T
 from .loading import cache_dir
 from .model import TargetModel
 
-
 CACHE_LEN = 256  # the cache length c(k) is measured at (stated with every curve)
 
 

@@ -24,8 +24,16 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # runnable from a checkout without `pip install -e .`
 
 from harness.report import (  # noqa: E402
-    CAPTION, Report, figures, plot_heatmap, save_figures, summarize_frame, summary_table, with_labels,
-    write_leaderboard, write_table,
+    CAPTION,
+    Report,
+    figures,
+    plot_heatmap,
+    save_figures,
+    summarize_frame,
+    summary_table,
+    with_labels,
+    write_leaderboard,
+    write_table,
 )
 
 ROW_KEY = ["run_id", "prompt_id", "turn", "repeat", "role"]

@@ -56,7 +56,9 @@ def test_type_errors_are_rejected():
 
 
 def test_run_dir_is_derived_from_config_not_time():
-    from hydra import compose as hc, initialize_config_dir
+    from hydra import compose as hc
+    from hydra import initialize_config_dir
+
     import methods  # noqa: F401
     import tasks  # noqa: F401
 

@@ -5,10 +5,10 @@ import random
 import pytest
 import torch
 
+from harness import tree as T
 from harness.decoder import Decoder
 from harness.drafter import Drafter, NoDraft
 from harness.proposal import Proposal
-from harness import tree as T
 from harness.sampling import Sampling
 from harness.verify import make_verifier
 from methods.pld import PLDConfig, PromptLookup, lookup

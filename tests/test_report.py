@@ -9,7 +9,13 @@ import pytest
 
 from harness.metrics import geomean, summarize
 from harness.report import (
-    SPEC_BENCH_GROUPS, leaderboard, leaderboard_markdown, plot_speedup_vs_tau, summarize_frame, to_latex, with_labels,
+    SPEC_BENCH_GROUPS,
+    leaderboard,
+    leaderboard_markdown,
+    plot_speedup_vs_tau,
+    summarize_frame,
+    to_latex,
+    with_labels,
     write_reports,
 )
 
@@ -93,6 +99,20 @@ def test_run_without_baseline_still_reports_tau_and_plots(pld_run, tmp_path):
     overall = report.summary.set_index("group").loc["overall"]
     assert overall.tau == pytest.approx(alone.new_tokens.sum() / alone.steps.sum())
     assert np.isnan(overall.speedup)
+    for name in PLOTS:
+        assert is_png(tmp_path / f"{name}.png")
+
+
+def test_peer_rows_without_per_step_records_still_plot(pld_run, tmp_path):
+    # transformers' generate() exposes no per-step accepted lengths or per-position counts
+    peer = pld_run[pld_run.role == "method"].copy()
+    peer["method"] = "hf_pld"
+    for col in ("accept_lengths", "pos_reached", "pos_accepted"):
+        peer[col] = None
+    peer["draft_time_s"] = peer["verify_time_s"] = 0.0
+    both = pd.concat([pld_run, peer], ignore_index=True)
+    report = write_reports(both, summarize(both), tmp_path)
+    assert set(report.summary.method) == {"pld", "hf_pld"}
     for name in PLOTS:
         assert is_png(tmp_path / f"{name}.png")
 

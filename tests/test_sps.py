@@ -6,10 +6,9 @@ from omegaconf import OmegaConf
 
 from harness.config import EngineConfig
 from harness.decoder import Decoder
-from harness.drafts import export_hf, load_draft, save_layer_draft
+from harness.drafts import export_hf, load_draft
 from harness.errors import SpeclabError
 from harness.generator import METHODS, MethodContext
-from harness.loading import load_target
 from harness.sampling import Sampling
 from harness.tiny import byte_tokenizer, tiny_llama
 from harness.verify import make_verifier
@@ -80,7 +79,7 @@ def test_sps_method_builds_with_reduced_head(tiny_target, tiny_prompts, layer_dr
 
 
 def test_incompatible_draft_is_refused(tiny_target, tmp_path):
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                       num_attention_heads=2, num_key_value_heads=1)
