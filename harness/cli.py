@@ -39,7 +39,8 @@ def check_choices(argv: list[str]) -> None:
 def _main(cfg: DictConfig) -> None:
     from .runner import Runner, as_config, print_summary
 
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    for noisy in ("httpx", "matplotlib"):  # Hydra logs INFO; these libraries would fill the job log
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         out_dir = HydraConfig.get().runtime.output_dir
         warn_if_parallel(HydraConfig.get())  # in each job's own log too, beside the timings it warns about

@@ -91,7 +91,7 @@ def bootstrap_ci(values: Sequence[float], stat=geomean, n: int = 2000, level: fl
     return float(lo), float(hi)
 
 
-def _per_prompt_speedups(m: pd.DataFrame, b: pd.DataFrame) -> pd.Series:
+def per_prompt_speedups(m: pd.DataFrame, b: pd.DataFrame) -> pd.Series:
     """Speedup per prompt, pooling its turns and repeats: (sum tokens / sum time) over the baseline's."""
     keys = ["run_id", "prompt_id"]
     mt = m.groupby(keys)[["new_tokens", "wall_time_s"]].sum()
@@ -118,7 +118,7 @@ def _pooled_curve(series: pd.Series) -> list[int]:
 def aggregate(method_rows: pd.DataFrame, baseline_rows: pd.DataFrame) -> dict[str, object]:
     """Summary of one method on one slice of prompts (a group, or all)."""
     m, b = method_rows, baseline_rows
-    per_prompt = _per_prompt_speedups(m, b) if len(b) else pd.Series(dtype=float)
+    per_prompt = per_prompt_speedups(m, b) if len(b) else pd.Series(dtype=float)
     lo, hi = bootstrap_ci(per_prompt.tolist())
     mean_tps_m = _mean_throughput(m)
     mean_tps_b = _mean_throughput(b) if len(b) else math.nan

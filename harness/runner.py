@@ -31,7 +31,7 @@ from .generator import METHODS, Generator, MethodContext
 from .hostinfo import LoadMonitor
 from .kernels import apply_kernel
 from .loading import TinySpec, load_target
-from .metrics import first_divergence, generation_stats, geomean, summarize
+from .metrics import first_divergence, generation_stats, geomean, per_prompt_speedups, summarize
 from .model import TargetModel
 from .results import BaselineCache, ResultsStore, config_hash
 from .sampling import Sampling
@@ -375,20 +375,22 @@ class Runner:
         for index, sample, repeat in todo:
             rows, texts = self.run_prompt(index, sample, repeat)
             self.store.add(rows, texts)
-            bar.set_postfix_str(self._running_figures())
+            bar.set_postfix_str(running_figures(self.store.rows, [g.name for _, g in self.methods]))
             bar.update(1)
         bar.close()
         return self.store.frame()
 
-    def _running_figures(self) -> str:
-        """Per method so far: geometric-mean speedup and tau (a compare run lists each method apart)."""
-        parts = []
-        for _, gen in self.methods:
-            m = [r for r in self.store.rows if r["role"] == "method" and r["method"] == gen.name]
-            speedups = [r["speedup"] for r in m if r.get("speedup")]
-            tau = sum(r["new_tokens"] for r in m) / max(1, sum(r["steps"] for r in m))
-            parts.append(f"{gen.name} {geomean(speedups):.2f}x tau {tau:.2f}" if speedups else f"{gen.name} tau {tau:.2f}")
-        return ", ".join(parts)
+def running_figures(rows: list[dict[str, Any]], methods: list[str]) -> str:
+    """The progress bar's text: per method so far, the summary's speedup (geometric mean over prompts) and tau."""
+    df = pd.DataFrame(rows)
+    base = df[df.role == "baseline"]
+    parts = []
+    for name in methods:
+        m = df[(df.role == "method") & (df.method == name)]
+        tau = m.new_tokens.sum() / max(1, m.steps.sum())
+        speedups = per_prompt_speedups(m, base) if len(base) and len(m) else []
+        parts.append(f"{name} {geomean(speedups):.2f}x tau {tau:.2f}" if len(speedups) else f"{name} tau {tau:.2f}")
+    return ", ".join(parts)
 
 
 def print_summary(df: pd.DataFrame, out_dir: Path, file=sys.stdout) -> pd.DataFrame:

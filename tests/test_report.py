@@ -147,3 +147,11 @@ def test_leaderboard_has_spec_bench_layout(sweep):
 def test_latex_escapes_names():
     tex = to_latex(pd.DataFrame({"method": ["a_b & c%"], "speedup": [1.5]}), suffix={"speedup": "x"})
     assert r"a\_b \& c\%" in tex and r"1.50$\times$" in tex
+
+
+def test_progress_bar_shows_the_summary_speedup(pld_run):
+    from harness.runner import running_figures
+
+    overall = summarize(pld_run).set_index("group").loc["overall"]
+    text = running_figures(pld_run.to_dict("records"), ["pld"])
+    assert text == f"pld {overall.speedup_geomean:.2f}x tau {overall.tau:.2f}"
