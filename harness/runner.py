@@ -380,6 +380,7 @@ class Runner:
         bar.close()
         return self.store.frame()
 
+
 def running_figures(rows: list[dict[str, Any]], methods: list[str]) -> str:
     """The progress bar's text: per method so far, the summary's speedup (geometric mean over prompts) and tau."""
     df = pd.DataFrame(rows)
