@@ -2,13 +2,13 @@
 
 ``torch``: ``F.linear`` (MKL sgemv for one row, sgemm for more). On this 2-core CPU a 2-row sgemm costs
 about twice the 1-row sgemv, and the 49152-way head over 3 rows three times, which makes every
-multi-token verification expensive (c(2) ~ 1.7).
+multi-token verification expensive (c(2) ~ 1.6, BENCHMARKS.md).
 
 ``onednn``: weights pre-packed once into oneDNN's blocked layout (``mkldnn._reorder_linear_weight``) and
 multiplied with ``mkldnn._linear_pointwise``. Inputs of fewer than ``min_rows`` rows are padded: oneDNN's
 kernel for 4+ rows streams each packed weight once for all rows, so on this CPU (SmolLM2-135M, fp32,
-2 threads, BENCHMARKS.md) a forward over 1..8 tokens costs about the same, and the padded 1-token step is
-itself ~30% faster than torch's. Every row of a 1..32-row input is computed by the same kernel, so the
+BENCHMARKS.md) a forward over 1..6 tokens costs within 1.1x of one token, and the padded 1-token step is
+itself 17-22% faster than torch's. Every row of a 1..32-row input is computed by the same kernel, so the
 linear layers give the same values for a token whatever the draft size.
 """
 
