@@ -22,7 +22,8 @@ from .verify import Verifier
 
 @dataclass
 class PromptResult:
-    """One generation. Per-step lists cover the verification steps (the prefill is step 0 and emits 1 token)."""
+    """One generation. Per-step lists cover the verification steps: every step after the prefill (step 0,
+    which emits 1 token) in the engine; peers whose first forward also verifies drafts count it too."""
 
     prompt_len: int
     token_ids: list[int]
@@ -36,7 +37,6 @@ class PromptResult:
     prefill_time: float = 0.0
     draft_time: float = 0.0
     verify_time: float = 0.0
-    accepted_total: int | None = None  # set by generators that know only the total (per-step lists empty)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -71,6 +71,8 @@ class Decoder:
         target = self.target
         if max_new_tokens <= 0:
             raise SpeclabError(f"max_new_tokens must be positive, got {max_new_tokens}")
+        if not prompt_ids:
+            raise SpeclabError("the prompt has no tokens; the prefill needs at least one")
         if len(prompt_ids) + max_new_tokens > target.max_positions:
             raise SpeclabError(
                 f"prompt of {len(prompt_ids)} tokens + max_new_tokens={max_new_tokens} exceeds the model's "

@@ -23,12 +23,15 @@ class Generator:
     name = "generator"
     lossless = True
     acceptance_rule = "greedy"
+    uses_engine = False  # whether its target forwards are the engine's, priced by the engine's c(k)
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int, generator: torch.Generator | None) -> PromptResult:
         raise NotImplementedError
 
 
 class EngineGenerator(Generator):
+    uses_engine = True
+
     def __init__(self, name: str, target: TargetModel, drafter: Drafter, sampling: Sampling, rule: str = "auto") -> None:
         self.name = name
         self.drafter = drafter

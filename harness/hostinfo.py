@@ -9,6 +9,7 @@ used meanwhile, and the runner warns when it is high.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import platform
 import subprocess
@@ -40,6 +41,21 @@ def git_sha() -> str:
         return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+@functools.lru_cache(maxsize=None)
+def source_hash(*paths: str) -> str:
+    """sha256 over the Python sources at ``paths`` (repository-relative files, or every .py below a folder).
+
+    Unlike the git sha it changes with uncommitted edits and only with the files named, so it says which code
+    a measurement was taken with. Hashed once per process: the code that runs is the code that was loaded.
+    """
+    files = sorted({f for p in paths for f in ([REPO / p] if (REPO / p).is_file() else (REPO / p).rglob("*.py"))})
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f.relative_to(REPO)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 @functools.lru_cache(maxsize=1)

@@ -10,6 +10,9 @@ kernel for 4+ rows streams each packed weight once for all rows, so on this CPU 
 BENCHMARKS.md) a forward over 1..6 tokens costs within 1.1x of one token, and the padded 1-token step is
 itself 17-22% faster than torch's. Every row of a 1..32-row input is computed by the same kernel, so the
 linear layers give the same values for a token whatever the draft size.
+
+``auto`` (the default): ``onednn`` where oneDNN can pack the model's dtype on this CPU (fp32 everywhere,
+bf16 only with avx512bw/vl/dq or avx_ne_convert), else ``torch``. Rows record the kernel it resolved to.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import torch.nn as nn
 
 from .errors import SpeclabError
 
-KERNELS = ("torch", "onednn")
+KERNELS = ("auto", "torch", "onednn")
 
 
 class OneDNNLinear(nn.Module):
@@ -47,17 +50,34 @@ def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
 
 
+def onednn_problem(dtype: torch.dtype) -> str | None:
+    """Why oneDNN cannot run ``dtype`` weights here, or None when it can."""
+    if not onednn_available():
+        return "needs a torch build with oneDNN (mkldnn)"
+    if dtype not in (torch.float32, torch.bfloat16):
+        return f"supports float32 and bfloat16 weights, not {dtype}"
+    if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return "runs bfloat16 only on CPUs with avx512bw/vl/dq or avx_ne_convert, which this one lacks"
+    return None
+
+
+def resolve_kernel(kernel: str, dtype: torch.dtype) -> str:
+    """The kernel ``kernel`` means for weights of ``dtype`` on this machine (``auto`` -> onednn or torch)."""
+    if kernel not in KERNELS:
+        raise SpeclabError(f"unknown engine.kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
+    problem = onednn_problem(dtype) if kernel != "torch" else None
+    if kernel == "auto":
+        return "torch" if problem else "onednn"
+    if problem:
+        raise SpeclabError(f"engine.kernel=onednn {problem}; use engine.kernel=torch (or auto)")
+    return kernel
+
+
 def apply_kernel(model: nn.Module, kernel: str) -> nn.Module:
     """Swap every ``nn.Linear`` in ``model`` (in place) for the chosen kernel."""
-    if kernel == "torch":
+    weight = next(model.parameters(), None)
+    if resolve_kernel(kernel, weight.dtype if weight is not None else torch.float32) == "torch":
         return model
-    if kernel != "onednn":
-        raise SpeclabError(f"unknown engine.kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
-    if not onednn_available():
-        raise SpeclabError("engine.kernel=onednn needs a torch build with oneDNN (mkldnn); use engine.kernel=torch")
-    dtype = next(model.parameters()).dtype
-    if dtype not in (torch.float32, torch.bfloat16):
-        raise SpeclabError(f"engine.kernel=onednn supports float32 and bfloat16 weights, not {dtype}; use engine.kernel=torch")
 
     def swap(module: nn.Module) -> None:
         for name, child in module.named_children():

@@ -83,7 +83,8 @@ def tensors_hash(model: torch.nn.Module) -> str:
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
         h.update(name.encode())
-        h.update(t.detach().contiguous().cpu().numpy().tobytes())
+        # the raw bytes (numpy has no bfloat16): fp32 hashes stay what they were
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -235,3 +236,9 @@ def load_target(
         raise SpeclabError("model.path is empty; give a Hub id (org/name) or a local folder")
     model, tok, info = _load_hf(path, name, dtype, attention, revision, trust_remote_code)
     return TargetModel(model, tok, info)
+
+
+def load_named(name: str, dtype: str = "float32") -> TargetModel:
+    """The target a training script names: ``smollm2-135m`` (the wheel), ``tiny-llama`` (tests), else an HF id or folder."""
+    source = {"smollm2-135m": "smollm2_wheel", "tiny-llama": "tiny"}.get(name, "hf")
+    return load_target(name, source, None if source != "hf" else name, dtype)

@@ -3,7 +3,8 @@
 Definitions (README, "Definitions"): a step is one target forward, prefill included; tau = new_tokens /
 steps; acceptance rate = accepted draft tokens / drafted tokens; per-position acceptance is conditional
 (accepted at position i / steps whose draft was evaluated at i) or unconditional (accepted at i /
-verification steps); speedup = method tokens/s over the paired baseline's.
+verification steps); speedup = method tokens/s over the paired baseline's; the speedup bound is the
+same ratio with the method's least possible time (``min_time_s``, harness/verify_cost.py) for its wall time.
 """
 
 from __future__ import annotations
@@ -40,9 +41,8 @@ def position_counts(r: PromptResult) -> tuple[list[int], list[int]]:
 
 def generation_stats(r: PromptResult) -> dict[str, object]:
     drafted = sum(r.drafted)
-    per_step = r.accepted_total is None
-    accepted = sum(r.accepted) if per_step else r.accepted_total
-    reached, acc_pos = position_counts(r) if per_step else (None, None)
+    accepted = sum(r.accepted)
+    reached, acc_pos = position_counts(r)
     wall = r.wall_time
     return {
         "prompt_tokens": r.prompt_len,
@@ -60,7 +60,7 @@ def generation_stats(r: PromptResult) -> dict[str, object]:
         "ms_per_step": 1e3 * (wall - r.prefill_time) / max(1, r.steps - 1),
         "tokens_per_s": r.new_tokens / wall if wall > 0 else None,
         "stop_reason": r.stop_reason,
-        "accept_lengths": [a + 1 for a in r.accepted] if per_step else None,
+        "accept_lengths": [a + 1 for a in r.accepted],
         "drafted_per_step": list(r.drafted),
         "pos_reached": reached,
         "pos_accepted": acc_pos,
@@ -91,10 +91,13 @@ def bootstrap_ci(values: Sequence[float], stat=geomean, n: int = 2000, level: fl
     return float(lo), float(hi)
 
 
-def per_prompt_speedups(m: pd.DataFrame, b: pd.DataFrame) -> pd.Series:
-    """Speedup per prompt, pooling its turns and repeats: (sum tokens / sum time) over the baseline's."""
+def per_prompt_speedups(m: pd.DataFrame, b: pd.DataFrame, time: str = "wall_time_s") -> pd.Series:
+    """Speedup per prompt, pooling its turns and repeats: (sum tokens / sum time) over the baseline's.
+
+    ``time="min_time_s"`` gives the speedup bound, pooled the same way.
+    """
     keys = ["run_id", "prompt_id"]
-    mt = m.groupby(keys)[["new_tokens", "wall_time_s"]].sum()
+    mt = m.groupby(keys)[["new_tokens", time]].sum().rename(columns={time: "wall_time_s"})
     bt = b.groupby(keys)[["new_tokens", "wall_time_s"]].sum()
     joined = mt.join(bt, lsuffix="_m", rsuffix="_b", how="inner")
     return (joined.new_tokens_m / joined.wall_time_s_m) / (joined.new_tokens_b / joined.wall_time_s_b)
@@ -125,7 +128,7 @@ def aggregate(method_rows: pd.DataFrame, baseline_rows: pd.DataFrame) -> dict[st
     drafted = m.drafted_tokens.sum()
     eq = m["equivalent"].dropna() if "equivalent" in m else pd.Series(dtype=bool)
     near = m["near_tie"].fillna(False).astype(bool) if "near_tie" in m else pd.Series(False, index=m.index)
-    steps_verify = int((m.steps - 1).sum())
+    steps_verify = int(m.drafted_per_step.map(len).sum())
     reached = _pooled_curve(m.pos_reached)
     accepted = _pooled_curve(m.pos_accepted)
     return {
@@ -146,9 +149,17 @@ def aggregate(method_rows: pd.DataFrame, baseline_rows: pd.DataFrame) -> dict[st
         "pos_acceptance_conditional": [a / r if r else math.nan for a, r in zip(accepted, reached)],
         "pos_acceptance_unconditional": [a / steps_verify if steps_verify else math.nan for a in accepted],
         "repetition_4gram": float(m.repetition_4gram.mean()),
-        # geometric mean of the rows' verify-cost bounds (harness/verify_cost.py), beside speedup_geomean
-        "speedup_bound": geomean(m.speedup_bound.dropna().astype(float).tolist()) if "speedup_bound" in m else math.nan,
+        # aggregated exactly as speedup_geomean, so bound >= speedup_geomean whenever every row's bound holds
+        "speedup_bound": speedup_bound(m, b),
     }
+
+
+def speedup_bound(m: pd.DataFrame, b: pd.DataFrame) -> float:
+    """Geometric mean over prompts of the per-prompt bounds; NaN unless every method row has its least time
+    (peers and runs without a measured c(k) have none)."""
+    if not len(b) or "min_time_s" not in m or m.min_time_s.isna().any():
+        return math.nan
+    return geomean(per_prompt_speedups(m, b, time="min_time_s").tolist())
 
 
 def summarize(df: pd.DataFrame, by: str = "group") -> pd.DataFrame:

@@ -49,6 +49,21 @@ def speclab_attention(module, query, key, value, attention_mask, scaling=None, d
 AttentionInterface.register(ATTENTION, speclab_attention)
 
 
+def additive_mask(cache_len: int, tree: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[1, 1, n, cache_len + n] additive mask: every new token sees the whole cache, and ``tree`` among the new ones."""
+    n = tree.shape[0]
+    full = torch.ones(n, cache_len + n, dtype=torch.bool)
+    full[:, cache_len:] = tree
+    return to_additive(full, dtype)
+
+
+def to_additive(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean [q, kv] visibility matrix as the [1, 1, q, kv] additive mask attention kernels take."""
+    additive = torch.zeros(visible.shape, dtype=dtype)
+    additive.masked_fill_(~visible, torch.finfo(dtype).min)
+    return additive[None, None]
+
+
 @dataclass
 class ModelInfo:
     """Provenance of a loaded model, copied into every results row."""
@@ -99,12 +114,7 @@ class TargetModel:
         return KVCache(self.num_layers, capacity)
 
     def _mask(self, cache_len: int, tree: torch.Tensor) -> torch.Tensor:
-        n = tree.shape[0]
-        full = torch.ones(n, cache_len + n, dtype=torch.bool)
-        full[:, cache_len:] = tree
-        additive = torch.zeros(full.shape, dtype=self.dtype)
-        additive.masked_fill_(~full, torch.finfo(self.dtype).min)
-        return additive[None, None]
+        return additive_mask(cache_len, tree, self.dtype)
 
     @torch.inference_mode()
     def forward(

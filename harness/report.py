@@ -1,9 +1,10 @@
 """Tables and plots from a results frame: one run folder, or a collected sweep of several methods.
 
 Every number comes from the results rows through :func:`harness.metrics.summarize` (never from logs).
-A frame may hold several runs of one method with different settings (a sweep over ``max_new_tokens``,
-``method.num_draft``, ...): :func:`with_labels` names each run by what sets it apart, and tables and
-plots key on that label so such runs are never pooled. Figures are drawn on matplotlib's Agg canvas
+A frame may hold several runs, each of one or more methods (``compare=[...]``), and runs of one method
+with different settings (a sweep over ``max_new_tokens``, ``method.num_draft``, ...): :func:`with_labels`
+names each (run, method) by its method and what sets it apart, and tables and plots key on that label so
+different methods or settings are never pooled. Figures are drawn on matplotlib's Agg canvas
 without pyplot, so they work headless, leave no global state, and display as they are in a notebook.
 """
 
@@ -41,7 +42,9 @@ TIME_PARTS = (
 CAPTION = (
     "speedup: ratio of mean tokens/s (Spec-Bench); speedup_total: total tokens / total time over the baseline's; "
     "speedup_geomean: geometric mean of per-prompt speedups with a bootstrap 95% interval (ci_low, ci_high); "
-    "tau: new tokens per target forward; near_ties: mismatches at a near-zero top-1/top-2 logit margin."
+    "speedup_bound: the speedup at the least time c(k) allows each engine method (README, Definitions), aggregated "
+    "as speedup_geomean; tau: new tokens per target forward; near_ties: mismatches at a near-zero top-1/top-2 "
+    "logit margin."
 )
 
 
@@ -56,20 +59,27 @@ class Report:
 
 # -- frames -------------------------------------------------------------------------------------------
 def with_labels(df: pd.DataFrame) -> pd.DataFrame:
-    """The frame with a ``label`` column: the method name, plus the settings that differ between runs."""
+    """The frame with a ``label`` column. A method row's label is its method name, plus the settings that
+    differ between runs of that method; a baseline row's is ``"<its run's method labels>: baseline"``."""
     if "label" in df:
         return df
-    runs = df[df.role == "method"].drop_duplicates("run_id")
-    varying = [c for c in RUN_SETTINGS if c in runs and runs[c].astype(str).nunique() > 1]
-    labels: dict[str, str] = {}
-    for method, r in runs.groupby("method", sort=False):
+    methods = df[df.role == "method"].drop_duplicates(["run_id", "method"])
+    varying = [c for c in RUN_SETTINGS if c in methods and methods[c].astype(str).nunique() > 1]
+    labels: dict[tuple[str, str], str] = {}
+    for method, r in methods.groupby("method", sort=False):
         configs = {rid: json.loads(mc) if isinstance(mc, str) else {} for rid, mc in zip(r.run_id, r.method_config)}
         keys = sorted({k for c in configs.values() for k in c
                        if len({json.dumps(x.get(k)) for x in configs.values()}) > 1})
         for _, row in r.iterrows():
             parts = [f"{c}={row[c]}" for c in varying] + [f"{k}={configs[row.run_id].get(k)}" for k in keys]
-            labels[row.run_id] = f"{method} ({', '.join(parts)})" if parts else str(method)
-    return df.assign(label=df.run_id.map(labels))
+            labels[(row.run_id, method)] = f"{method} ({', '.join(parts)})" if parts else str(method)
+    per_run: dict[str, list[str]] = {}
+    for (run_id, _), label in labels.items():
+        per_run.setdefault(run_id, []).append(label)
+    baselines = {run_id: f"{', '.join(labs)}: baseline" for run_id, labs in per_run.items()}
+    label = [labels.get((rid, m)) if role == "method" else baselines.get(rid, "baseline")
+             for rid, m, role in zip(df.run_id, df.method, df.role)]
+    return df.assign(label=label)
 
 
 def _ordered(labels: Sequence[str]) -> list[str]:
@@ -249,7 +259,7 @@ def plot_accept_lengths(df: pd.DataFrame) -> Figure:
     m = df[df.role == "method"]
     labels = _ordered(m.label.tolist())
     fig, ax = _figure()
-    # peers running transformers' generate() expose no per-step lengths (None): they get no bars
+    # rows without per-step lengths (None: peers' rows from before they were counted per step) get no bars
     counts = {lab: np.bincount(np.concatenate([np.zeros(0, int), *(np.asarray(x, int) for x in rows.accept_lengths if x is not None)]))
               for lab, rows in m.groupby("label", sort=False)}
     labels = [lab for lab in labels if counts[lab].sum()]
@@ -332,15 +342,20 @@ def plot_speedup_vs_tau(summary: pd.DataFrame) -> Figure:
 
 
 def plot_time_breakdown(df: pd.DataFrame) -> Figure:
-    """Milliseconds per generated token, split into prefill / draft / verify / other, per method and its baseline."""
+    """Milliseconds per generated token, split into prefill / draft / verify / other, per method, each group of
+    methods timed in the same runs followed by those runs' baseline."""
     df = with_labels(df)
-    labels = _ordered(df[df.role == "method"].label.tolist())
+    method_rows = df[df.role == "method"]
+    runs = {lab: frozenset(rows.run_id) for lab, rows in method_rows.groupby("label", sort=False)}
+    by_runs: dict[frozenset, list[str]] = {}
+    for lab in _ordered(method_rows.label.tolist()):
+        by_runs.setdefault(runs[lab], []).append(lab)
     bars: list[tuple[str, pd.DataFrame]] = []
-    for lab in labels:
-        bars.append((lab, df[(df.label == lab) & (df.role == "method")]))
-        base = df[(df.label == lab) & (df.role == "baseline")]
+    for run_ids, labels in by_runs.items():
+        bars += [(lab, method_rows[method_rows.label == lab]) for lab in labels]
+        base = df[(df.role == "baseline") & df.run_id.isin(run_ids)]
         if len(base):
-            bars.append((f"{lab}: baseline", base))
+            bars.append((f"{', '.join(labels)}: baseline", base))
     fig, ax = _figure(7.0, 1.2 + 0.45 * max(1, len(bars)))
     if not bars:
         _empty(ax, "no rows")

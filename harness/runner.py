@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import resource
 import sys
 import time
@@ -29,9 +30,9 @@ from .decoder import PromptResult
 from .errors import SpeclabError
 from .generator import METHODS, Generator, MethodContext
 from .hostinfo import LoadMonitor
-from .kernels import apply_kernel
+from .kernels import apply_kernel, resolve_kernel
 from .loading import TinySpec, load_target
-from .metrics import first_divergence, generation_stats, geomean, per_prompt_speedups, summarize
+from .metrics import first_divergence, generation_stats, summarize
 from .model import TargetModel
 from .results import BaselineCache, ResultsStore, config_hash
 from .sampling import Sampling
@@ -40,6 +41,12 @@ log = logging.getLogger("speclab")
 
 NEAR_TIE_MARGIN = {"float32": 1e-3, "float16": 2e-2, "bfloat16": 1e-1}
 LOAD_WARNING = 0.25  # cores used by other processes during a timed generation
+# The code a baseline row is timed and computed by: its hash keys the baseline cache and is in every row.
+ENGINE_SOURCES = ("harness", "methods/ar.py")
+# Engine settings that change neither a baseline's output nor its timing.
+UNTIMED_ENGINE_KEYS = ("load_check", "verify_cost")
+# Row columns that say when, where and with what code a row was measured; a cached baseline row keeps its own.
+PROVENANCE = ("git_sha", "code_hash", "versions", "host", "cpu", "cpu_count", "gpu", "omp_wait_policy", "timestamp")
 
 
 def as_config(cfg: Any) -> DictConfig:
@@ -58,6 +65,9 @@ def as_config(cfg: Any) -> DictConfig:
 def method_node(entry: str) -> DictConfig:
     """The config of a ``compare`` entry: a conf/method option, optionally with overrides (``"hf_assisted k=6"``)."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
     from .config import CONF_DIR
 
@@ -65,13 +75,17 @@ def method_node(entry: str) -> DictConfig:
     if not (CONF_DIR / "method" / f"{name}.yaml").is_file():
         known = ", ".join(sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml")))
         raise SpeclabError(f"unknown method {name!r} in compare; choose from: {known}")
-    from hydra.core.global_hydra import GlobalHydra
-
     overrides = [f"method={name}"] + [f"method.{o}" for o in overrides]
-    if GlobalHydra.instance().is_initialized():  # inside run.py's Hydra app, which already knows conf/
-        return compose(config_name="config", overrides=overrides).method
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides).method
+    try:
+        if GlobalHydra.instance().is_initialized():  # inside run.py's Hydra app, which already knows conf/
+            return compose(config_name="config", overrides=overrides).method
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name="config", overrides=overrides).method
+    except (HydraException, OmegaConfBaseException) as e:
+        while e.__cause__ is not None:  # Hydra wraps the error that names the key or value
+            e = e.__cause__
+        reason = (str(e).strip() or type(e).__name__).splitlines()[0]
+        raise SpeclabError(f"bad compare entry {entry!r}: {reason}; check it against conf/method/{name}.yaml") from None
 
 
 def derive_seed(seed: int, prompt_id: str, turn: int, repeat: int) -> int:
@@ -139,7 +153,8 @@ class Runner:
         self.target = load_target(
             m.name, m.source, m.path, m.dtype, m.attention, m.revision, m.trust_remote_code, TinySpec(**m.tiny)
         )
-        apply_kernel(self.target.model, cfg.engine.kernel)
+        self.kernel = resolve_kernel(cfg.engine.kernel, self.target.dtype)
+        apply_kernel(self.target.model, self.kernel)
         from tasks.base import build_task
 
         self.task = build_task(cfg.task)
@@ -172,7 +187,7 @@ class Runner:
             raise SpeclabError(f"unknown engine.verify_cost {mode!r}; choose cached, measure or off")
         if mode == "off":
             return None
-        key = vc.curve_key(self.target, self.cfg.engine.kernel, int(self.cfg.engine.threads), vc.CACHE_LEN)
+        key = vc.curve_key(self.target, self.kernel, int(self.cfg.engine.threads), vc.CACHE_LEN)
         ms = vc.load(key)
         if ms is None and mode == "measure":
             log.info("measuring the verify cost curve c(k)")
@@ -186,6 +201,11 @@ class Runner:
             for t in range(len(s.turns)):
                 # empty earlier answers: a lower bound; run_prompt checks again with the real history
                 n = len(self.task.render(s, t, [""] * t, self.target.tokenizer))
+                if n == 0:
+                    raise SpeclabError(
+                        f"prompt {s.id!r} of task {self.cfg.task.name!r} renders to no tokens (turn {t + 1} is empty); "
+                        "remove it from the data, or keep task.chat=true / set task.system_prompt so it has a prefix"
+                    )
                 if n + self.cfg.max_new_tokens > limit:
                     where = f"prompt {s.id!r}" + (f" (turn {t + 1}, before any answer)" if t else "")
                     raise SpeclabError(
@@ -195,6 +215,7 @@ class Runner:
                     )
 
     def _common(self) -> dict[str, Any]:
+        """The columns every row of this run shares: its identity and settings, then provenance (PROVENANCE)."""
         cfg = self.cfg
         info = self.target.info
         return {
@@ -209,13 +230,19 @@ class Runner:
             "top_p": float(cfg.top_p),
             "max_new_tokens": int(cfg.max_new_tokens),
             "threads": int(cfg.engine.threads),
-            "kernel": cfg.engine.kernel,
+            "kernel": self.kernel,
             "baseline_mode": cfg.baseline.mode,
             "config_hash": self.run_id,
             "git_sha": hostinfo.git_sha(),
+            "code_hash": hostinfo.source_hash(*ENGINE_SOURCES),
             "versions": json.dumps(hostinfo.versions()),
             **{k: v for k, v in hostinfo.hardware().items()},
         }
+
+    def _cached_row(self, cached: dict[str, Any]) -> dict[str, Any]:
+        """A cached baseline row as a row of this run: this run's identity, the measurement's own provenance."""
+        identity = {k: v for k, v in self._common().items() if k not in PROVENANCE}
+        return {**cached, **identity, "order": -1, "baseline_source": "cache"}
 
     def _cache_key(self, sample_id: str, turn: int, repeat: int, prompt_ids: list[int], seed: int | None) -> dict[str, Any]:
         cfg = self.cfg
@@ -225,10 +252,12 @@ class Runner:
             "task": cfg.task.name, "prompt_id": sample_id, "turn": turn, "repeat": repeat,
             "prompt_sha": hashlib.sha256(json.dumps(prompt_ids).encode()).hexdigest()[:16],
             "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p,
-            "seed": seed, "threads": cfg.engine.threads, "kernel": cfg.engine.kernel,
+            "seed": seed, "threads": cfg.engine.threads, "kernel": self.kernel,
+            "engine": {k: v for k, v in OmegaConf.to_container(cfg.engine).items() if k not in UNTIMED_ENGINE_KEYS},
+            "code_hash": hostinfo.source_hash(*ENGINE_SOURCES),
             "host": hostinfo.hardware()["host"], "cpu": hostinfo.cpu_model(), "gpu": hostinfo.hardware()["gpu"],
             "omp_wait_policy": hostinfo.hardware()["omp_wait_policy"],
-            "torch": hostinfo.versions().get("torch"),
+            "versions": hostinfo.versions(),
         }
 
     def _row(self, role: str, method_cfg: Any, gen: Generator, timed: Timed, sample, turn: int, repeat: int, seed: int | None,
@@ -260,9 +289,6 @@ class Runner:
             **generation_stats(timed.result),
         }
         row.update({k: v for k, v in timed.result.extra.items() if isinstance(v, (int, float, str, bool)) or v is None})
-        if role == "method" and self.curve is not None:
-            r = timed.result
-            row["speedup_bound"] = self.curve.bound(r.new_tokens, r.drafted, r.prefill_time, r.draft_time)
         if self.cfg.task.score:
             scores = self.task.score(sample, turn, self.target.tokenizer.decode(timed.result.token_ids, skip_special_tokens=True))
             row.update({f"score_{k}": v for k, v in (scores or {}).items()})
@@ -326,7 +352,7 @@ class Runner:
             b_row = b_ids = None
             if self.baseline is not None:
                 if cached is not None:
-                    b_row = {**cached["row"], **self._common(), "order": -1, "baseline_source": "cache", "timestamp": time.time()}
+                    b_row = self._cached_row(cached["row"])
                     b_text = {**cached["text"], "repeat": repeat}
                     b_ids = list(b_text["token_ids"])
                 else:
@@ -340,6 +366,8 @@ class Runner:
                 m_ids = timed[i].result.token_ids
                 if b_row is not None:
                     self._compare(m_row, m_ids, b_row, b_ids, prompt_ids)
+                    if self.curve is not None and gen.uses_engine:  # peers run other kernels: no bound
+                        m_row.update(self._bound(timed[i].result, b_row))
                 rows.append(m_row)
                 texts.append(self._text(sample, turn, repeat, "method", gen.name, m_ids))
             if b_row is not None:
@@ -361,37 +389,92 @@ class Runner:
             return  # sampled outputs differ by design; losslessness is checked distributionally (tests)
         m_row.update(equivalence(self.target, prompt_ids, m_ids, b_ids, self.near_tie))
 
+    def _bound(self, r: PromptResult, b_row: dict[str, Any]) -> dict[str, Any]:
+        return vc.speedup_bound(self.curve, r.prefill_time, r.drafted, r.new_tokens, int(b_row["steps"]),
+                                b_row["verify_time_s"], b_row.get("tokens_per_s"))
+
     def run(self) -> pd.DataFrame:
         done = self.store.done()
         todo = [(i, s, r) for i, s in enumerate(self.samples) for r in range(self.cfg.repeats) if (s.id, r) not in done]
         total = len(self.samples) * self.cfg.repeats
+        names = [g.name for _, g in self.methods]
         if todo:
             self._check_idle()
             self.warmup()
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, initial=total - len(todo), desc=f"{', '.join(g.name for _, g in self.methods)} vs ar", unit="prompt",
-                   disable=not self.cfg.progress, file=sys.stderr, dynamic_ncols=True)
-        for index, sample, repeat in todo:
-            rows, texts = self.run_prompt(index, sample, repeat)
-            self.store.add(rows, texts)
-            bar.set_postfix_str(running_figures(self.store.rows, [g.name for _, g in self.methods]))
-            bar.update(1)
-        bar.close()
+        figures = RunningFigures(names, self.store.rows)
+        desc = ", ".join(names) + (" vs ar" if self.baseline is not None else "")
+        bar = tqdm(total=total, initial=total - len(todo), desc=desc, unit="prompt", disable=not self.cfg.progress,
+                   file=sys.stderr, dynamic_ncols=True)
+        try:
+            for index, sample, repeat in todo:
+                rows, texts = self.run_prompt(index, sample, repeat)
+                self.store.add(rows, texts)
+                figures.add(rows)
+                bar.set_postfix_str(str(figures))
+                bar.update(1)
+        finally:
+            bar.close()
+            self.store.consolidate()
         return self.store.frame()
 
 
+class RunningFigures:
+    """The progress bar's text: per method so far, the summary's speedup (geometric mean over prompts of
+    per-prompt speedups, turns and repeats pooled, as :func:`metrics.per_prompt_speedups`) and tau.
+
+    Kept up to date row by row, so a long run pays the same per prompt at its end as at its start.
+    """
+
+    def __init__(self, methods: list[str], rows: list[dict[str, Any]] = ()) -> None:
+        self.methods = methods
+        # (method, or None for the baseline; (run_id, prompt_id)) -> [new tokens, wall time]
+        self.sums: dict[tuple[str | None, tuple[str, str]], list[float]] = {}
+        self.steps = {m: [0, 0] for m in methods}  # new tokens, steps
+        self.logs: dict[tuple[str, tuple[str, str]], float] = {}  # log speedup per (method, prompt)
+        self.log_sums = {m: [0.0, 0] for m in methods}  # sum and count of the logs
+        self.add(rows)
+
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        touched = set()
+        for r in rows:
+            prompt = (r["run_id"], r["prompt_id"])
+            side = r["method"] if r["role"] == "method" else None
+            acc = self.sums.setdefault((side, prompt), [0, 0.0])
+            acc[0] += r["new_tokens"]
+            acc[1] += r["wall_time_s"]
+            if side in self.steps:
+                self.steps[side][0] += r["new_tokens"]
+                self.steps[side][1] += r["steps"]
+            touched.add(prompt)
+        for prompt in touched:
+            base = self.sums.get((None, prompt))
+            for m in self.methods:
+                own = self.sums.get((m, prompt))
+                old = self.logs.pop((m, prompt), None)
+                if old is not None:
+                    self.log_sums[m][0] -= old
+                    self.log_sums[m][1] -= 1
+                if own and base and own[1] > 0 and base[0] > 0 and base[1] > 0:
+                    speedup = (own[0] / own[1]) / (base[0] / base[1])
+                    if speedup > 0:  # as metrics.geomean, which leaves out zero speedups
+                        self.logs[(m, prompt)] = math.log(speedup)
+                        self.log_sums[m][0] += math.log(speedup)
+                        self.log_sums[m][1] += 1
+
+    def __str__(self) -> str:
+        parts = []
+        for m in self.methods:
+            total, count = self.log_sums[m]
+            tau = self.steps[m][0] / max(1, self.steps[m][1])
+            parts.append(f"{m} {math.exp(total / count):.2f}x tau {tau:.2f}" if count else f"{m} tau {tau:.2f}")
+        return ", ".join(parts)
+
+
 def running_figures(rows: list[dict[str, Any]], methods: list[str]) -> str:
-    """The progress bar's text: per method so far, the summary's speedup (geometric mean over prompts) and tau."""
-    df = pd.DataFrame(rows)
-    base = df[df.role == "baseline"]
-    parts = []
-    for name in methods:
-        m = df[(df.role == "method") & (df.method == name)]
-        tau = m.new_tokens.sum() / max(1, m.steps.sum())
-        speedups = per_prompt_speedups(m, base) if len(base) and len(m) else []
-        parts.append(f"{name} {geomean(speedups):.2f}x tau {tau:.2f}" if len(speedups) else f"{name} tau {tau:.2f}")
-    return ", ".join(parts)
+    """:class:`RunningFigures` of ``rows`` at once."""
+    return str(RunningFigures(methods, rows))
 
 
 def print_summary(df: pd.DataFrame, out_dir: Path, file=sys.stdout) -> pd.DataFrame:

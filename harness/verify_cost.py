@@ -3,12 +3,13 @@
 Measured through the same :meth:`TargetModel.forward` calls the decoder makes (a root plus a chain of
 k - 1 draft tokens with its tree mask), so it prices exactly what a verification step costs in this
 engine. Measurements are cached per model weights, dtype, attention, kernel, threads, host and torch
-version; the runner reads the matching one to report each method's speedup bound:
+version; the runner reads the matching one to bound each engine method's speedup (README, "Definitions")
+by the least time its run could take:
 
-    bound = (P + n - 1) / (P + sum_steps c(1 + drafted_step) + D)
+    min_time = P + F * sum over its decode steps of c(1 + drafted_step)
 
-with n new tokens, P the prefill and D the drafting time in units of a 1-token step: autoregressive
-decoding costs P + n - 1 such steps, and a speculative run at least the denominator.
+with P the method's own prefill and F the paired baseline's measured forward time per decode step: every
+step at least one verification forward, drafting free, no loop overhead.
 """
 
 from __future__ import annotations
@@ -39,6 +40,17 @@ def curve_key(target: TargetModel, kernel: str, threads: int, cache_len: int) ->
         "attention": target.model.config._attn_implementation, "kernel": kernel, "threads": threads,
         "host": hostinfo.hardware()["host"], "cpu": hostinfo.cpu_model(), "torch": hostinfo.versions().get("torch"),
         "omp_wait_policy": hostinfo.hardware()["omp_wait_policy"], "cache_len": cache_len,
+    }
+
+
+def curve_key_fields(row: Any, cache_len: int = CACHE_LEN) -> dict[str, Any]:
+    """The key of the curve that prices a results row (a run timed on this host, with its model and engine)."""
+    versions = row["versions"]
+    versions = json.loads(versions) if isinstance(versions, str) else versions
+    return {
+        "model": row["model"], "weights_hash": row["weights_hash"], "dtype": row["dtype"], "attention": row["attention"],
+        "kernel": row["kernel"], "threads": int(row["threads"]), "host": row["host"], "cpu": row["cpu"],
+        "torch": versions.get("torch"), "omp_wait_policy": row["omp_wait_policy"], "cache_len": cache_len,
     }
 
 
@@ -104,8 +116,21 @@ class Curve:
         slope = (self.ms[-1] - self.ms[-2]) / (self.k[-1] - self.k[-2])
         return float(self.ms[-1] + slope * (k - self.k[-1])) / self.t1
 
-    def bound(self, new_tokens: int, drafted_per_step: Sequence[int], prefill_s: float, draft_s: float) -> float:
-        t1 = self.t1 / 1e3
-        prefill = prefill_s / t1
-        cost = prefill + sum(self(1 + d) for d in drafted_per_step) + draft_s / t1
-        return (prefill + new_tokens - 1) / cost if cost > 0 else float("nan")
+    def min_time(self, prefill_s: float, drafted_per_step: Sequence[int], forward_s: float) -> float:
+        """Seconds: ``prefill_s`` plus, per decode step, c(1 + drafted) x ``forward_s`` (a 1-token forward)."""
+        return prefill_s + forward_s * sum(self(1 + d) for d in drafted_per_step)
+
+
+def speedup_bound(curve: Curve, prefill_s: float, drafted: Sequence[int], new_tokens: int,
+                  b_steps: int, b_verify_s: float, b_tokens_per_s: float | None) -> dict[str, float | None]:
+    """The verify-cost bound of one method generation against its paired baseline (README, "Definitions").
+
+    min_time_s: the least time the method could have taken: its own prefill, then per step c(1 + drafted)
+    times the baseline's forward time per decode step (its verify time), with free drafting and no overhead.
+    speedup_bound: the speedup that time would give, over the baseline's whole measured time.
+    """
+    if (len(drafted) and b_steps < 2) or not b_tokens_per_s:
+        return {"min_time_s": None, "speedup_bound": None}  # no baseline decode step to price the method's
+    forward_s = b_verify_s / (b_steps - 1) if b_steps > 1 else 0.0
+    min_time = curve.min_time(prefill_s, drafted, forward_s)
+    return {"min_time_s": min_time, "speedup_bound": new_tokens / min_time / b_tokens_per_s}

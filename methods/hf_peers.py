@@ -5,15 +5,19 @@
 the same fixed number of draft tokens). They run on their own stock copy of the target (transformers'
 default attention and linear kernels), because that is what a reader compares the engine against.
 
-transformers exposes no per-step statistics, so a forward pre-hook on the target counts its forwards
-(steps) and the tokens fed to each (1 + draft tokens); accepted = new_tokens - steps. Per-position
-acceptance is unknown and left null.
+transformers exposes no per-step statistics, so hooks on the target record each forward: where it starts
+(its first position) and how many tokens it is fed; :func:`peer_steps` turns that into the engine's
+per-step counts. Counted as the engine counts: a forward's drafts are the tokens fed beyond the committed
+ones (transformers drafts already in its first forward, over prompt + candidates), capped at what the token
+budget still allows (transformers drafts past it; the engine never does); accepted = tokens committed - 1.
+The prefill time is the time to the end of the first target forward, so ms_per_step spreads no prefill.
 """
 
 from __future__ import annotations
 
 import time
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -54,6 +58,36 @@ class HFAssistedConfig(MethodConfig):
     confidence_threshold: Optional[float] = 0.0  # 0 = always draft k tokens (transformers' default is 0.4)
 
 
+@dataclass
+class PeerSteps:
+    drafted: list[int]
+    accepted: list[int]
+    reached: list[int]
+    emitted: list[int]
+
+
+def peer_steps(prompt_len: int, new_tokens: int, max_new_tokens: int, forwards: Sequence[tuple[int, int]]) -> PeerSteps:
+    """Per-step counts of a chain-drafting ``generate()`` from its target forwards, (start position, tokens fed).
+
+    A forward starting at s re-feeds the committed tokens from s on (the whole prompt first, then the one
+    committed token not yet in the cache) and drafts the rest; the next forward's start shows how far the
+    sequence got (its last token is fed again), and the last forward's end is the output's length.
+    """
+    ends = [start + 1 for start, _ in forwards[1:]] + [prompt_len + new_tokens]
+    committed = prompt_len
+    steps = PeerSteps([], [], [], [])
+    for (start, fed), end in zip(forwards, ends):
+        room = max_new_tokens - (committed - prompt_len) - 1  # drafts the budget still allows, as in the engine
+        drafted = min(fed - (committed - start), max(room, 0))
+        accepted = end - committed - 1
+        steps.drafted.append(drafted)
+        steps.accepted.append(accepted)
+        steps.reached.append(min(accepted + 1, drafted))  # a chain is checked up to its first rejection
+        steps.emitted.append(end - committed)
+        committed = end
+    return steps
+
+
 class HFGenerator(Generator):
     acceptance_rule = "transformers"
 
@@ -62,12 +96,24 @@ class HFGenerator(Generator):
         self.stock = stock
         self.sampling = sampling
         self.extra = extra
-        self._fed: list[int] = []
+        self._forwards: list[tuple[int, int]] = []
+        self._first_done: float | None = None
 
-    def _count(self, module, args, kwargs) -> None:
+    def _before(self, module, args, kwargs) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
-        if ids is not None:
-            self._fed.append(int(ids.shape[-1]))
+        positions = kwargs.get("position_ids")
+        if positions is None:
+            positions = kwargs.get("cache_position")
+        if ids is None or positions is None:
+            raise SpeclabError("this transformers version calls the model without input_ids/position_ids; "
+                               "the peers cannot count its steps (pin the transformers version in pyproject.toml)")
+        self._forwards.append((int(positions.reshape(-1)[0]), int(ids.shape[-1])))
+
+    def _after(self, module, args, output) -> None:
+        if self._first_done is None:
+            if output.logits.is_cuda:  # kernels run asynchronously there
+                torch.cuda.synchronize()
+            self._first_done = time.perf_counter()
 
     @torch.inference_mode()
     def generate(self, prompt_ids: list[int], max_new_tokens: int, generator: torch.Generator | None) -> PromptResult:
@@ -78,8 +124,9 @@ class HFGenerator(Generator):
         else:
             torch.manual_seed(generator.initial_seed() if generator is not None else 0)
             kwargs.update(do_sample=True, temperature=s.temperature, top_k=s.top_k or None, top_p=s.top_p)
-        self._fed = []
-        hook = self.stock.model.register_forward_pre_hook(self._count, with_kwargs=True)
+        self._forwards, self._first_done = [], None
+        hooks = [self.stock.model.register_forward_pre_hook(self._before, with_kwargs=True),
+                 self.stock.model.register_forward_hook(self._after)]
         try:
             t0 = time.perf_counter()
             out = self.stock.model.generate(
@@ -87,14 +134,14 @@ class HFGenerator(Generator):
             )
             wall = time.perf_counter() - t0
         finally:
-            hook.remove()
+            for hook in hooks:
+                hook.remove()
         ids = out[0, len(prompt_ids):].tolist()
-        fed = self._fed
-        drafted = [n - 1 for n in fed[1:]]
-        steps = len(fed)
+        counts = peer_steps(len(prompt_ids), len(ids), max_new_tokens, self._forwards)
         stop = "eos" if ids and ids[-1] in self.stock.stop_ids else "max_new_tokens"
-        return PromptResult(len(prompt_ids), ids, stop, steps=steps, drafted=drafted, wall_time=wall,
-                            accepted_total=len(ids) - steps)
+        return PromptResult(len(prompt_ids), ids, stop, steps=len(self._forwards), drafted=counts.drafted,
+                            accepted=counts.accepted, reached=counts.reached, emitted=counts.emitted, wall_time=wall,
+                            prefill_time=self._first_done - t0)
 
 
 _STOCK: "weakref.WeakKeyDictionary[TargetModel, TargetModel]" = weakref.WeakKeyDictionary()
@@ -115,6 +162,9 @@ def stock_copy(ctx: MethodContext) -> TargetModel:
         raise SpeclabError(f"the stock copy of {info.name} has other weights than the target; peers need the same model")
     _STOCK[ctx.target] = stock
     return stock
+
+
+PEER_FAMILIES = ("hf_generate", "hf_pld", "hf_assisted")  # run transformers' own kernels: no engine bound
 
 
 @METHODS.register("hf_generate", HFGenerateConfig)

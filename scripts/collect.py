@@ -3,10 +3,10 @@
 
     python scripts/collect.py results/multirun/spec_bench/smollm2-135m [--out DIR]
 
-Every ``results.parquet`` under SWEEP_DIR (Hydra's multirun layout
-``<sweep dir>/<method>-<hash>/results.parquet``, or any nesting of them) is merged into
-``DIR/collected.parquet`` (default DIR: SWEEP_DIR/collected), with a ``label`` column naming each run
-by its method and whatever settings set it apart. Written beside it: ``leaderboard.{md,csv,tex}`` in
+Every run folder under SWEEP_DIR (Hydra's multirun layout ``<sweep dir>/<method>-<hash>/``, or any
+nesting of them; finished, under way or killed, see harness/results.py) is merged into
+``DIR/collected.parquet`` (default DIR: SWEEP_DIR/collected), with a ``label`` column naming each
+method of each run by its name and whatever settings set it apart. Written beside it: ``leaderboard.{md,csv,tex}`` in
 Spec-Bench's layout, ``summary.{md,csv,tex}`` per method and group, ``heatmap.png`` and the plots of
 ``harness.report`` across methods. Numbers come only from the merged rows (harness.metrics).
 """
@@ -35,22 +35,23 @@ from harness.report import (  # noqa: E402
     write_leaderboard,
     write_table,
 )
+from harness.results import RESULTS, ResultsStore, read_results, run_folders  # noqa: E402
 
-ROW_KEY = ["run_id", "prompt_id", "turn", "repeat", "role"]
+ROW_KEY = ["run_id", *ResultsStore.ROW_KEY]  # a compare run has a row per method for each prompt, turn and repeat
 MERGED = "collected.parquet"
 
 
-def find_results(sweep_dir: Path, exclude: Path | None = None) -> list[Path]:
-    """Every run's results.parquet under ``sweep_dir``, outside ``exclude`` (an earlier collect's output)."""
-    paths = sorted(sweep_dir.rglob("results.parquet"))
+def find_runs(sweep_dir: Path, exclude: Path | None = None) -> list[Path]:
+    """Every run folder under ``sweep_dir``, outside ``exclude`` (an earlier collect's output)."""
+    folders = run_folders(sweep_dir)
     if exclude is not None:
-        paths = [p for p in paths if exclude.resolve() not in p.resolve().parents]
-    return paths
+        folders = [f for f in folders if exclude.resolve() not in (f.resolve(), *f.resolve().parents)]
+    return folders
 
 
-def merge(paths: list[Path]) -> pd.DataFrame:
+def merge(folders: list[Path]) -> pd.DataFrame:
     """One frame from many runs; a run found twice (a copied folder) counts once, its latest rows kept."""
-    frames = [pd.read_parquet(p).assign(source=str(p.parent)) for p in paths]
+    frames = [read_results(f).assign(source=str(f)) for f in folders]
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if df.empty:
         return df
@@ -65,12 +66,12 @@ def collect(sweep_dir: Path, out_dir: Path | None = None) -> Report:
     """Merge ``sweep_dir`` and write the merged parquet, tables and figures into ``out_dir``."""
     sweep_dir = Path(sweep_dir)
     out_dir = Path(out_dir) if out_dir else sweep_dir / "collected"
-    paths = find_results(sweep_dir, exclude=out_dir)
-    if not paths:
-        raise SystemExit(f"error: no results.parquet under {sweep_dir}; "
+    folders = find_runs(sweep_dir, exclude=out_dir)
+    if not folders:
+        raise SystemExit(f"error: no {RESULTS} under {sweep_dir}; "
                          "pass a sweep folder such as results/multirun/<task>/<model>")
-    df = with_labels(merge(paths))
-    print(f"collect: {df.run_id.nunique()} runs, {len(df)} rows from {len(paths)} files under {sweep_dir}")
+    df = with_labels(merge(folders))
+    print(f"collect: {df.run_id.nunique()} runs, {len(df)} rows from {len(folders)} run folders under {sweep_dir}")
     out_dir.mkdir(parents=True, exist_ok=True)
     df.to_parquet(out_dir / MERGED, index=False)
     summary = summarize_frame(df)

@@ -6,7 +6,8 @@ frozen embeddings and tied output head, trained to match the target's next-token
 answers the target itself generated for training prompts that share no word 8-gram with any evaluation
 prompt. Stages are cached in --work and resume after an interruption:
 
-1. generate: batched greedy answers, with the target's top-k next-token probabilities at every step;
+1. generate: batched greedy answers, with the target's top-k next-token probabilities at every answer position
+   (``harness/training/data.py``: the answer cache every trainer shares);
 2. train: soft cross-entropy on answer positions over the answers' most frequent tokens (a reduced head
    keeps a CPU step cheap), AdamW with warm-up and cosine decay, checkpoints every few minutes;
 3. export: the draft's own tensors as fp16 safetensors, a config naming the target and this command,
@@ -21,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import shlex
 import sys
@@ -35,9 +35,15 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness.loading import cache_dir, load_target  # noqa: E402
-
-NON_COMMERCIAL = ("alpacaeval", "wizardlm", "codealpaca")  # CC BY-NC sources in train_prompts/SOURCES.md
+from harness.errors import SpeclabError  # noqa: E402
+from harness.loading import cache_dir, load_named  # noqa: E402
+from harness.training.data import (  # noqa: E402
+    NON_COMMERCIAL,
+    AnswerSpec,
+    answer_shards,
+    prompts_path,
+    training_prompts,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -70,65 +76,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if len(args.init) != args.layers:
         p.error(f"--init-layers names {len(args.init)} layers for --layers {args.layers}")
     return args
-
-
-def training_prompts(args: argparse.Namespace) -> list[dict]:
-    from tasks.overlap import evaluation_texts, overlapping
-
-    path = Path(args.prompts_file) if args.prompts_file else Path(os.environ.get("SPECLAB_DATA", "../shared/data")) / "train_prompts" / "prompts.jsonl"
-    if not path.is_file():
-        raise SystemExit(f"error: training prompts {path} not found; pass --prompts-file or set SPECLAB_DATA")
-    rows = [json.loads(line) for line in open(path) if line.strip()]
-    if not args.include_noncommercial:
-        rows = [r for r in rows if not r["id"].startswith(NON_COMMERCIAL)]
-    evals = [t for texts in evaluation_texts().values() for t in texts]
-    bad = set(overlapping([r["prompt"] for r in rows], evals))
-    rows = [r for i, r in enumerate(rows) if i not in bad]
-    random.Random(args.seed).shuffle(rows)
-    print(f"{len(rows)} training prompts after dropping {len(bad)} that share an 8-gram with evaluation prompts", file=sys.stderr)
-    return rows[: args.prompts]
-
-
-@torch.inference_mode()
-def generate(args: argparse.Namespace, target, prompts: list[dict], work: Path) -> list[dict]:
-    """Greedy answers with the target's top-k probabilities, one shard per batch (resumable)."""
-    from harness.kernels import apply_kernel
-
-    tok = target.tokenizer
-    model = target.model
-    model.config._attn_implementation = "sdpa"  # padded batches need the stock attention with a padding mask
-    apply_kernel(model, "onednn")
-    encoded = [target.encode_chat([{"role": "user", "content": r["prompt"]}])[-args.max_prompt_tokens :] for r in prompts]
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths share a batch
-    batches = [order[i : i + args.gen_batch] for i in range(0, len(order), args.gen_batch)]
-    samples: list[dict] = []
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    for b, idx in enumerate(tqdm(batches, desc="generate", unit="batch")):
-        shard = work / f"gen_{b:04d}.pt"
-        if shard.is_file():
-            samples += torch.load(shard)
-            continue
-        width = max(len(encoded[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, i in enumerate(idx):
-            ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
-            mask[row, width - len(encoded[i]) :] = 1
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=args.gen_tokens, do_sample=False,
-                             output_logits=True, return_dict_in_generate=True, pad_token_id=pad)
-        logits = torch.stack(out.logits, 1).float()  # [batch, steps, vocab]
-        probs = logits.softmax(-1)
-        top = probs.topk(args.topk, dim=-1)
-        batch = []
-        stops = target.stop_ids
-        for row, i in enumerate(idx):
-            answer = out.sequences[row, width:].tolist()
-            end = next((j + 1 for j, t in enumerate(answer) if t in stops), len(answer))
-            batch.append({"prompt": encoded[i], "answer": answer[:end], "top_idx": top.indices[row, :end].to(torch.int32),
-                          "top_p": top.values[row, :end].half()})
-        torch.save(batch, shard)
-        samples += batch
-    return samples
 
 
 def build_draft(target, layers: int, init: list[int] | None = None):
@@ -280,13 +227,13 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    source = {"smollm2-135m": "smollm2_wheel", "tiny-llama": "tiny"}.get(args.model, "hf")
-    target = load_target(args.model, source, None if source != "hf" else args.model)
+    target = load_named(args.model)
     work = Path(args.work) if args.work else cache_dir() / "distill" / f"{target.info.name}-{target.info.weights_hash}"
-    gen_dir = work / f"gen-p{args.prompts}-t{args.gen_tokens}-k{args.topk}-s{args.seed}"
-    gen_dir.mkdir(parents=True, exist_ok=True)
-    prompts = training_prompts(args)
-    samples = generate(args, target, prompts, gen_dir)
+    prompts = training_prompts(prompts_path(args.prompts_file), args.prompts, args.seed, args.include_noncommercial)
+    spec = AnswerSpec(gen_tokens=args.gen_tokens, max_prompt_tokens=args.max_prompt_tokens, batch=args.gen_batch,
+                      topk=args.topk, seed=args.seed)
+    samples = answer_shards(target, prompts, work, spec)
+    gen_dir = work / spec.folder_name(len(prompts))
     t_gen = time.time() - t0
     rng = random.Random(args.seed)
     rng.shuffle(samples)
@@ -301,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     target.model.config._attn_implementation = "sdpa"
     draft = build_draft(target, args.layers, args.init)
     init = agreement(draft, held)
-    stats = train(args, target, draft, train_set, head_ids, work / gen_dir.name)
+    stats = train(args, target, draft, train_set, head_ids, gen_dir)
     stats.update(
         agreement=agreement(draft, held),
         agreement_init=init,
@@ -317,4 +264,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SpeclabError as e:
+        raise SystemExit(f"error: {e}")

@@ -13,12 +13,11 @@ import argparse
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness.metrics import head_to_head, summarize  # noqa: E402
 from harness.report import to_markdown  # noqa: E402
+from harness.results import read_results  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("run_dir")
     p.add_argument("pairs", nargs="*", help="a:b method pairs")
     args = p.parse_args(argv)
-    df = pd.read_parquet(Path(args.run_dir) / "results.parquet")
+    df = read_results(args.run_dir)
     cols = ["method", "group", "prompts", "speedup_geomean", "speedup_ci_low", "speedup_ci_high", "speedup", "speedup_bound",
             "tau", "acceptance_rate", "equivalence_rate", "tokens_per_s", "ms_per_step"]
     summary = summarize(df)

@@ -4,6 +4,7 @@
     python scripts/verify_cost.py                                  # default model, engine settings from conf/
     python scripts/verify_cost.py engine.kernel=torch engine.threads=1
     python scripts/verify_cost.py --compare-kernels                # torch vs onednn, 1 and 2 threads
+    python scripts/verify_cost.py --bound-runs results/runs/...    # add the bound to runs timed before a curve existed
 
 Overrides use the same Hydra syntax as run.py (model=, engine.kernel=, engine.threads=, model.dtype=).
 Run it on an idle machine: under concurrent load multi-row kernels slow down far more than 1-row ones.
@@ -29,7 +30,7 @@ def measure_config(overrides: list[str], cache_len: int, repeats: int, ks: list[
     import tasks  # noqa: F401
     from harness import verify_cost as vc
     from harness.config import CONF_DIR
-    from harness.kernels import apply_kernel
+    from harness.kernels import apply_kernel, resolve_kernel
     from harness.loading import TinySpec, load_target
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -37,8 +38,9 @@ def measure_config(overrides: list[str], cache_len: int, repeats: int, ks: list[
     m = cfg.model
     torch.set_num_threads(int(cfg.engine.threads))
     target = load_target(m.name, m.source, m.path, m.dtype, m.attention, m.revision, m.trust_remote_code, TinySpec(**m.tiny))
-    apply_kernel(target.model, cfg.engine.kernel)
-    key = vc.curve_key(target, cfg.engine.kernel, int(cfg.engine.threads), cache_len)
+    kernel = resolve_kernel(cfg.engine.kernel, target.dtype)
+    apply_kernel(target.model, kernel)
+    key = vc.curve_key(target, kernel, int(cfg.engine.threads), cache_len)
     ms = vc.measure(target, ks, cache_len=cache_len, repeats=repeats)
     if save:
         vc.save(key, ms)
@@ -55,7 +57,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", default=None, help="also write all curves to this file")
     p.add_argument("--background-load", type=int, default=0,
                    help="busy-loop processes to run meanwhile (to study contention; such curves are not saved)")
+    p.add_argument("--bound-runs", nargs="+", default=None, metavar="RUN_DIR",
+                   help="instead of measuring: fill the speedup-bound columns of finished runs from the cached curve "
+                        "of their model and engine settings, and rewrite their reports")
     args = p.parse_args(argv)
+    if args.bound_runs:
+        for run_dir in args.bound_runs:
+            bound_run(Path(run_dir), args.cache_len)
+        return
     ks = list(range(int(args.ks.split("-")[0]), int(args.ks.split("-")[1]) + 1)) if "-" in args.ks else [int(k) for k in args.ks.split(",")]
     if 1 not in ks:
         ks = [1] + ks
@@ -72,6 +81,45 @@ def main(argv: list[str] | None = None) -> None:
             h.kill()
     if args.json:
         Path(args.json).write_text(json.dumps(curves, indent=1))
+
+
+def bound_run(run_dir: Path, cache_len: int) -> None:
+    """Recompute min_time_s / speedup_bound of a finished run's engine-method rows, then its reports."""
+    import pandas as pd
+    from omegaconf import OmegaConf
+
+    from harness import verify_cost as vc
+    from harness.report import write_reports
+    from harness.results import RESULTS, read_results, write_parquet_atomic
+    from harness.runner import print_summary
+    from methods.hf_peers import PEER_FAMILIES
+
+    meta = json.loads((run_dir / "run_config.json").read_text())
+    cfg = OmegaConf.create(meta["config"])
+    df = read_results(run_dir)
+    first = df.iloc[0]
+    key = vc.curve_key_fields(first, cache_len)
+    ms = vc.load(key)
+    if ms is None:
+        raise SystemExit(f"error: no cached c(k) for {key}; measure it first: python scripts/verify_cost.py "
+                         f"model={cfg.model.name if 'name' in cfg.model else '...'} engine.kernel={first['kernel']} "
+                         f"engine.threads={first['threads']}")
+    curve = vc.Curve(ms)
+    base = df[df.role == "baseline"].set_index(["prompt_id", "turn", "repeat"])
+    out = []
+    for _, row in df.iterrows():
+        row = row.copy()
+        if row.role == "method" and row.method_family not in PEER_FAMILIES:
+            b = base.loc[(row.prompt_id, row.turn, row.repeat)]
+            b = b.iloc[0] if isinstance(b, pd.DataFrame) else b
+            row.update(pd.Series(vc.speedup_bound(curve, row.prefill_time_s, list(row.drafted_per_step), int(row.new_tokens),
+                                                  int(b.steps), float(b.verify_time_s), b.tokens_per_s)))
+        out.append(row)
+    df = pd.DataFrame(out)
+    write_parquet_atomic(df, run_dir / RESULTS)
+    summary = print_summary(df, run_dir)
+    write_reports(df, summary, run_dir, cfg)
+    print(f"bounds added to {run_dir} from c(k) of {key['model']} kernel={key['kernel']} threads={key['threads']}")
 
 
 def report(measured: tuple[dict, dict[int, float]], ks: list[int]) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -29,15 +30,17 @@ def tiny_target():
     return load_target("tiny-llama", source="tiny")
 
 
+TINY_TEXTS = [
+    "hello hello hello world",
+    "The quick brown fox jumps over the lazy dog. The quick brown fox",
+    "abcabcabcabc",
+    "1, 2, 3, 4, 5, 6,",
+]
+
+
 @pytest.fixture(scope="session")
 def tiny_prompts(tiny_target):
-    texts = [
-        "hello hello hello world",
-        "The quick brown fox jumps over the lazy dog. The quick brown fox",
-        "abcabcabcabc",
-        "1, 2, 3, 4, 5, 6,",
-    ]
-    return [tiny_target.encode_chat([{"role": "user", "content": t}]) for t in texts]
+    return [tiny_target.encode_chat([{"role": "user", "content": t}]) for t in TINY_TEXTS]
 
 
 def compose(*overrides: str):
@@ -63,3 +66,49 @@ def layer_draft_folder(tmp_path_factory, tiny_target):
     path = tmp_path_factory.mktemp("layer_draft")
     save_layer_draft(draft, path, tiny_target, {"command": "test"})
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models' matmuls gain nothing from a second thread, and beside a busy neighbour its spin-waiting makes
+    them several times slower (design.md, section 6); modules of many small forwards use one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+EAGLE_GEN_TOKENS = 32
+
+
+@pytest.fixture(scope="session")
+def eagle_heads(tmp_path_factory):
+    """EAGLE-1 and EAGLE-3 heads for the tiny target, trained by scripts/train_eagle.py (about 15 s).
+
+    A random tiny target's answers are close to noise, so heads trained on a few of them accept almost nothing;
+    the tiny test prompts are among the training prompts (four copies under different ids, so the hold-out split
+    leaves some of each in training) and the heads learn those continuations: drafts are accepted and every
+    verification path runs.
+    Returns {variant: {"folder", "args", "stats", "work"}}.
+    """
+    from scripts.train_eagle import main
+
+    root = tmp_path_factory.mktemp("eagle_heads")
+    rows = [{"id": f"tiny-{copy}-{i}", "prompt": t} for copy in range(4) for i, t in enumerate(TINY_TEXTS)]
+    rows += [{"id": f"count-{i}", "prompt": f"Count: {i} {i} {i} {i} {i}"} for i in range(12)]
+    prompts = root / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    runs = {}
+    for variant in ("eagle", "eagle3"):
+        args = ["--variant", variant, "--model", "tiny-llama", "--prompts-file", str(prompts),
+                "--prompts", str(len(rows)), "--gen-tokens", str(EAGLE_GEN_TOKENS), "--gen-batch", "8",
+                "--epochs", "12", "--batch", "4", "--lr", "4e-3",
+                "--draft-vocab", "64", "--holdout", "0.2", "--eval-prompts", "2", "--eval-tokens", "8",
+                "--threads", "1", "--work", str(root / "work"), "--out", str(root / variant)]
+        threads = torch.get_num_threads()
+        try:  # one thread: beside a busy neighbour, two spin-waiting threads make these small matmuls crawl
+            stats = main(args)
+        finally:
+            torch.set_num_threads(threads)
+        runs[variant] = {"folder": root / variant, "args": args, "stats": stats, "work": root / "work"}
+    return runs

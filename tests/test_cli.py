@@ -38,6 +38,7 @@ def error_line(proc):
         (["model=tiny-llama", "task=spec_bench", "task.groups=[qa]", "task.categories=[writing]"], "is empty after filters"),
         (["model=tiny-llama", "task=demo", "task.path=/no/such/file.jsonl"], "does not exist"),
         (["model=tiny-llama", "task=mtbench", "model.tiny.max_positions=1720", "max_new_tokens=8"], "(turn 2, before any answer)"),
+        (["model=tiny-llama", 'compare=["pld nosuchkey=1"]'], "bad compare entry 'pld nosuchkey=1': Key 'nosuchkey' not in"),
     ],
 )
 def test_bad_input(args, expect, tmp_path):
@@ -80,12 +81,14 @@ def test_missing_data_and_hub_while_offline(tmp_path):
 
 def test_bad_input_on_resume_keeps_the_results(tmp_path):
     data = tmp_path / "prompts.jsonl"
-    data.write_text('{"id": "short", "prompt": "Hi"}\n' + '{"id": "long", "prompt": "%s"}\n' % ("word " * 150))
+    data.write_text('{"id": "short", "prompt": "Hi"}\n')
     args = ["model=tiny-llama", f"task.path={data}", "model.tiny.max_positions=256", "max_new_tokens=8"]
-    proc = run_cli(*args, "task.limit=1", tmp_path=tmp_path)
+    proc = run_cli(*args, tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     before = (tmp_path / "run" / "results.parquet").read_bytes()
-    proc = run_cli(*args, "task.limit=2", tmp_path=tmp_path)  # the same run folder; the second prompt is too long
+    with open(data, "a") as f:  # a prompt added to the data; the same command resumes the same run folder
+        f.write('{"id": "long", "prompt": "%s"}\n' % ("word " * 150))
+    proc = run_cli(*args, tmp_path=tmp_path)  # the new prompt is too long
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "prompt 'long' of task 'demo' has" in error_line(proc)
     assert (tmp_path / "run" / "results.parquet").read_bytes() == before

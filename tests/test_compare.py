@@ -40,3 +40,16 @@ def test_unknown_compare_method_is_an_error(tmp_path):
     cfg.out_dir = str(tmp_path)
     with pytest.raises(SpeclabError, match="unknown method 'nope'"):
         run(cfg)
+
+
+def test_bad_compare_entry_names_the_entry_and_the_problem(tmp_path):
+    import pytest
+
+    from harness.errors import SpeclabError
+
+    for entry, problem in (("pld nosuchkey=1", "Key 'nosuchkey' not in 'PLDConfig'"),
+                           ("pld num_draft=many", "Value 'many' of type 'str' could not be converted to Integer")):
+        cfg = compose("model=tiny-llama", f"compare=[{entry!r}]", "task.limit=1", "max_new_tokens=4")
+        cfg.out_dir = str(tmp_path)
+        with pytest.raises(SpeclabError, match=f"bad compare entry '{entry}': {problem}"):
+            run(cfg)

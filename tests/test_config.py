@@ -69,7 +69,7 @@ def test_run_dir_is_derived_from_config_not_time():
 
     a, b = run_dir(), run_dir()
     assert a == b and a.startswith("results/runs/demo/smollm2-135m/pld-")
-    assert run_dir("task.limit=3") == a  # more prompts extend the same run
+    assert run_dir("task.limit=3") != a  # another selection of prompts is another run, reported apart
     assert run_dir("max_new_tokens=64") != a
 
 
@@ -94,3 +94,91 @@ def test_every_family_schema_accepts_its_yaml():
             extra = []
             node = compose(f"{group}={option}", *extra)[group]
             registry.typed(node)
+
+
+# -- EAGLE methods -------------------------------------------------------------------------------------------
+
+EAGLE_OVERRIDES = {
+    # key -> (command-line value, value in the typed config)
+    "eagle": {"name": ("eagle_mc", "eagle_mc"), "rule": ("rejection", "rejection"), "head": ("/heads/e1", "/heads/e1"),
+              "dtype": ("bfloat16", "bfloat16"), "choices": ("eagle_mc_sim_7b_63", "eagle_mc_sim_7b_63"),
+              "vocab_size": ("null", None)},
+    "eagle2": {"name": ("e2", "e2"), "rule": ("greedy", "greedy"), "head": ("org/eagle-head", "org/eagle-head"),
+               "dtype": ("float16", "float16"), "depth": ("7", 7), "top_k": ("10", 10), "total_tokens": ("60", 60),
+               "vocab_size": ("4096", 4096)},
+    "eagle3": {"name": ("e3", "e3"), "rule": ("auto", "auto"), "head": ("/heads/e3", "/heads/e3"),
+               "dtype": ("float32", "float32"), "depth": ("8", 8), "top_k": ("1", 1), "total_tokens": ("2", 2)},
+}
+
+
+@pytest.mark.parametrize("method,key", [(m, k) for m, keys in EAGLE_OVERRIDES.items() for k in keys])
+def test_every_eagle_option_composes(method, key):
+    from harness.generator import METHODS
+
+    given, expect = EAGLE_OVERRIDES[method][key]
+    typed = METHODS.typed(compose(f"method={method}", f"method.{key}={given}").method)
+    assert typed.family == method and typed[key] == expect
+
+
+def test_eagle_override_table_covers_every_key():
+    from harness.generator import METHODS
+
+    for method, table in EAGLE_OVERRIDES.items():
+        keys = set(METHODS.typed(compose(f"method={method}").method).keys()) - {"family"}
+        assert keys == set(table), f"{method}: add overrides for {sorted(keys - set(table))}"
+
+
+def test_eagle_choices_take_a_literal_list():
+    from harness.generator import METHODS
+    from harness.trees import resolve_choices
+
+    typed = METHODS.typed(compose("method=eagle", "method.choices=[[0],[1],[0,0],[0,0,0]]").method)
+    assert resolve_choices(typed.choices) == [(0,), (1,), (0, 0), (0, 0, 0)]
+
+
+@pytest.fixture(scope="module")
+def untrained_head(tmp_path_factory, tiny_target):
+    """An EAGLE-1 head folder for the tiny target with no token_frequency.json beside it."""
+    from harness.checkpoints import new_head, save_head
+
+    return save_head(new_head("eagle", tiny_target), tmp_path_factory.mktemp("head") / "eagle", tiny_target, {})
+
+
+@pytest.mark.parametrize("method,overrides,expect", [
+    ("eagle", {"choices": "mc_sim_7b_63"}, "method.choices: unknown tree choices 'mc_sim_7b_63'"),
+    ("eagle", {"choices": [[0], [0, 0, 0]]}, "method.choices: tree choice [0, 0, 0] has no parent [0, 0]"),
+    ("eagle", {"choices": [[0], [2]]}, "needs its lower-ranked sibling [1]"),
+    ("eagle", {"choices": [0, 1]}, "a list of rank paths such as [[0], [1], [0, 0]]"),
+    ("eagle", {"choices": []}, "tree choices are empty"),
+    ("eagle2", {"depth": 0}, "needs depth >= 1"),
+    ("eagle3", {"top_k": 0}, "top_k >= 1"),
+    ("eagle2", {"total_tokens": 1}, "total_tokens >= 2"),
+    ("eagle3", {"head": "/no/such/eagle3-head"}, "/no/such/eagle3-head"),
+    ("eagle", {"head": None}, "no default eagle head for model 'tiny-llama'; set method.head="),
+    ("eagle3", {"head": None}, "python scripts/train_eagle.py --variant eagle3"),
+    ("eagle2", {"dtype": "float8"}, "unknown method.dtype 'float8'; choose one of float32, bfloat16, float16"),
+    ("eagle", {"vocab_size": 0}, "method.vocab_size must be positive"),
+    ("eagle2", {"vocab_size": 64}, "token_frequency.json"),
+])
+def test_bad_eagle_values_are_one_clear_line(tiny_target, untrained_head, method, overrides, expect):
+    from harness.config import EngineConfig
+    from harness.errors import SpeclabError
+    from harness.generator import METHODS, MethodContext
+    from harness.sampling import Sampling
+
+    node = compose(f"method={method}").method
+    node.head = str(untrained_head)
+    for key, value in overrides.items():
+        node[key] = value
+    with pytest.raises(SpeclabError) as err:
+        METHODS.build(node, MethodContext(tiny_target, Sampling(), EngineConfig(kernel="torch")))
+    message = str(err.value)
+    assert expect in message and "\n" not in message, message
+
+
+def test_bad_eagle_value_exits_with_one_line(tmp_path):
+    from .test_cli import error_line, run_cli
+
+    proc = run_cli("model=tiny-llama", "method=eagle2", "method.total_tokens=1", tmp_path=tmp_path)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "total_tokens >= 2" in error_line(proc)

@@ -76,21 +76,33 @@ def test_three_speedups_follow_their_definitions(pld_run):
 
 
 def test_bound_is_reported_only_when_measured(pld_run, tmp_path):
-    nulls = pld_run.assign(speedup_bound=None)
+    nulls = pld_run.assign(min_time_s=None, speedup_bound=None)
     write_reports(nulls, None, tmp_path / "nulls")
     assert "speedup_bound" not in pd.read_csv(tmp_path / "nulls" / "summary.csv")
 
+    # any least time under the wall time: the bound, aggregated as speedup_geomean, is never below it
     rng = np.random.default_rng(0)
-    values = rng.uniform(1.0, 3.0, len(pld_run))
-    bound = pld_run.assign(speedup_bound=np.where(pld_run.role == "method", values, np.nan))
+    least = pld_run.wall_time_s * rng.uniform(0.3, 1.0, len(pld_run))
+    bound = pld_run.assign(min_time_s=np.where(pld_run.role == "method", least, np.nan))
     report = write_reports(bound, None, tmp_path / "bound")
     csv = pd.read_csv(tmp_path / "bound" / "summary.csv").set_index("group")
-    m = bound[bound.role == "method"]
-    assert csv.loc["overall", "speedup_bound"] == pytest.approx(geomean(m.speedup_bound.tolist()))
-    assert csv.loc["qa", "speedup_bound"] == pytest.approx(geomean(m[m.group == "qa"].speedup_bound.tolist()))
+
+    def expected(rows):
+        pair = ["run_id", "prompt_id"]
+        m = rows[rows.role == "method"].groupby(pair)[["new_tokens", "min_time_s"]].sum()
+        b = rows[rows.role == "baseline"].groupby(pair)[["new_tokens", "wall_time_s"]].sum()
+        return geomean(((m.new_tokens / m.min_time_s) / (b.new_tokens / b.wall_time_s)).tolist())
+
+    assert csv.loc["overall", "speedup_bound"] == pytest.approx(expected(bound))
+    assert csv.loc["qa", "speedup_bound"] == pytest.approx(expected(bound[bound.group == "qa"]))
+    assert (csv.speedup_bound >= csv.speedup_geomean).all()
     assert "speedup_bound" in (tmp_path / "bound" / "summary.md").read_text()
     fig = plot_speedup_vs_tau(report.summary)
     assert any("bound" in t.get_text() for t in fig.axes[0].get_legend().get_texts())
+    # one row without a least time (a peer's) leaves the slice without a bound rather than a partial one
+    partial = bound.copy()
+    partial.loc[partial.index[partial.role == "method"][0], "min_time_s"] = np.nan
+    assert np.isnan(summarize(partial).set_index("group").loc["overall", "speedup_bound"])
 
 
 def test_run_without_baseline_still_reports_tau_and_plots(pld_run, tmp_path):
@@ -104,7 +116,7 @@ def test_run_without_baseline_still_reports_tau_and_plots(pld_run, tmp_path):
 
 
 def test_peer_rows_without_per_step_records_still_plot(pld_run, tmp_path):
-    # transformers' generate() exposes no per-step accepted lengths or per-position counts
+    # peer rows written before peers were counted per step: no accepted lengths or per-position counts
     peer = pld_run[pld_run.role == "method"].copy()
     peer["method"] = "hf_pld"
     for col in ("accept_lengths", "pos_reached", "pos_accepted"):
@@ -122,10 +134,12 @@ def test_runs_with_other_settings_are_labelled_apart(pld_run):
                            method_config=[json.dumps({**json.loads(c), "num_draft": 3}) for c in pld_run.method_config])
     both = with_labels(pd.concat([pld_run, other], ignore_index=True))
     n = int(pld_run.max_new_tokens.iloc[0])
-    assert set(both.label) == {f"pld (max_new_tokens={n}, num_draft=10)", f"pld (max_new_tokens={2 * n}, num_draft=3)"}
+    labels = {f"pld (max_new_tokens={n}, num_draft=10)", f"pld (max_new_tokens={2 * n}, num_draft=3)"}
+    assert set(both[both.role == "method"].label) == labels
+    assert set(both[both.role == "baseline"].label) == {f"{label}: baseline" for label in labels}
     summary = summarize_frame(both)
     assert (summary.group == "overall").sum() == 2  # not pooled
-    assert with_labels(pld_run).label.unique().tolist() == ["pld"]  # one run: just the method
+    assert with_labels(pld_run).label.unique().tolist() == ["pld", "pld: baseline"]  # one run: just the method
 
 
 def test_leaderboard_has_spec_bench_layout(sweep):

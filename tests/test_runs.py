@@ -4,15 +4,15 @@ equivalence with tie margins, resume and the run folder (the kill-and-resume tes
 from __future__ import annotations
 
 import json
-import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 from omegaconf import OmegaConf
 
 from harness.errors import SpeclabError
-from harness.metrics import aggregate, repetition_4gram
+from harness.metrics import aggregate, repetition_4gram, summarize
 from harness.runner import Runner, as_config, equivalence, run
 
 from .conftest import REPO, compose
@@ -138,6 +138,35 @@ def test_cached_baseline_is_shared_across_methods_and_never_across_weights(tmp_p
     assert len(list((tmp_path / "cache").glob("*.json"))) == 4
 
 
+def test_cached_baseline_keeps_its_provenance_and_is_keyed_on_the_engine(tmp_path, monkeypatch):
+    from harness import hostinfo
+
+    common = ("baseline=cached", f"baseline.cache_dir={tmp_path / 'cache'}", "task.limit=1")
+    first = run(tiny_cfg(tmp_path, *common, "method=pld", name="pld"))
+    measured = first[first.role == "baseline"].iloc[0]
+
+    # later, at another commit: the cached row is this run's, but says when and with what it was measured
+    monkeypatch.setattr(hostinfo, "git_sha", lambda: "0123456789ab")
+    second = run(tiny_cfg(tmp_path, *common, "method=ar", name="ar"))
+    cached = second[second.role == "baseline"].iloc[0]
+    assert cached.baseline_source == "cache" and cached.run_id == second.run_id.iloc[0] != measured.run_id
+    for col in ("git_sha", "code_hash", "versions", "timestamp", "host", "wall_time_s"):
+        assert cached[col] == measured[col], col
+    assert (second[second.role == "method"].git_sha == "0123456789ab").all()
+
+    # what changes the baseline's timing is part of the key: engine code, engine settings, package versions
+    versions = hostinfo.versions()
+    for name, change, extra in (
+        ("code", lambda: monkeypatch.setattr(hostinfo, "source_hash", lambda *paths: "another-engine"), ()),
+        ("settings", lambda: None, ("engine.warmup_tokens=8",)),
+        ("versions", lambda: monkeypatch.setattr(hostinfo, "versions", lambda: {**versions, "torch": "0.0"}), ()),
+    ):
+        change()
+        df = run(tiny_cfg(tmp_path, *common, "method=ar", *extra, name=f"ar-{name}"))
+        assert (df[df.role == "baseline"].baseline_source == "run").all(), name
+        monkeypatch.undo()
+
+
 # -- equivalence with tie margins ----------------------------------------------------------------------
 
 
@@ -184,6 +213,8 @@ def hydra_run_dir(*overrides: str) -> str:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
+    import methods  # noqa: F401  (registers the schemas the config groups start from)
+    import tasks  # noqa: F401
     from harness.config import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -198,20 +229,25 @@ def test_run_folder_is_derived_from_the_config():
     folder = hydra_run_dir(*base)
     assert folder == f"results/runs/spec_bench/tiny-llama/pld-{config_hash(compose(*base))}"
     assert hydra_run_dir(*base) == folder  # not a timestamp
-    assert hydra_run_dir(*base, "task.limit=3", "progress=false") == folder  # these do not change the results
+    assert hydra_run_dir(*base, "progress=false") == folder  # does not change the results
     assert hydra_run_dir(*base, "max_new_tokens=64") != folder
     assert hydra_run_dir(*base, "task.groups=[qa]") != folder
+    # which prompts and how many repeats are the run's identity too: its report covers exactly those
+    assert hydra_run_dir(*base, "task.limit=3") != folder and hydra_run_dir(*base, "repeats=2") != folder
 
 
 def test_resume_skips_finished_prompts_and_refuses_another_config(tmp_path):
-    one = run(tiny_cfg(tmp_path, "task.limit=1"))
-    two = run(tiny_cfg(tmp_path, "task.limit=3"))  # the limit is not part of the config hash: this resumes
-    assert len(two) == 6 and two.iloc[:2].timestamp.tolist() == one.timestamp.tolist()
-    assert not two.duplicated(["prompt_id", "turn", "repeat", "role"]).any()
+    one = run(tiny_cfg(tmp_path, "task.limit=2"))
+    again = run(tiny_cfg(tmp_path, "task.limit=2"))  # the same config resumes: nothing runs again
+    assert again.timestamp.tolist() == one.timestamp.tolist()
     before = (tmp_path / "run" / "results.parquet").read_bytes()
-    with pytest.raises(SpeclabError, match="holds a run with another config.*choose another hydra.run.dir"):
-        Runner(as_config(tiny_cfg(tmp_path, "task.limit=3", "max_new_tokens=9")))
+    # a smaller or larger selection of prompts, more repeats or other settings are another run, never mixed in
+    for other in ("task.limit=1", "task.limit=3", "repeats=2", "max_new_tokens=9"):
+        with pytest.raises(SpeclabError, match="holds a run with another config.*choose another hydra.run.dir"):
+            Runner(as_config(tiny_cfg(tmp_path, other)))
     assert (tmp_path / "run" / "results.parquet").read_bytes() == before
+    fewer = run(tiny_cfg(tmp_path, "task.limit=1", name="limit1"))
+    assert fewer.prompt_id.unique().tolist() == ["demo-1"] and len(fewer) == 2
 
 
 def test_a_failure_mid_run_keeps_the_finished_prompts(tmp_path):
@@ -233,6 +269,13 @@ def test_a_failure_mid_run_keeps_the_finished_prompts(tmp_path):
     assert done[done.prompt_id == "0"].timestamp.tolist() == kept.timestamp.tolist() and len(done) == 4
 
 
+def test_an_empty_prompt_is_refused_before_anything_runs(tmp_path):
+    data = tmp_path / "prompts.jsonl"
+    data.write_text('{"id": "fine", "prompt": "Hi"}\n{"id": "empty", "prompt": ""}\n')
+    with pytest.raises(SpeclabError, match="prompt 'empty' of task 'demo' renders to no tokens"):
+        Runner(as_config(tiny_cfg(tmp_path, f"task.path={data}", "task.chat=false")))
+
+
 def test_results_files_are_replaced_atomically(tmp_path, monkeypatch):
     from harness.results import write_parquet_atomic
 
@@ -251,18 +294,47 @@ def test_results_files_are_replaced_atomically(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["results.parquet"]  # no temporary file left behind
 
 
-def test_texts_without_a_finished_row_are_dropped_on_resume(tmp_path):
-    run(tiny_cfg(tmp_path, "task.limit=1"))
+def test_each_prompt_is_appended_and_a_killed_run_resumes(tmp_path, monkeypatch):
+    from harness import results
+
+    cfg = tiny_cfg(tmp_path, "task.limit=3")
     folder = tmp_path / "run"
-    # a kill between the two writes: samples.jsonl already has the next prompt's texts, results.parquet not
-    orphan = {"prompt_id": "demo-2", "turn": 1, "repeat": 0, "role": "method", "method": "pld", "text": "x", "token_ids": [1]}
-    with open(folder / "samples.jsonl", "a") as f:
-        f.write(json.dumps(orphan) + "\n")
-    df = run(tiny_cfg(tmp_path, "task.limit=2"))
+    parquet, rewrites = [], []
+    write_part = results.write_parquet_atomic
+
+    def killed_on_second_prompt(df, path):
+        parquet.append((path.relative_to(folder).as_posix(), len(df)))
+        if len(parquet) == 2:  # killed while writing the second prompt's part: half a temporary file, no part
+            (path.parent / f".{path.name}.999.tmp").write_bytes(b"PAR1 half a file")
+            raise KeyboardInterrupt
+        write_part(df, path)
+
+    def whole_file_written(path, data):
+        rewrites.append(path.name)
+        path.write_bytes(data)
+
+    monkeypatch.setattr(results, "write_parquet_atomic", killed_on_second_prompt)
+    monkeypatch.setattr(results, "write_atomic", whole_file_written)
+    monkeypatch.setattr(results.ResultsStore, "consolidate", lambda self: None)  # a SIGKILL skips it
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg)
+    # one small write per prompt (its own 2 rows, its texts appended), never the whole file again
+    assert parquet == [("parts/00000001.parquet", 2), ("parts/00000002.parquet", 2)] and rewrites == ["run_config.json"]
+    with open(folder / "samples.jsonl", "ab") as f:  # and a line the kill cut short
+        f.write(b'{"prompt_id": "demo-3", "tu')
+    partial = results.read_results(folder)  # what collect sees of the killed run: the finished prompt only
+    assert partial.prompt_id.unique().tolist() == ["demo-1"] and not (folder / "results.parquet").exists()
+
+    monkeypatch.undo()
+    df = run(cfg)
+    assert df.prompt_id.unique().tolist() == ["demo-1", "demo-2", "demo-3"] and len(df) == 6
+    assert df[df.prompt_id == "demo-1"].timestamp.tolist() == partial.timestamp.tolist()  # kept, not re-run
     keys = [(t["prompt_id"], t["turn"], t["repeat"], t["role"]) for t in texts_of(folder)]
-    assert len(keys) == len(set(keys)) == len(df) == 4
-    assert not any(t["text"] == "x" for t in texts_of(folder))
-    assert not math.isnan(df.wall_time_s.sum())
+    assert sorted(keys) == sorted(map(tuple, df[["prompt_id", "turn", "repeat", "role"]].values.tolist()))
+    # the end of the run merges the parts into results.parquet
+    assert not (folder / "parts").exists()
+    assert pd.read_parquet(folder / "results.parquet").timestamp.tolist() == df.timestamp.tolist()
+    assert results.read_results(folder).timestamp.tolist() == df.timestamp.tolist()
 
 
 # -- interleaving and scoring in a run -----------------------------------------------------------------
@@ -284,3 +356,63 @@ def test_scores_are_columns_when_asked_for(tmp_path):
     assert len(df) == 6 and df.score_exact_match.isin([0.0, 1.0]).all()
     plain = run(tiny_cfg(tmp_path, "task=gsm8k", f"task.path={FIX / 'gsm8k_test.jsonl'}", "max_new_tokens=4", name="plain"))
     assert "score_exact_match" not in plain.columns
+
+
+# -- precision, the speedup bound, the progress bar ----------------------------------------------------
+
+
+def test_bfloat16_runs(tmp_path):
+    from harness.kernels import onednn_problem
+
+    df = run(tiny_cfg(tmp_path, "model.dtype=bfloat16", "compare=[hf_pld]", "task.limit=2"))
+    assert (df.dtype == "bfloat16").all() and len(df) == 6
+    # oneDNN packs bf16 only on CPUs that have the instructions; elsewhere ``auto`` takes torch's kernel
+    assert set(df.kernel) == {"torch" if onednn_problem(torch.bfloat16) else "onednn"}
+    m = df[df.role == "method"]
+    assert (m.equivalent | m.near_tie).all()
+    with pytest.raises(SpeclabError, match="kernel=onednn supports float32 and bfloat16 weights, not torch.float16"):
+        Runner(as_config(tiny_cfg(tmp_path, "model.dtype=float16", "engine.kernel=onednn", name="fp16")))
+
+
+def recording(generate, log: list):
+    """``generate``, keeping each PromptResult in ``log``."""
+    def wrapped(*args):
+        log.append(generate(*args))
+        return log[-1]
+    return wrapped
+
+
+def test_bound_prices_each_step_with_the_baseline_forward(tmp_path, monkeypatch):
+    """A row's least time is its own prefill plus, per step, c(width) x the paired baseline's forward time per
+    decode step; its bound is its speedup with that time. (Measured speedup <= bound on the real model is in
+    test_e2e_real.py: on this tiny model timing noise is as large as the loop overhead the bound leaves out.)"""
+    from harness import verify_cost as vc
+
+    monkeypatch.setenv("SPECLAB_CACHE", str(tmp_path / "cache"))  # c(k) of the tiny model, measured here
+    runner = Runner(as_config(tiny_cfg(tmp_path, "compare=[ar,hf_pld]", "task.limit=2", "repeats=2",
+                                       "max_new_tokens=16", "engine.verify_cost=measure")))
+    results: dict[str, list] = {}
+    for _, gen in runner.methods:
+        gen.generate = recording(gen.generate, results.setdefault(gen.name, []))
+    df = runner.run()
+    m, b = df[df.role == "method"], df[df.role == "baseline"].set_index(["prompt_id", "repeat"])
+    assert m[m.method == "hf_pld"].min_time_s.isna().all()  # peers run other kernels: no bound
+    curve = vc.Curve(vc.load(vc.curve_key(runner.target, runner.kernel, 1, vc.CACHE_LEN)))
+    for name in ("pld", "ar"):
+        rows = m[m.method == name]
+        for row, result in zip(rows.itertuples(), results[name]):
+            base = b.loc[(row.prompt_id, row.repeat)]
+            forward = base.verify_time_s / (base.steps - 1)
+            least = row.prefill_time_s + forward * sum(curve(1 + d) for d in result.drafted)
+            assert row.min_time_s == pytest.approx(least)
+            assert row.speedup_bound == pytest.approx(row.new_tokens / least / base.tokens_per_s)
+    summary = summarize(df).set_index(["method", "group"])
+    assert summary.loc[("pld", "overall"), "speedup_bound"] > 0
+    assert np.isnan(summary.loc[("hf_pld", "overall"), "speedup_bound"])
+
+
+@pytest.mark.parametrize("baseline,desc", [("interleaved", "pld vs ar: "), ("none", "pld: ")])
+def test_progress_bar_names_the_baseline_only_when_there_is_one(tmp_path, capsys, baseline, desc):
+    run(tiny_cfg(tmp_path, f"baseline={baseline}", "progress=true", "task.limit=1", "max_new_tokens=2"))
+    err = capsys.readouterr().err
+    assert desc in err and (baseline != "none" or "vs ar" not in err)

@@ -2,7 +2,8 @@
 
 Toy logit-table models (tests/toy.py) have peaked, exactly known distributions, so chi-square tests on
 the first tokens of tens of thousands of seeded generations have real power. Each case runs the engine's
-own Decoder, verifier and drafters.
+own Decoder, verifier and drafters. EAGLE's tree drafters run on the tiny transformer target with trained
+heads (see "EAGLE trees" below).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import torch
 
 from harness import tree as T
 from harness.decoder import Decoder
-from harness.drafter import Drafter, NoDraft
+from harness.drafter import DecodeState, Drafter, NoDraft
+from harness.head_drafter import HeadDrafter
 from harness.proposal import Proposal
 from harness.sampling import Sampling, sample, warp
 from harness.verify import RejectionVerifier, VerifyResult, make_verifier
@@ -198,3 +200,171 @@ def test_warp_matches_transformers_processors():
         if s.top_p < 1:
             ref = TopPLogitsWarper(s.top_p)(None, ref)
         torch.testing.assert_close(warp(logits, s), ref.softmax(-1))
+
+
+# -- EAGLE trees on a tiny transformer ---------------------------------------------------------------------
+# A transformer's law over whole generations does not fit in memory, so these tests run one drafting and
+# verification step at a fixed committed prefix, complete the emitted tokens to EAGLE_LENGTH with exact draws
+# from the target, and compare the result with the target's own law over EAGLE_LENGTH tokens: equal iff the
+# step is lossless. The heads (conftest.py, ``eagle_heads``) know the prefix's continuation, so paths of
+# several nodes are accepted and every level of the tree takes part.
+
+EAGLE_LENGTH = 3  # the step may emit up to 3 tokens: tree levels 1 and 2 plus the target's own token
+EAGLE_N = 1500
+# four siblings at the top (all of a top-4 draft's support), two levels of siblings below
+WIDE = [[0], [1], [2], [3], [0, 0], [0, 1], [1, 0], [2, 0]]
+EAGLE_SETTINGS = {
+    "t1_top4": Sampling(1.0, top_k=4),
+    "t07_top2": Sampling(0.7, top_k=2),  # two draws exhaust the draft's support: the second sibling's q is one-hot
+    "t05": Sampling(0.5),
+    "t07_top_p06": Sampling(0.7, top_p=0.6),
+}
+
+
+class TargetLaw:
+    """The target's warped law over ``length`` tokens after ``prefix``, as chi-square cells.
+
+    Every sequence with probability >= ``threshold`` is a cell; the rest of each expanded prefix u is the cell
+    ``u + ("*",)``, so a bias in the first token shows even when its continuations are spread thin.
+    """
+
+    def __init__(self, target, prefix: list[int], sampling: Sampling, length: int, threshold: float) -> None:
+        self.target, self.prefix, self.sampling, self.length = target, list(prefix), sampling, length
+        self.memo: dict[tuple[int, ...], torch.Tensor] = {}
+        self.cells: dict[tuple, float] = {}
+        self.nodes: set[tuple[int, ...]] = set()
+        self._expand((), 1.0, threshold)
+
+    def p(self, seq) -> torch.Tensor:
+        """The target's warped next-token distribution after prefix + seq."""
+        seq = tuple(seq)
+        if seq not in self.memo:
+            ids = self.prefix + list(seq)
+            with torch.inference_mode():
+                logits = self.target.forward(self.target.new_cache(len(ids) + 1), ids, logits_rows=[-1]).logits[0]
+            self.memo[seq] = warp(logits, self.sampling)
+        return self.memo[seq]
+
+    def _expand(self, u: tuple[int, ...], mass: float, threshold: float) -> None:
+        self.nodes.add(u)
+        if len(u) == self.length:
+            self.cells[u] = mass
+            return
+        p = self.p(u)
+        rest = mass
+        for x in (p * mass >= threshold).nonzero().flatten().tolist():
+            self._expand(u + (x,), mass * float(p[x]), threshold)
+            rest -= mass * float(p[x])
+        self.cells[u + ("*",)] = max(rest, 0.0)
+
+    def cell(self, seq) -> tuple:
+        u: tuple = ()
+        while len(u) < self.length and u + (seq[len(u)],) in self.nodes:
+            u += (seq[len(u)],)
+        return u if len(u) == self.length else u + ("*",)
+
+
+def eagle_step_test(target, drafter: HeadDrafter, prefix: list[int], sampling: Sampling, n: int = EAGLE_N,
+                    seed: int = 0) -> tuple[float, float, float]:
+    """(p-value, TV, accepted tokens per step) of ``n`` seeded steps of ``drafter`` at ``prefix``."""
+    gen = torch.Generator().manual_seed(seed)
+    law = TargetLaw(target, prefix, sampling, EAGLE_LENGTH, 2.0 / n)
+    verifier = RejectionVerifier(sampling)
+    cache = target.new_cache(len(prefix) + 64)
+    with torch.inference_mode():
+        prefill = target.forward(cache, prefix[:-1], hidden_layers=drafter.hidden_layers)
+    start = cache.length
+    state = DecodeState(list(prefix), len(prefix), EAGLE_LENGTH + 1, target, sampling, gen)
+    drafter.begin(state, prefill)
+    with torch.inference_mode():
+        root = drafter._catch_up()
+    drafter._catch_up = lambda: root  # deterministic for a fixed prefix: recomputing it every step only costs time
+    counts: dict[tuple, int] = {}
+    accepted = 0
+    for _ in range(n):
+        proposal = drafter.propose(state, EAGLE_LENGTH - 1)
+        with torch.inference_mode():
+            out = target.forward(cache, [prefix[-1]] + proposal.tokens, positions=T.positions(proposal.parents, start),
+                                 tree=T.ancestor_mask(proposal.parents))
+        cache.truncate(start)
+        result = verifier.verify(out.logits, proposal, gen)
+        accepted += len(result.accepted)
+        seq = [proposal.tokens[i] for i in result.accepted] + [result.token]
+        while len(seq) < EAGLE_LENGTH:
+            seq.append(sample(law.p(seq), gen))
+        key = law.cell(seq)
+        counts[key] = counts.get(key, 0) + 1
+    pvalue, tv = chi_square(counts, law.cells)
+    return pvalue, tv, accepted / n
+
+
+@pytest.fixture(scope="module")
+def eagle_prefix(tiny_target, tiny_prompts):
+    """A tiny prompt and the first 15 tokens of its greedy answer, where the trained heads draft well."""
+    prompt = tiny_prompts[0]
+    ids = tiny_target.model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=15, pad_token_id=0)
+    return ids[0].tolist()
+
+
+def eagle_drafter(tiny_target, eagle_heads: dict, method: str, sampling: Sampling) -> HeadDrafter:
+    """The method's drafter as its builder makes it, over a 64-token draft vocabulary."""
+    from .test_eagle import build
+
+    shape = {"choices": WIDE} if method == "eagle" else {"depth": 3, "top_k": 3, "total_tokens": 8}
+    return build(tiny_target, eagle_heads, method, sampling, vocab_size=64, **shape).drafter
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("method,setting", [("eagle", "t07_top2"), ("eagle", "t07_top_p06"), ("eagle2", "t1_top4"),
+                                            ("eagle2", "t05")])
+def test_eagle_trees_reproduce_the_target(tiny_target, eagle_heads, eagle_prefix, method, setting):
+    """``eagle``: a static tree whose siblings are drawn without replacement, each with its q given the earlier
+    siblings; ``eagle2``: a dynamic tree of deterministic top-k children (q = one-hot)."""
+    s = EAGLE_SETTINGS[setting]
+    drafter = eagle_drafter(tiny_target, eagle_heads, method, s)
+    if method == "eagle":
+        assert drafter.shape.kind == "static" and len(drafter.shape.choices) == len(WIDE)
+    pvalue, tv, per_step = eagle_step_test(tiny_target, drafter, eagle_prefix, s)
+    assert pvalue > ALPHA, f"{method}/{setting}: p={pvalue:.2e}, TV={tv:.4f}"
+    assert per_step > 0.8  # paths are accepted: the deeper levels' q matter to the outcome
+
+
+class SiblingsKeepTheirFirstQ(HeadDrafter):
+    """Wrong: siblings drawn without replacement, but each reported with the undiminished q."""
+
+    def _children(self, logits, count, generator):
+        tokens, scores, qs = super()._children(logits, count, generator)
+        return tokens, scores, [qs[0]] * len(qs) if qs and qs[0] is not None else qs
+
+
+class TopRanksWithSampledQ(HeadDrafter):
+    """Wrong: the most likely children (EAGLE-1's tree) verified with the q of sampling them."""
+
+    def _children(self, logits, count, generator):
+        q = warp(logits, self.sampling)
+        picks = torch.topk(q, min(count, int((q > 0).sum()))).indices
+        qs, left = [], q.clone()
+        for d in picks.tolist():
+            qs.append(self._full(left / left.sum()))
+            left[d] = 0.0
+        return self._target_ids(picks), torch.log_softmax(logits, -1)[picks].tolist(), qs
+
+
+class DynamicWithSoftmaxQ(HeadDrafter):
+    """Wrong: EAGLE-2's deterministic top-k children verified with the draft's warped distribution as q."""
+
+    def _grow_dynamic(self, tree, root, stable, max_depth):
+        super()._grow_dynamic(tree, root, stable, max_depth)
+        for i, parent in enumerate(tree.parents):
+            tree.q[i] = self._full(warp(self.head.logits(tree.out[parent][None])[0], self.sampling))
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("wrong,method,setting,n", [(SiblingsKeepTheirFirstQ, "eagle", "t07_top2", 800),
+                                                    (TopRanksWithSampledQ, "eagle", "t1_top4", 400),
+                                                    (DynamicWithSoftmaxQ, "eagle2", "t1_top4", 400)])
+def test_wrong_eagle_tree_rules_are_caught(tiny_target, eagle_heads, eagle_prefix, wrong, method, setting, n):
+    s = EAGLE_SETTINGS[setting]
+    right = eagle_drafter(tiny_target, eagle_heads, method, s)
+    pvalue, tv, _ = eagle_step_test(tiny_target, wrong(right.head, right.shape, s), eagle_prefix, s, n=n)
+    assert pvalue < POWER, f"{wrong.__name__}: p={pvalue:.2e}, TV={tv:.4f}"

@@ -22,12 +22,14 @@ def test_ngrams_and_overlap():
 
 @pytest.mark.skipif(not PROMPTS.is_file(), reason="training prompts are not on this machine")
 def test_training_prompts_are_disjoint_from_every_task():
-    from scripts.distill_draft import parse_args, training_prompts
+    from harness.training.data import prompts_path, training_prompts
+    from scripts.distill_draft import parse_args
 
     evals = evaluation_texts()
     assert {"demo", "spec_bench", "humaneval", "mtbench"} <= set(evals)
-    args = parse_args(["--out", "unused", "--prompts", "100000"])
-    chosen = [r["prompt"] for r in training_prompts(args)]
+    args = parse_args(["--out", "unused", "--prompts", "100000"])  # the trainers' default selection
+    chosen = [r["prompt"] for r in training_prompts(prompts_path(args.prompts_file), args.prompts, args.seed,
+                                                   args.include_noncommercial)]
     assert len(chosen) > 3000
     for name, texts in evals.items():
         assert overlapping(chosen, texts) == [], f"training prompts overlap task {name}"

@@ -1,4 +1,4 @@
-"""The verify cost curve and the speedup bound it gives."""
+"""The verify cost curve and the least time it gives a method (the speedup bound's denominator)."""
 
 import math
 
@@ -13,14 +13,13 @@ def test_curve_interpolates_and_extrapolates():
     assert c(6) == pytest.approx(2.0)  # slope of the last segment, 2 ms per token
 
 
-def test_bound_is_tau_over_cost_when_drafting_is_free():
-    c = vc.Curve({1: 10.0, 5: 10.0})
-    # 40 tokens in 10 verification steps of 5 tokens (flat cost), no prefill or draft time: bound 40/10
-    assert c.bound(40, [4] * 10, 0.0, 0.0) == pytest.approx((40 - 1) / 10)
-    # drafting time counts in units of a 1-token step (10 ms): 0.1 s = 10 steps
-    assert c.bound(40, [4] * 10, 0.0, 0.1) == pytest.approx(39 / 20)
-    # autoregressive decoding has bound 1
-    assert c.bound(40, [0] * 39, 0.05, 0.0) == pytest.approx(1.0)
+def test_min_time_prices_each_step_at_its_width():
+    c = vc.Curve({1: 10.0, 5: 15.0})
+    # prefill, then 10 steps of 5 tokens at c(5) = 1.5 times the baseline's 20 ms forward
+    assert c.min_time(0.1, [4] * 10, 0.02) == pytest.approx(0.1 + 10 * 1.5 * 0.02)
+    # autoregressive steps cost exactly the baseline's forward: what is left of its time is its overhead
+    assert c.min_time(0.1, [0] * 39, 0.02) == pytest.approx(0.1 + 39 * 0.02)
+    assert c.min_time(0.1, [], 0.02) == pytest.approx(0.1)  # the prefill alone emitted the answer
 
 
 def test_measure_and_cache_round_trip(tiny_target, tmp_path, monkeypatch):

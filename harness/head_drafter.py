@@ -1,0 +1,283 @@
+"""The drafter behind every EAGLE method: a draft head that runs ahead of the target on its own KV cache.
+
+Per step: *catch up* on the pairs (target feature f_t, token x_{t+1}) committed since the last step (the
+target's own states, so draft errors never persist), then grow a tree from the last catch-up output:
+
+* ``static``: a choices list (EAGLE-1); each level of internal nodes is one head forward.
+* ``dynamic``: EAGLE-2's expansion: the ``top_k`` children of the ``top_k`` best frontier nodes by cumulative
+  draft log-probability, ``depth`` levels, then the ``total_tokens - 1`` best nodes overall.
+
+Tree nodes fed to the head sit after the committed pairs in its cache, see the committed prefix, their
+ancestors and themselves, at position ``t + depth``; the cache is cut back to the committed pairs before
+the target verifies, so only accepted tokens (recomputed from the target's states) ever stay.
+
+Sampling (temperature > 0): static trees draw each node's children without replacement from the warped
+draft distribution and hand the verifier each child's q given its earlier siblings; dynamic trees keep
+EAGLE-2's deterministic top-k children (q = one-hot: the verifier's point-mass rule), because choosing
+which sampled nodes to keep by their score would bias the draws the verifier assumes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from . import trees
+from .drafter import DecodeState, Drafter
+from .heads import EagleHead, causal_mask, visible_mask
+from .model import ForwardOutput
+from .proposal import Proposal
+from .sampling import Sampling, warp
+from .verify import VerifyResult
+
+
+@dataclass
+class TreeShape:
+    kind: str  # static | dynamic
+    choices: list[tuple[int, ...]] | None = None  # static
+    depth: int = 4  # dynamic
+    top_k: int = 2
+    total_tokens: int = 8  # verification width, root included
+
+    def __post_init__(self) -> None:
+        if self.kind == "static":
+            if not self.choices:
+                raise ValueError("a static tree needs choices")
+        elif self.kind == "dynamic":
+            if self.depth < 1 or self.top_k < 1 or self.total_tokens < 2:
+                raise ValueError(
+                    f"a dynamic tree needs depth >= 1, top_k >= 1 and total_tokens >= 2; got depth={self.depth}, "
+                    f"top_k={self.top_k}, total_tokens={self.total_tokens}"
+                )
+        else:
+            raise ValueError(f"unknown tree kind {self.kind!r}; choose static or dynamic")
+
+
+class _Tree:
+    """Nodes grown in one step: token, parent, depth, score, the head output of fed nodes and their cache slot."""
+
+    def __init__(self) -> None:
+        self.tokens: list[int] = []
+        self.parents: list[int] = []
+        self.depth: list[int] = []
+        self.score: list[float] = []
+        self.q: list[torch.Tensor | None] = []
+        self.out: dict[int, torch.Tensor] = {}  # node -> head output [H] (-1: the root)
+        self.slot: dict[int, int] = {}  # node -> head cache slot
+
+    def add(self, token: int, parent: int, score: float, q: torch.Tensor | None = None) -> int:
+        self.tokens.append(token)
+        self.parents.append(parent)
+        self.depth.append(1 if parent < 0 else self.depth[parent] + 1)
+        self.score.append(score)
+        self.q.append(q)
+        return len(self.tokens) - 1
+
+    def ancestors(self, node: int) -> list[int]:
+        out = []
+        while node >= 0:
+            out.append(node)
+            node = self.parents[node]
+        return out
+
+
+class HeadDrafter(Drafter):
+    name = "eagle"
+
+    def __init__(self, head: EagleHead, shape: TreeShape, sampling: Sampling) -> None:
+        self.head = head
+        self.shape = shape
+        self.sampling = sampling
+        self.hidden_layers = head.target_layers
+        self.static_parents = trees.choices_parents(shape.choices) if shape.kind == "static" else None
+        self.vocab_ids = head.vocab.ids if head.vocab is not None else None
+        self.cache = None
+        self.pending: tuple[dict, list[int]] | None = None
+
+    # -- the committed pairs -------------------------------------------------------------------------------
+    def begin(self, state: DecodeState, prefill: ForwardOutput) -> None:
+        self.cache = self.head.new_cache(len(state.ids) + state.max_new_tokens + 64)
+        # prompt states f_0..f_{P-1} pair with tokens x_1..x_P (x_P: the token the prefill emitted)
+        self.pending = ({k: v for k, v in prefill.hidden.items()}, state.ids[1:])
+
+    def observe(self, state: DecodeState, proposal: Proposal, result: VerifyResult, out: ForwardOutput) -> None:
+        rows = [0] + [i + 1 for i in result.accepted]
+        tokens = [proposal.tokens[i] for i in result.accepted] + [result.token]
+        self.pending = ({k: v[rows] for k, v in out.hidden.items()}, tokens)
+
+    def _catch_up(self) -> torch.Tensor:
+        hidden, tokens = self.pending
+        start = self.cache.length
+        n = len(tokens)
+        h = self.head.features(hidden)
+        dtype = h.dtype
+        out = self.head(
+            torch.tensor([tokens]), h[None], torch.arange(start, start + n)[None], self.cache, causal_mask(start, n, dtype)
+        )
+        self.pending = None
+        return out[0, -1]
+
+    # -- the tree ------------------------------------------------------------------------------------------
+    def _distribution(self, out: torch.Tensor) -> torch.Tensor:
+        """Draft log-probabilities [n, V_draft] for head outputs [n, H]."""
+        return torch.log_softmax(self.head.logits(out), dim=-1)
+
+    def _target_ids(self, idx: torch.Tensor) -> list[int]:
+        return (self.vocab_ids[idx] if self.vocab_ids is not None else idx).tolist()
+
+    def _feed(self, tree: _Tree, nodes: Sequence[int], stable: int) -> torch.Tensor:
+        """Run the head on ``nodes`` (each with its parent's output as feature); returns their log-probs."""
+        start = self.cache.length
+        h = torch.stack([tree.out[tree.parents[n]] for n in nodes])
+        rows = []
+        for j, n in enumerate(nodes):
+            seen = [tree.slot[a] for a in tree.ancestors(tree.parents[n])] + [start + j]
+            rows.append(list(range(stable)) + seen)
+            tree.slot[n] = start + j
+        positions = torch.tensor([[stable - 1 + tree.depth[n] for n in nodes]])
+        tokens = torch.tensor([[tree.tokens[n] for n in nodes]])
+        out = self.head(tokens, h[None], positions, self.cache, visible_mask(start, rows, h.dtype))[0]
+        for j, n in enumerate(nodes):
+            tree.out[n] = out[j]
+        return out
+
+    def _children(self, logits: torch.Tensor, count: int, generator) -> tuple[list[int], list[float], list[torch.Tensor | None]]:
+        """``count`` children from one node's draft logits: top-k when greedy or deterministic, else sampled
+        without replacement (Gumbel top-k) with each child's q given its earlier siblings."""
+        logp = torch.log_softmax(logits, dim=-1)
+        count = min(count, logp.numel())
+        if self.sampling.greedy or self.shape.kind == "dynamic":
+            top = torch.topk(logp, count)
+            return self._target_ids(top.indices), top.values.tolist(), [None] * count
+        q = warp(logits, self.sampling)
+        gumbel = -torch.log(-torch.log(torch.rand(q.shape, generator=generator).clamp_(1e-20, 1.0)))
+        keys = torch.where(q > 0, q.log() + gumbel, torch.full_like(q, -float("inf")))
+        draws = torch.topk(keys, min(count, int((q > 0).sum()))).indices
+        qs, left = [], q.clone()
+        for d in draws.tolist():
+            qs.append(self._full(left / left.sum()))
+            left[d] = 0.0
+        return self._target_ids(draws), logp[draws].tolist(), qs
+
+    def _full(self, q: torch.Tensor) -> torch.Tensor:
+        if self.vocab_ids is None:
+            return q
+        full = torch.zeros(self.head.vocab.target_vocab, dtype=q.dtype)
+        full[self.vocab_ids] = q
+        return full
+
+    def propose(self, state: DecodeState, max_depth: int) -> Proposal:
+        with torch.inference_mode():
+            root = self._catch_up()
+            stable = self.cache.length
+            tree = _Tree()
+            tree.out[-1] = root
+            tree.slot[-1] = stable - 1
+            if self.shape.kind == "static":
+                self._grow_static(tree, root, stable, max_depth, state.generator)
+                keep = list(range(len(tree.tokens)))
+            else:
+                self._grow_dynamic(tree, root, stable, max_depth)
+                keep = trees.best_first(tree.score, tree.parents, self.shape.total_tokens - 1)
+            self.cache.truncate(stable)
+        parents = [tree.parents[i] for i in keep]
+        index = {old: new for new, old in enumerate(keep)}
+        parents = [index[p] if p >= 0 else -1 for p in parents]
+        q = None
+        if any(tree.q[i] is not None for i in keep):
+            q = torch.stack([tree.q[i] for i in keep])
+        return Proposal([tree.tokens[i] for i in keep], parents, q)
+
+    def _grow_static(self, tree: _Tree, root: torch.Tensor, stable: int, max_depth: int, generator) -> None:
+        paths = self.shape.choices
+        kids: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
+        for c in paths:
+            kids.setdefault(c[:-1], []).append(c)
+        node_of: dict[tuple[int, ...], int] = {(): -1}
+        logits_of = {(): self.head.logits(root[None])[0]}
+        level = [()]
+        while level:
+            nxt = []
+            for path in level:
+                children = [c for c in kids.get(path, []) if len(c) <= max_depth]
+                if not children:
+                    continue
+                toks, scores, qs = self._children(logits_of[path], len(children), generator)
+                parent_score = tree.score[node_of[path]] if path else 0.0
+                for c in children:
+                    r = c[-1]
+                    if r < len(toks):
+                        node_of[c] = tree.add(toks[r], node_of[path], parent_score + scores[r], qs[r])
+                        nxt.append(c)
+            expand = [c for c in nxt if kids.get(c) and len(c) < max_depth]
+            if expand:
+                outs = self._feed(tree, [node_of[c] for c in expand], stable)
+                logits = self.head.logits(outs)
+                for c, row in zip(expand, logits):
+                    logits_of[c] = row
+            level = expand
+
+    def _grow_dynamic(self, tree: _Tree, root: torch.Tensor, stable: int, max_depth: int) -> None:
+        k = self.shape.top_k
+        depth = min(self.shape.depth, max_depth)
+        logp = self._distribution(root[None])[0]
+        top = torch.topk(logp, min(k, logp.numel()))
+        frontier = [tree.add(t, -1, s) for t, s in zip(self._target_ids(top.indices), top.values.tolist())]
+        for _ in range(depth - 1):
+            outs = self._feed(tree, frontier, stable)
+            logp = self._distribution(outs)
+            top = torch.topk(logp, min(k, logp.shape[-1]), dim=-1)
+            scores = torch.tensor([tree.score[n] for n in frontier])[:, None] + top.values
+            children = []
+            for j, n in enumerate(frontier):
+                for t, s in zip(self._target_ids(top.indices[j]), scores[j].tolist()):
+                    children.append(tree.add(t, n, s))
+            best = sorted(children, key=lambda c: -tree.score[c])[:k]
+            frontier = sorted(best)
+
+
+def build_head_generator(cfg, ctx, default_head: str, shape: TreeShape):
+    """An engine generator for an EAGLE-family method config (``head``, ``vocab_size``, ``dtype`` keys)."""
+    import json
+    from pathlib import Path
+
+    from .checkpoints import load_head, resolve_folder
+    from .drafts import DRAFTS_DIR
+    from .errors import SpeclabError
+    from .generator import EngineGenerator
+    from .heads import ReducedVocab
+    from .kernels import apply_kernel
+    from .loading import DTYPES
+
+    target = ctx.target
+    if cfg.head:
+        path = str(cfg.head)
+    else:
+        folder = DRAFTS_DIR / target.info.name / default_head
+        if not (folder / "config.json").is_file():
+            raise SpeclabError(
+                f"no default {default_head} head for model {target.info.name!r}; set method.head=<HF id or folder>, or "
+                f"train one: python scripts/train_eagle.py --variant {default_head} --model <model> --out {folder}"
+            )
+        path = str(folder)
+    if cfg.dtype not in DTYPES:
+        raise SpeclabError(f"unknown method.dtype {cfg.dtype!r}; choose one of {', '.join(DTYPES)}")
+    n = getattr(cfg, "vocab_size", None)
+    if n is not None and n <= 0:
+        raise SpeclabError(f"method.vocab_size must be positive, got {n}; "
+                           "set method.vocab_size=null for the target's full head")
+    path = str(resolve_folder(path))  # a Hub id becomes its downloaded folder, where token_frequency.json would be
+    head, _ = load_head(path, target, DTYPES[cfg.dtype])
+    if n and head.variant == "eagle":
+        freq = Path(path) / "token_frequency.json"
+        if not freq.is_file():
+            raise SpeclabError(f"method.vocab_size needs {freq} (token ids by frequency); set method.vocab_size=null")
+        ids = json.loads(freq.read_text())["token_ids"][:n]
+        head.vocab = ReducedVocab(torch.tensor(ids), target.vocab_size)
+        head.set_target_head(apply_kernel(torch.nn.Sequential(head.vocab.rows(target.lm_head.weight)), ctx.engine.kernel))
+    apply_kernel(head, ctx.engine.kernel)
+    drafter = HeadDrafter(head, shape, ctx.sampling)
+    drafter.name = cfg.name
+    return EngineGenerator(cfg.name, target, drafter, ctx.sampling, cfg.rule)

@@ -1,0 +1,180 @@
+"""The training data every trainer reads: the target's own greedy answers to the training prompts.
+
+Prompts come from ``$SPECLAB_DATA/train_prompts/prompts.jsonl`` (never an evaluation prompt: any prompt
+sharing a word 8-gram with a task is dropped). Answers are generated in batches; in the same batch loop
+one teacher-forced forward over prompt + answer captures what the trainers need, so no trainer runs the
+target again:
+
+* ``hidden[layer]``: fp16 [tokens, H] for each requested layer: ``"final"`` is the post-norm state fed
+  to the LM head (EAGLE-1, Medusa, Hydra), an integer i is the *input* of decoder layer i, i.e.
+  transformers' ``hidden_states[i]`` (EAGLE-3's low/mid/high features);
+* ``top_idx`` / ``top_p``: the target's top-k next-token probabilities at every answer position (draft
+  distillation).
+
+Each batch is one shard file under a folder keyed by everything that changes its content, written
+atomically, so an interrupted run resumes at the first missing shard.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import SpeclabError
+from ..model import TargetModel
+
+NON_COMMERCIAL = ("alpacaeval", "wizardlm", "codealpaca")  # CC BY-NC sources in train_prompts/SOURCES.md
+
+
+def prompts_path(explicit: str | None = None) -> Path:
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ.get("SPECLAB_DATA", "../shared/data")) / "train_prompts" / "prompts.jsonl"
+
+
+def training_prompts(path: Path, n: int, seed: int = 0, include_noncommercial: bool = False) -> list[dict]:
+    """Up to ``n`` training prompts (shuffled by ``seed``) that share no word 8-gram with any evaluation prompt."""
+    from tasks.overlap import evaluation_texts, overlapping
+
+    if not path.is_file():
+        raise SpeclabError(f"training prompts {path} not found; pass --prompts-file or set SPECLAB_DATA")
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    if not include_noncommercial:
+        rows = [r for r in rows if not r["id"].startswith(NON_COMMERCIAL)]
+    evals = [t for texts in evaluation_texts().values() for t in texts]
+    bad = set(overlapping([r["prompt"] for r in rows], evals))
+    rows = [r for i, r in enumerate(rows) if i not in bad]
+    random.Random(seed).shuffle(rows)
+    print(f"{len(rows)} training prompts after dropping {len(bad)} that share an 8-gram with evaluation prompts", file=sys.stderr)
+    return rows[:n]
+
+
+@dataclass(frozen=True)
+class AnswerSpec:
+    """What a shard folder holds; its name is derived from these fields, so different settings never mix."""
+
+    gen_tokens: int = 128
+    max_prompt_tokens: int = 256
+    batch: int = 16
+    topk: int = 0  # 0: no top-k probabilities
+    layers: tuple[int | str, ...] = ()  # hidden states to keep (see module docstring)
+    seed: int = 0
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def folder_name(self, n_prompts: int) -> str:
+        layers = "-".join(str(x) for x in self.layers) or "none"
+        return f"gen-p{n_prompts}-t{self.gen_tokens}-m{self.max_prompt_tokens}-b{self.batch}-k{self.topk}-h{layers}-s{self.seed}"
+
+
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+@torch.inference_mode()
+def _teacher_forced(target: TargetModel, seqs: list[list[int]], prompt_lens: list[int], spec: AnswerSpec) -> list[dict]:
+    """Hidden states and top-k probabilities of ``seqs`` (prompt + answer), right-padded in one forward."""
+    width = max(len(s) for s in seqs)
+    ids = torch.zeros(len(seqs), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, s in enumerate(seqs):
+        ids[r, : len(s)] = torch.tensor(s)
+        mask[r, : len(s)] = 1
+    want_layers = any(layer != "final" for layer in spec.layers)
+    out = target.backbone(input_ids=ids, attention_mask=mask, output_hidden_states=want_layers, use_cache=False)
+    rows = []
+    for r, (s, n_prompt) in enumerate(zip(seqs, prompt_lens)):
+        item: dict = {"hidden": {}}
+        for layer in spec.layers:
+            h = out.last_hidden_state if layer == "final" else out.hidden_states[int(layer)]
+            item["hidden"][layer] = h[r, : len(s)].half().clone()
+        if spec.topk:
+            # position j predicts token j + 1: the answer tokens are predicted from n_prompt - 1 .. len - 2
+            logits = target.lm_head(out.last_hidden_state[r, n_prompt - 1 : len(s) - 1]).float()
+            top = logits.softmax(-1).topk(spec.topk, dim=-1)
+            item["top_idx"] = top.indices.to(torch.int32)
+            item["top_p"] = top.values.half()
+        rows.append(item)
+    return rows
+
+
+@torch.inference_mode()
+def answer_shards(target: TargetModel, prompts: Sequence[dict], work: Path, spec: AnswerSpec,
+                  max_minutes: float | None = None) -> list[dict]:
+    """The target's greedy answers to ``prompts`` with the captured tensors, one cached shard per batch.
+
+    Every sample: ``id``, ``prompt`` (token ids, chat template applied, at most ``max_prompt_tokens``),
+    ``answer`` (cut after the first stop token), plus ``hidden`` / ``top_idx`` / ``top_p`` as the spec asks.
+    Batches hold prompts of similar length but are generated in a seeded random order, so with
+    ``max_minutes`` (stop generating after that long; a rerun continues) the shards so far are an unbiased
+    sample of the prompts.
+    """
+    from ..kernels import apply_kernel
+
+    folder = Path(work) / spec.folder_name(len(prompts))
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = target.tokenizer
+    model = target.model
+    attention = model.config._attn_implementation
+    model.config._attn_implementation = "sdpa"  # padded batches need the stock attention with a padding mask
+    apply_kernel(model, "onednn")
+    encoded = [target.encode_chat([{"role": "user", "content": r["prompt"]}])[-spec.max_prompt_tokens :] for r in prompts]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths share a batch
+    batches = [order[i : i + spec.batch] for i in range(0, len(order), spec.batch)]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    stops = target.stop_ids
+    visit = list(range(len(batches)))
+    random.Random(spec.seed).shuffle(visit)
+    samples: list[dict] = []
+    start = time.time()
+    try:
+        for b in tqdm(visit, desc="target answers", unit="batch"):
+            idx = batches[b]
+            shard = folder / f"gen_{b:04d}.pt"
+            if shard.is_file():
+                samples += torch.load(shard)
+                continue
+            if max_minutes is not None and time.time() - start > max_minutes * 60:
+                continue  # out of time: later shards come with a rerun
+            width = max(len(encoded[i]) for i in idx)
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for row, i in enumerate(idx):
+                ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
+                mask[row, width - len(encoded[i]) :] = 1
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=spec.gen_tokens, do_sample=False,
+                                 pad_token_id=pad)
+            answers = []
+            for row in range(len(idx)):
+                answer = out[row, width:].tolist()
+                end = next((j + 1 for j, t in enumerate(answer) if t in stops), len(answer))
+                answers.append(answer[:end])
+            seqs = [encoded[i] + a for i, a in zip(idx, answers)]
+            captured = _teacher_forced(target, seqs, [len(encoded[i]) for i in idx], spec)
+            batch = [{"id": prompts[i].get("id", str(i)), "prompt": encoded[i], "answer": a, **c}
+                     for i, a, c in zip(idx, answers, captured)]
+            _save_atomic(batch, shard)
+            samples += batch
+    finally:
+        model.config._attn_implementation = attention
+    return samples
+
+
+def split_holdout(samples: list[dict], share: float, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """(held-out, train) by a hash of each prompt's id: held-out prompts judge a trainer and never train it,
+    and a prompt stays on its side however many shards exist."""
+    def held(s: dict) -> bool:
+        return zlib.crc32(f"{seed}|{s['id']}".encode()) % 10000 < share * 10000
+
+    return [s for s in samples if held(s)], [s for s in samples if not held(s)]

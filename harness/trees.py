@@ -1,0 +1,91 @@
+"""Tree builders shared by tree-drafting methods: static trees from a choices list, and the best-first budget
+cut of a dynamically expanded tree (EAGLE-2). The tree bookkeeping itself (masks, positions) is ``tree.py``.
+
+A *choices list* names every node by its path of ranks from the root: ``[0]`` is the root's most likely
+child, ``[0, 1]`` the second most likely child of that node. Ranks refer to the node's own parent's
+(conditional) draft distribution, as in EAGLE; when sampling, rank r is the r-th draw without replacement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from numbers import Integral
+
+# EAGLE-1's default tree (eagle/model/choices.py, "mc_sim_7b_63": 25 nodes, depth 5); not Medusa's tree of that name.
+EAGLE_MC_SIM_7B_63 = [[0], [1], [2], [3], [0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [2, 0], [2, 1], [3, 0],
+                      [0, 0, 0], [0, 0, 1], [0, 0, 2], [0, 1, 0], [0, 1, 1], [0, 2, 0], [0, 2, 1], [1, 0, 0],
+                      [0, 0, 0, 0], [0, 0, 0, 1], [0, 0, 0, 2], [0, 0, 0, 0, 0], [0, 0, 0, 0, 1]]
+
+CHOICES: dict[str, list[list[int]]] = {
+    "eagle_mc_sim_7b_63": EAGLE_MC_SIM_7B_63,
+    # CPU-sized trees, named by verification width (root included): this CPU verifies up to ~6 tokens for the
+    # price of one and 8 for ~1.3 (BENCHMARKS.md, "EAGLE tree shapes")
+    "chain4": [[0], [0, 0], [0, 0, 0], [0, 0, 0, 0]],
+    "cpu6": [[0], [1], [0, 0], [0, 0, 0], [0, 0, 0, 0]],
+    "cpu8": [[0], [1], [0, 0], [0, 1], [0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0, 0]],
+}
+
+
+def _rank_path(choice: object) -> tuple[int, ...]:
+    if isinstance(choice, (str, bytes)) or not isinstance(choice, Iterable):
+        raise TypeError(choice)
+    ranks = list(choice)
+    if any(isinstance(r, bool) or not isinstance(r, Integral) for r in ranks):
+        raise TypeError(choice)
+    return tuple(int(r) for r in ranks)
+
+
+def resolve_choices(choices: str | Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
+    """A named preset or a literal list, validated and sorted into feeding order (by depth, then ranks)."""
+    if isinstance(choices, str):
+        if choices not in CHOICES:
+            raise ValueError(f"unknown tree choices {choices!r}; presets: {', '.join(CHOICES)} (or give a list of rank paths)")
+        choices = CHOICES[choices]
+    try:
+        if not isinstance(choices, Iterable):
+            raise TypeError(choices)
+        given = [_rank_path(c) for c in choices]
+    except TypeError:
+        shown = repr(choices)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        # a flat list ([0, 1]) or a stray string is the usual slip; name the expected shape
+        raise ValueError(f"tree choices must be a preset name or a list of rank paths such as [[0], [1], [0, 0]]; "
+                         f"got {shown}") from None
+    paths = sorted(set(given), key=lambda c: (len(c), c))
+    if not paths:
+        raise ValueError("tree choices are empty; give at least one path such as [[0]]")
+    known = set(paths)
+    for c in paths:
+        if not c or min(c) < 0:
+            raise ValueError(f"tree choice {list(c)} must be a non-empty list of ranks >= 0")
+        if len(c) > 1 and c[:-1] not in known:
+            raise ValueError(f"tree choice {list(c)} has no parent {list(c[:-1])} in the list")
+        if c[-1] > 0 and c[:-1] + (c[-1] - 1,) not in known:
+            # sampled siblings are consecutive draws, so rank r needs ranks 0..r-1 beside it
+            raise ValueError(f"tree choice {list(c)} needs its lower-ranked sibling {list(c[:-1] + (c[-1] - 1,))}")
+    return paths
+
+
+def choices_parents(paths: Sequence[tuple[int, ...]]) -> list[int]:
+    """Parent index of every node of a resolved choices list (-1 = the root)."""
+    index = {c: i for i, c in enumerate(paths)}
+    return [index[c[:-1]] if len(c) > 1 else -1 for c in paths]
+
+
+def best_first(scores: Sequence[float], parents: Sequence[int], budget: int) -> list[int]:
+    """The ``budget`` best nodes by score, closed under parents, in their original (topological) order.
+
+    Scores are cumulative log-probabilities, so a child never beats its parent; on a tie the shallower
+    node wins, which keeps the set closed under parents.
+    """
+    depth: list[int] = []
+    for p in parents:
+        depth.append(1 if p < 0 else depth[p] + 1)
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], depth[i], i))
+    keep: set[int] = set()
+    for i in order:
+        if len(keep) >= budget:
+            break
+        if parents[i] < 0 or parents[i] in keep:
+            keep.add(i)
+    return sorted(keep)

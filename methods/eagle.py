@@ -1,0 +1,42 @@
+"""EAGLE-1 (Li et al., 2024): a one-layer draft head over [token embedding ; target feature], static tree.
+
+The tree comes from a choices list (``harness/trees.py``: ``eagle_mc_sim_7b_63`` is the paper's 25-node tree;
+the CPU presets keep verification inside the flat part of this machine's verify-cost curve). ``vocab_size``
+restricts the target's head, which EAGLE-1 drafts through, to the head folder's most frequent answer tokens;
+the rule stays lossless (the draft never proposes other tokens).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+
+from harness.config import MethodConfig
+from harness.errors import SpeclabError
+from harness.generator import METHODS, EngineGenerator, MethodContext
+from harness.head_drafter import TreeShape, build_head_generator
+from harness.trees import resolve_choices
+
+
+@dataclass
+class EagleConfig(MethodConfig):
+    name: str = "eagle"
+    family: str = "eagle"
+    head: Optional[str] = None  # HF id or folder; null = drafts/<model.name>/eagle/
+    dtype: str = "float32"
+    choices: Any = "cpu8"  # a preset name in harness/trees.py or a list of rank paths
+    vocab_size: Optional[int] = 8192  # null: the target's full head
+
+
+@METHODS.register("eagle", EagleConfig)
+def build(cfg: EagleConfig, ctx: MethodContext) -> EngineGenerator:
+    try:
+        shape = TreeShape("static", choices=resolve_choices(cfg.choices))
+    except ValueError as e:
+        raise SpeclabError(f"method.choices: {e}") from None
+    return build_head_generator(cfg, ctx, "eagle", shape)
+
+
+ConfigStore.instance().store(group="schema/method", name="eagle", node=EagleConfig)

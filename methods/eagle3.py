@@ -1,0 +1,27 @@
+"""EAGLE-3 (Li et al., 2025): low/mid/high target features fused by ``fc``, the head's own reduced vocabulary
+(``d2t``/``t2d``), trained with training-time test; drafts EAGLE-2's dynamic tree."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hydra.core.config_store import ConfigStore
+
+from harness.generator import METHODS, EngineGenerator, MethodContext
+from harness.head_drafter import build_head_generator
+
+from .eagle2 import DynamicTreeConfig, dynamic_shape
+
+
+@dataclass
+class Eagle3Config(DynamicTreeConfig):
+    name: str = "eagle3"
+    family: str = "eagle3"  # head: EAGLE-3 weights (default drafts/<model.name>/eagle3/)
+
+
+@METHODS.register("eagle3", Eagle3Config)
+def build(cfg: Eagle3Config, ctx: MethodContext) -> EngineGenerator:
+    return build_head_generator(cfg, ctx, "eagle3", dynamic_shape(cfg))
+
+
+ConfigStore.instance().store(group="schema/method", name="eagle3", node=Eagle3Config)

@@ -1,0 +1,154 @@
+#!/usr/bin/env python
+"""Train an EAGLE-1 or EAGLE-3 head for a target, on the target's own answers to the training prompts.
+
+Stages, each cached under --work so a rerun resumes:
+1. answers: batched greedy answers to prompts from $SPECLAB_DATA/train_prompts (none shares a word 8-gram with
+   an evaluation prompt), with the post-norm final state and the inputs of layers 2, L//2, L-3 captured in the
+   same batch loop (one cache serves both variants and the Medusa/Hydra trainer);
+2. train: EAGLE-1's feature regression + token CE, or EAGLE-3's training-time test (harness/training/eagle.py),
+   with held-out tau measured by the engine every --eval-every steps (a learning curve);
+3. export: the head in the official layout (config.json + model.safetensors), token frequencies, a README.
+
+Example (the committed heads for smollm2-135m):
+    python scripts/train_eagle.py --variant eagle --out drafts/smollm2-135m/eagle
+    python scripts/train_eagle.py --variant eagle3 --out drafts/smollm2-135m/eagle3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from harness.checkpoints import default_layers, new_head, save_head  # noqa: E402
+from harness.errors import SpeclabError  # noqa: E402
+from harness.head_drafter import HeadDrafter, TreeShape  # noqa: E402
+from harness.loading import cache_dir, load_named  # noqa: E402
+from harness.sampling import Sampling  # noqa: E402
+from harness.training.data import AnswerSpec, answer_shards, prompts_path, split_holdout, training_prompts  # noqa: E402
+from harness.training.eagle import EagleLoss, batches, draft_vocab  # noqa: E402
+from harness.training.loop import Trainer, heldout_tau  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variant", choices=["eagle", "eagle3"], required=True)
+    p.add_argument("--model", default="smollm2-135m", help="smollm2-135m (the wheel), tiny-llama (tests) or an HF id/folder")
+    p.add_argument("--prompts-file", default=None, help="JSONL with 'id' and 'prompt' (default: $SPECLAB_DATA/train_prompts/prompts.jsonl)")
+    p.add_argument("--prompts", type=int, default=640, help="training prompts to answer")
+    p.add_argument("--gen-tokens", type=int, default=128, help="answer length per prompt")
+    p.add_argument("--max-prompt-tokens", type=int, default=256)
+    p.add_argument("--gen-batch", type=int, default=32)
+    p.add_argument("--gen-minutes", type=float, default=None,
+                   help="stop generating answers after this long and train on the shards so far (a rerun adds more)")
+    p.add_argument("--holdout", type=float, default=0.04, help="share of prompts held out to measure tau")
+    p.add_argument("--draft-vocab", type=int, default=8192, help="draft vocabulary: most frequent answer tokens")
+    p.add_argument("--steps", type=int, default=3, help="EAGLE-3 training-time-test steps")
+    p.add_argument("--ce-weight", type=float, default=0.1, help="EAGLE-1: weight of the token loss beside the feature loss")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--epochs", type=float, default=4.0)
+    p.add_argument("--train-minutes", type=float, default=20.0, help="stop training after this long")
+    p.add_argument("--max-len", type=int, default=512)
+    p.add_argument("--eval-every", type=int, default=0, help="measure held-out tau every N steps (0: at the end only)")
+    p.add_argument("--eval-prompts", type=int, default=8)
+    p.add_argument("--eval-tokens", type=int, default=64)
+    p.add_argument("--include-noncommercial", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--work", default=None, help="cache folder for answers and checkpoints")
+    p.add_argument("--out", required=True, help="output head folder")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    t0 = time.time()
+    target = load_named(args.model)
+    work = Path(args.work) if args.work else cache_dir() / "training" / f"{target.info.name}-{target.info.weights_hash}"
+    prompts = training_prompts(prompts_path(args.prompts_file), args.prompts, args.seed, args.include_noncommercial)
+    spec = AnswerSpec(gen_tokens=args.gen_tokens, max_prompt_tokens=args.max_prompt_tokens, batch=args.gen_batch,
+                      layers=("final", *default_layers("eagle3", target.num_layers)), seed=args.seed)
+    samples = answer_shards(target, prompts, work, spec, args.gen_minutes)
+    t_gen = time.time() - t0
+    held, train_set = split_holdout(samples, args.holdout, args.seed)
+    vocab, ranking = draft_vocab(train_set, args.draft_vocab, target.vocab_size)
+
+    head = new_head(args.variant, target, vocab if args.variant == "eagle3" else None, seed=args.seed)
+    w = target.lm_head.weight
+    if args.variant == "eagle3":
+        with torch.no_grad():  # start from the target's own head and final norm over the draft vocabulary
+            head.lm_head.weight.copy_(w.detach()[vocab.ids])
+            head.norm.weight.copy_(target.model.get_decoder().norm.weight.detach())
+    else:
+        head.vocab = vocab
+        head.set_target_head(vocab.rows(w))
+    loss = EagleLoss(head, w, vocab, steps=args.steps, ce_weight=args.ce_weight)
+    shape = TreeShape("dynamic", depth=5, top_k=2, total_tokens=8)
+    eval_prompts = [s["prompt"] for s in held[: args.eval_prompts]]
+
+    def evaluate(step: int) -> dict:
+        with torch.no_grad():
+            tau = heldout_tau(target, lambda: HeadDrafter(head, shape, Sampling()), eval_prompts, args.eval_tokens)
+        print(f"step {step}: held-out tau {tau:.3f}", file=sys.stderr)
+        return {"tau": tau, "train_tokens": step * args.batch * (sum(len(s["answer"]) for s in train_set) / max(1, len(train_set)))}
+
+    per_epoch = max(1, len(train_set) // args.batch)
+    ckpt = work / f"{args.variant}-v{args.draft_vocab}-s{args.steps}-lr{args.lr:g}-e{args.epochs:g}-seed{args.seed}.pt"
+    trainer = Trainer(head, args.lr, per_epoch * args.epochs, args.train_minutes, ckpt)
+    stats = trainer.run(lambda seed: batches(train_set, args.batch, seed, args.max_len), loss, evaluate, args.eval_every)
+    final_eval = evaluate(trainer.step)
+    if not trainer.history or trainer.history[-1]["step"] != trainer.step:
+        trainer.history.append({"step": trainer.step, "minutes": trainer.spent / 60, **final_eval})
+    command = "python scripts/train_eagle.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    stats.update(
+        heldout_tau=final_eval["tau"],
+        heldout_tree="dynamic depth=5 top_k=2 total_tokens=8",
+        learning_curve=trainer.history,
+        epochs=trainer.step / per_epoch,
+        train_answers=len(train_set),
+        train_answer_tokens=sum(len(s["answer"]) for s in train_set),
+        train_tokens=sum(len(s["answer"]) + len(s["prompt"]) for s in train_set),
+        heldout_prompts=len(eval_prompts),
+        draft_vocab=len(vocab),
+        generate_minutes=t_gen / 60,
+        total_minutes=(time.time() - t0) / 60,
+    )
+    out = Path(args.out)
+    save_head(head, out, target, {"command": command, **{k: v for k, v in stats.items() if k != "learning_curve"},
+                                  "learning_curve": trainer.history})
+    (out / "token_frequency.json").write_text(json.dumps({"token_ids": ranking[: max(args.draft_vocab, 16384)]}))
+    what = ("EAGLE-1: fc over [embedding ; post-norm target state] + one decoder layer without input norm, drafting "
+            "through the target's own head" if args.variant == "eagle" else
+            f"EAGLE-3: fc over the inputs of target layers {list(head.target_layers)}, one decoder layer over 2H, its own "
+            f"head over {len(vocab)} draft tokens (d2t/t2d)")
+    curve = "".join(f"| {h['step']} | {h['train_tokens']:.0f} | {h['minutes']:.1f} | {h['tau']:.3f} |\n" for h in trainer.history)
+    (out / "README.md").write_text(
+        f"# {args.variant} head for {target.info.name}\n\n{what}. Trained on the target's own greedy answers to "
+        f"{len(train_set)} training prompts ({stats['train_answer_tokens']} answer tokens); never on an evaluation prompt.\n\n"
+        f"Made by: `{command}` ({stats['total_minutes']:.1f} min on this machine: {stats['generate_minutes']:.1f} min of "
+        f"answers, {stats['minutes']:.1f} min of training, {stats['epochs']:.2f} epochs).\n\n"
+        f"Held-out tau (engine, greedy, {len(eval_prompts)} held-out training prompts, {args.eval_tokens} tokens, "
+        f"{stats['heldout_tree']}): {stats['heldout_tau']:.3f}.\n\n"
+        + (f"Learning curve:\n\n| step | answer tokens seen | minutes | held-out tau |\n|---|---|---|---|\n{curve}\n" if curve else "")
+        + "Official layout (config.json + model.safetensors, no embedding copy): `harness.checkpoints.load_head` reads it, "
+          "and so do loaders that take the target's embedding.\n"
+    )
+    print(json.dumps({k: v for k, v in stats.items() if k != "learning_curve"}, indent=1, default=str))
+    return stats
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except SpeclabError as e:
+        raise SystemExit(f"error: {e}")
