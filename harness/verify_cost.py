@@ -43,12 +43,12 @@ def curve_key(target: TargetModel, kernel: str, threads: int, cache_len: int) ->
     }
 
 
-def curve_key_fields(row: Any, cache_len: int = CACHE_LEN) -> dict[str, Any]:
-    """The key of the curve that prices a results row (a run timed on this host, with its model and engine)."""
+def curve_key_fields(row: Any, attention: str, cache_len: int = CACHE_LEN) -> dict[str, Any]:
+    """The key of the curve that prices a results row (its model, engine and host; ``attention`` from its config)."""
     versions = row["versions"]
     versions = json.loads(versions) if isinstance(versions, str) else versions
     return {
-        "model": row["model"], "weights_hash": row["weights_hash"], "dtype": row["dtype"], "attention": row["attention"],
+        "model": row["model"], "weights_hash": row["weights_hash"], "dtype": row["dtype"], "attention": attention,
         "kernel": row["kernel"], "threads": int(row["threads"]), "host": row["host"], "cpu": row["cpu"],
         "torch": versions.get("torch"), "omp_wait_policy": row["omp_wait_policy"], "cache_len": cache_len,
     }

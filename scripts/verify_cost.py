@@ -98,7 +98,7 @@ def bound_run(run_dir: Path, cache_len: int) -> None:
     cfg = OmegaConf.create(meta["config"])
     df = read_results(run_dir)
     first = df.iloc[0]
-    key = vc.curve_key_fields(first, cache_len)
+    key = vc.curve_key_fields(first, cfg.model.attention, cache_len)
     ms = vc.load(key)
     if ms is None:
         raise SystemExit(f"error: no cached c(k) for {key}; measure it first: python scripts/verify_cost.py "
@@ -109,11 +109,13 @@ def bound_run(run_dir: Path, cache_len: int) -> None:
     out = []
     for _, row in df.iterrows():
         row = row.copy()
-        if row.role == "method" and row.method_family not in PEER_FAMILIES:
-            b = base.loc[(row.prompt_id, row.turn, row.repeat)]
+        if row["role"] == "method" and row["method_family"] not in PEER_FAMILIES:
+            b = base.loc[(row["prompt_id"], row["turn"], row["repeat"])]  # row.repeat is Series.repeat
             b = b.iloc[0] if isinstance(b, pd.DataFrame) else b
-            row.update(pd.Series(vc.speedup_bound(curve, row.prefill_time_s, list(row.drafted_per_step), int(row.new_tokens),
-                                                  int(b.steps), float(b.verify_time_s), b.tokens_per_s)))
+            bound = vc.speedup_bound(curve, row["prefill_time_s"], list(row["drafted_per_step"]), int(row["new_tokens"]),
+                                     int(b["steps"]), float(b["verify_time_s"]), b["tokens_per_s"])
+            for k, v in bound.items():  # new columns when the run had no curve: Series.update would skip them
+                row[k] = v
         out.append(row)
     df = pd.DataFrame(out)
     write_parquet_atomic(df, run_dir / RESULTS)
