@@ -30,3 +30,27 @@ def test_measure_and_cache_round_trip(tiny_target, tmp_path, monkeypatch):
     vc.save(key, ms)
     assert vc.load(key) == ms
     assert vc.load({**key, "threads": 2}) is None
+
+
+def test_bound_runs_fills_the_bound_of_a_run_timed_before_a_curve(tmp_path, monkeypatch):
+    """`scripts/verify_cost.py --bound-runs`: a run timed without a curve gets the bound the runner would give."""
+    from harness.results import read_results
+    from harness.runner import run
+    from scripts.verify_cost import bound_run, measure_config
+
+    from .test_runs import tiny_cfg
+
+    monkeypatch.setenv("SPECLAB_CACHE", str(tmp_path / "cache"))
+    cfg = tiny_cfg(tmp_path, "method=pld", "compare=[hf_generate]", "engine.verify_cost=off", "task.limit=2")
+    run(cfg)
+    out = tmp_path / "run"
+    before = read_results(out)
+    assert "speedup_bound" not in before.columns or before.speedup_bound.isna().all()
+    measure_config(["model=tiny-llama"], cache_len=vc.CACHE_LEN, repeats=2, ks=list(range(1, 13)))
+    bound_run(out, vc.CACHE_LEN)
+    rows = read_results(out)
+    methods = rows[rows.role == "method"]
+    pld, peer = methods[methods.method == "pld"], methods[methods.method == "hf_generate"]
+    assert pld.speedup_bound.notna().all() and (pld.speedup_bound > 0).all()
+    assert peer.speedup_bound.isna().all()  # peers run other kernels: never priced by the engine's curve
+    assert "speedup_bound" in (out / "summary.md").read_text()
