@@ -24,7 +24,7 @@ import sys
 import time
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -69,7 +69,6 @@ class AnswerSpec:
     topk: int = 0  # 0: no top-k probabilities
     layers: tuple[int | str, ...] = ()  # hidden states to keep (see module docstring)
     seed: int = 0
-    extra: dict = field(default_factory=dict, compare=False)
 
     def folder_name(self, n_prompts: int) -> str:
         layers = "-".join(str(x) for x in self.layers) or "none"
