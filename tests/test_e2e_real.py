@@ -60,25 +60,3 @@ def test_committed_draft_exports_as_an_ordinary_hf_model(tmp_path):
         expect = plain(torch.tensor([ids])).logits[0, -1]
     got = draft.forward(draft.new_cache(len(ids)), ids, logits_rows=[-1]).logits[0]
     torch.testing.assert_close(got, expect, rtol=1e-4, atol=1e-4)
-
-
-def test_measured_speedup_stays_under_its_bound(tmp_path, monkeypatch):
-    """The bound prices every step at c(width) x the baseline's own forward, drafting and overhead free, prefill
-    on both sides: no engine method beats it. (The engine's ``ar`` is left out: its bound is 1 plus the baseline's
-    loop overhead, well under 1% of a 48 ms step here, inside the timing noise of its measured 1.00.)"""
-    from functools import partial
-
-    from harness import verify_cost as vc
-
-    monkeypatch.setattr(vc, "cache_dir", lambda: tmp_path / "cache")  # a curve of its own, left for no later run
-    monkeypatch.setattr(vc, "measure", partial(vc.measure, ks=tuple(range(1, 13)), repeats=6))  # the widths used
-    cfg = compose("method=pld", "compare=[sps]", "task.limit=2", "max_new_tokens=32", "repeats=2",
-                  "engine.verify_cost=measure")
-    cfg.out_dir = str(tmp_path / "run")
-    df = run(cfg)
-    m = df[df.role == "method"]
-    assert m.equivalent.all() and m.min_time_s.notna().all() and (m.drafted_tokens > 0).any()
-    summary = summarize(df).set_index("group").loc["overall"].set_index("method")
-    for method in ("pld", "sps"):
-        measured, bound = summary.loc[method, "speedup_geomean"], summary.loc[method, "speedup_bound"]
-        assert measured <= bound, (method, measured, bound)
