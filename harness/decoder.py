@@ -118,6 +118,9 @@ class Decoder:
             t3 = time.perf_counter()
 
             result.steps += 1
+            source = proposal.meta.get("source")
+            if source:  # drafters that switch between sources (SAM: automaton / aux) say which drafted each step
+                result.extra[f"steps_{source}"] = result.extra.get(f"steps_{source}", 0) + 1
             result.drafted.append(len(proposal.tokens))
             result.accepted.append(len(vr.accepted))
             result.reached.append(vr.reached)

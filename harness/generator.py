@@ -6,6 +6,7 @@ Engine methods are a Drafter driven by the shared Decoder; peers (transformers' 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +52,17 @@ class MethodContext:
     target: TargetModel
     sampling: Sampling
     engine: Any  # EngineConfig
+
+    def verify_cost(self) -> Callable[[int], float]:
+        """c(k) of this target on this machine with the run's kernel and threads (measured once, then cached),
+        for methods that size their drafts by what a verification costs."""
+        import logging
+
+        from . import verify_cost as vc
+        from .kernels import resolve_kernel
+
+        kernel = resolve_kernel(self.engine.kernel, self.target.dtype)
+        return vc.Curve(vc.cached_or_measured(self.target, kernel, int(self.engine.threads), logging.getLogger("speclab")))
 
 
 METHODS: Registry = Registry("method", "method")

@@ -105,7 +105,12 @@ class HeadDrafter(Drafter):
     def observe(self, state: DecodeState, proposal: Proposal, result: VerifyResult, out: ForwardOutput) -> None:
         rows = [0] + [i + 1 for i in result.accepted]
         tokens = [proposal.tokens[i] for i in result.accepted] + [result.token]
-        self.pending = ({k: v[rows] for k, v in out.hidden.items()}, tokens)
+        hidden = {k: v[rows] for k, v in out.hidden.items()}
+        if self.pending is not None:  # another drafter proposed last step (SAM's auxiliary use): keep both
+            old_hidden, old_tokens = self.pending
+            hidden = {k: torch.cat([old_hidden[k], v]) for k, v in hidden.items()}
+            tokens = old_tokens + tokens
+        self.pending = (hidden, tokens)
 
     def _catch_up(self) -> torch.Tensor:
         hidden, tokens = self.pending

@@ -187,12 +187,10 @@ class Runner:
             raise SpeclabError(f"unknown engine.verify_cost {mode!r}; choose cached, measure or off")
         if mode == "off":
             return None
-        key = vc.curve_key(self.target, self.kernel, int(self.cfg.engine.threads), vc.CACHE_LEN)
-        ms = vc.load(key)
-        if ms is None and mode == "measure":
-            log.info("measuring the verify cost curve c(k)")
-            ms = vc.measure(self.target, cache_len=vc.CACHE_LEN)
-            vc.save(key, ms)
+        threads = int(self.cfg.engine.threads)
+        if mode == "measure":
+            return vc.Curve(vc.cached_or_measured(self.target, self.kernel, threads, log))
+        ms = vc.load(vc.curve_key(self.target, self.kernel, threads, vc.CACHE_LEN))
         return vc.Curve(ms) if ms else None
 
     def _check_context(self) -> None:

@@ -75,29 +75,6 @@ def paths(parents: Sequence[int]) -> list[list[int]]:
     return out
 
 
-def from_sequences(seqs: Sequence[Sequence[int]]) -> tuple[list[int], list[int]]:
-    """Merge candidate continuations into a prefix tree (shared prefixes become shared nodes).
-
-    Returns ``(tokens, parents)`` in breadth-first order, which is topological.
-    """
-    trie: dict[tuple[int, ...], int] = {}
-    order: list[tuple[int, ...]] = []
-    for seq in seqs:
-        for d in range(1, len(seq) + 1):
-            key = tuple(seq[:d])
-            if key not in trie:
-                trie[key] = -1
-                order.append(key)
-    order.sort(key=len)  # stable: siblings keep first-seen order
-    tokens: list[int] = []
-    parents: list[int] = []
-    for key in order:
-        trie[key] = len(tokens)
-        tokens.append(key[-1])
-        parents.append(trie[key[:-1]] if len(key) > 1 else -1)
-    return tokens, parents
-
-
 def prune_depth(parents: Sequence[int], max_depth: int) -> list[int]:
     """Indices of the nodes whose depth is at most ``max_depth`` (keeps topological order)."""
     return [i for i, d in enumerate(depths(parents)) if d <= max_depth]

@@ -1,5 +1,6 @@
-"""Tree builders shared by tree-drafting methods: static trees from a choices list, and the best-first budget
-cut of a dynamically expanded tree (EAGLE-2). The tree bookkeeping itself (masks, positions) is ``tree.py``.
+"""Tree builders shared by tree-drafting methods: static trees from a choices list, the best-first budget
+cut of a dynamically expanded tree (EAGLE-2), prefix trees of retrieved continuations (REST), and the tree
+size that the verify-cost curve pays for. The tree bookkeeping itself (masks, positions) is ``tree.py``.
 
 A *choices list* names every node by its path of ranks from the root: ``[0]`` is the root's most likely
 child, ``[0, 1]`` the second most likely child of that node. Ranks refer to the node's own parent's
@@ -8,13 +9,29 @@ child, ``[0, 1]`` the second most likely child of that node. Ranks refer to the 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from numbers import Integral
 
 # EAGLE-1's default tree (eagle/model/choices.py, "mc_sim_7b_63": 25 nodes, depth 5); not Medusa's tree of that name.
 EAGLE_MC_SIM_7B_63 = [[0], [1], [2], [3], [0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [2, 0], [2, 1], [3, 0],
                       [0, 0, 0], [0, 0, 1], [0, 0, 2], [0, 1, 0], [0, 1, 1], [0, 2, 0], [0, 2, 1], [1, 0, 0],
                       [0, 0, 0, 0], [0, 0, 0, 1], [0, 0, 0, 2], [0, 0, 0, 0, 0], [0, 0, 0, 0, 1]]
+
+# Token Recycling's static template "2.2.2" (80 nodes, 8/21/25/15/8/3 per depth 1..6); rank r = the r-th
+# recorded successor of the parent token.
+RECYCLING_80 = [[0], [1], [2], [3], [4], [5], [6], [7],
+                [0, 0], [0, 1], [0, 2], [0, 3], [0, 4], [0, 5], [0, 6], [0, 7], [1, 0], [1, 1], [1, 2], [1, 3],
+                [2, 0], [2, 1], [2, 2], [3, 0], [3, 1], [4, 0], [5, 0], [6, 0], [7, 0],
+                [0, 0, 0], [0, 0, 1], [0, 0, 2], [0, 0, 3], [0, 0, 4], [0, 0, 5], [0, 0, 6], [0, 0, 7], [0, 1, 0],
+                [0, 1, 1], [0, 1, 2], [0, 2, 0], [0, 2, 1], [0, 3, 0], [0, 4, 0], [0, 5, 0], [0, 6, 0], [0, 7, 0],
+                [1, 0, 0], [1, 0, 1], [1, 1, 0], [2, 0, 0], [3, 0, 0], [4, 0, 0], [5, 0, 0],
+                [0, 0, 0, 0], [0, 0, 0, 1], [0, 0, 0, 2], [0, 0, 0, 3], [0, 0, 0, 4], [0, 0, 1, 0], [0, 0, 1, 1],
+                [0, 0, 2, 0], [0, 0, 3, 0], [0, 0, 4, 0], [0, 1, 0, 0], [0, 2, 0, 0], [1, 0, 0, 0], [2, 0, 0, 0],
+                [3, 0, 0, 0],
+                [0, 0, 0, 0, 0], [0, 0, 0, 0, 1], [0, 0, 0, 0, 2], [0, 0, 0, 1, 0], [0, 0, 0, 2, 0], [0, 0, 1, 0, 0],
+                [0, 1, 0, 0, 0], [1, 0, 0, 0, 0],
+                [0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 1], [0, 0, 0, 1, 0, 0]]
 
 CHOICES: dict[str, list[list[int]]] = {
     "eagle_mc_sim_7b_63": EAGLE_MC_SIM_7B_63,
@@ -23,6 +40,7 @@ CHOICES: dict[str, list[list[int]]] = {
     "chain4": [[0], [0, 0], [0, 0, 0], [0, 0, 0, 0]],
     "cpu6": [[0], [1], [0, 0], [0, 0, 0], [0, 0, 0, 0]],
     "cpu8": [[0], [1], [0, 0], [0, 1], [0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0, 0]],
+    "recycling_80": RECYCLING_80,
 }
 
 
@@ -72,20 +90,74 @@ def choices_parents(paths: Sequence[tuple[int, ...]]) -> list[int]:
     return [index[c[:-1]] if len(c) > 1 else -1 for c in paths]
 
 
-def best_first(scores: Sequence[float], parents: Sequence[int], budget: int) -> list[int]:
-    """The ``budget`` best nodes by score, closed under parents, in their original (topological) order.
+def best_first_order(scores: Sequence[float], parents: Sequence[int]) -> list[int]:
+    """Nodes by decreasing score, every node after its parent: any prefix of the order is a tree.
 
     Scores are cumulative log-probabilities, so a child never beats its parent; on a tie the shallower
-    node wins, which keeps the set closed under parents.
+    node comes first, which keeps every prefix closed under parents.
     """
     depth: list[int] = []
     for p in parents:
         depth.append(1 if p < 0 else depth[p] + 1)
     order = sorted(range(len(scores)), key=lambda i: (-scores[i], depth[i], i))
-    keep: set[int] = set()
+    seen: set[int] = set()
+    out: list[int] = []
     for i in order:
-        if len(keep) >= budget:
-            break
-        if parents[i] < 0 or parents[i] in keep:
-            keep.add(i)
-    return sorted(keep)
+        if parents[i] < 0 or parents[i] in seen:
+            seen.add(i)
+            out.append(i)
+    return out
+
+
+def best_first(scores: Sequence[float], parents: Sequence[int], budget: int) -> list[int]:
+    """The ``budget`` best nodes by score, closed under parents, in their original (topological) order."""
+    return sorted(best_first_order(scores, parents)[:budget])
+
+
+def cost_optimal_size(probs: Sequence[float], cost: Callable[[int], float], max_nodes: int) -> int:
+    """How many of ``probs`` (acceptance probabilities of nodes in best-first order) to verify.
+
+    The expected tokens of a step that verifies the first n nodes is 1 + sum of their probabilities (a node
+    is emitted iff it is accepted); its cost is c(1 + n), the verify-cost curve. The n with the most
+    expected tokens per unit of cost wins; ties go to the smaller tree.
+    """
+    best_n, best_rate, tokens = 0, 1.0 / cost(1), 1.0
+    for n, p in enumerate(probs[:max_nodes], start=1):
+        tokens += p
+        rate = tokens / cost(1 + n)
+        if rate > best_rate + 1e-12:
+            best_n, best_rate = n, rate
+    return best_n
+
+
+@dataclass
+class PrefixTree:
+    """Candidate continuations merged by shared prefixes: node i is ``tokens[i]`` under ``parents[i]``, and
+    ``counts[i]`` is how many continuations pass through it (their summed weights)."""
+
+    tokens: list[int]
+    parents: list[int]
+    counts: list[float]
+
+
+def prefix_tree(seqs: Sequence[Sequence[int]], weights: Sequence[float] | None = None) -> PrefixTree:
+    """Merge ``seqs`` into a prefix tree, breadth-first (a topological order); siblings keep first-seen order.
+
+    A node shared by several continuations appears once, so a sampled verification tries it once.
+    """
+    count: dict[tuple[int, ...], float] = {}
+    for j, seq in enumerate(seqs):
+        w = 1.0 if weights is None else float(weights[j])
+        seq = [int(t) for t in seq]
+        for d in range(1, len(seq) + 1):
+            key = tuple(seq[:d])
+            count[key] = count.get(key, 0.0) + w
+    order = sorted(count, key=len)  # stable: dicts keep first-seen order
+    index: dict[tuple[int, ...], int] = {}
+    tree = PrefixTree([], [], [])
+    for key in order:
+        index[key] = len(tree.tokens)
+        tree.tokens.append(key[-1])
+        tree.parents.append(index[key[:-1]] if len(key) > 1 else -1)
+        tree.counts.append(count[key])
+    return tree

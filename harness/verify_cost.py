@@ -102,6 +102,19 @@ def load(key: dict[str, Any]) -> dict[int, float] | None:
     return {int(k): v for k, v in data["ms"].items()} if data.get("key") == key else None
 
 
+def cached_or_measured(target: TargetModel, kernel: str, threads: int, log: Any = None) -> dict[int, float]:
+    """This machine's curve for ``target``: the cached one, else measured now (a minute or two on a real model)
+    and cached for every later run."""
+    key = curve_key(target, kernel, threads, CACHE_LEN)
+    ms = load(key)
+    if ms is None:
+        if log is not None:
+            log.info("measuring the verify cost curve c(k) of %s on this machine (once; cached)", target.info.name)
+        ms = measure(target, cache_len=CACHE_LEN)
+        save(key, ms)
+    return ms
+
+
 class Curve:
     """c(k) from measured milliseconds, linearly interpolated (and extrapolated past the largest k)."""
 

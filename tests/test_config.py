@@ -96,9 +96,9 @@ def test_every_family_schema_accepts_its_yaml():
             registry.typed(node)
 
 
-# -- EAGLE methods -------------------------------------------------------------------------------------------
+# -- every option of the EAGLE, retrieval and recycling methods ----------------------------------------------
 
-EAGLE_OVERRIDES = {
+OPTION_OVERRIDES = {
     # key -> (command-line value, value in the typed config)
     "eagle": {"name": ("eagle_mc", "eagle_mc"), "rule": ("rejection", "rejection"), "head": ("/heads/e1", "/heads/e1"),
               "dtype": ("bfloat16", "bfloat16"), "choices": ("eagle_mc_sim_7b_63", "eagle_mc_sim_7b_63"),
@@ -108,22 +108,30 @@ EAGLE_OVERRIDES = {
                "vocab_size": ("4096", 4096)},
     "eagle3": {"name": ("e3", "e3"), "rule": ("auto", "auto"), "head": ("/heads/e3", "/heads/e3"),
                "dtype": ("float32", "float32"), "depth": ("8", 8), "top_k": ("1", 1), "total_tokens": ("2", 2)},
+    "rest": {"name": ("rest_big", "rest_big"), "rule": ("rejection", "rejection"), "datastore": ("/d/ultra.npz", "/d/ultra.npz"),
+             "max_suffix": ("8", 8), "min_suffix": ("1", 1), "max_hits": ("100", 100), "length": ("6", 6),
+             "total_tokens": ("64", 64), "max_tokens": ("16", 16)},
+    "recycling": {"name": ("tr", "tr"), "rule": ("greedy", "greedy"), "top_k": ("4", 4), "template": ("cpu8", "cpu8"),
+                  "total_tokens": ("auto", "auto"), "max_tokens": ("80", 80), "persist": ("false", False)},
+    "sam": {"name": ("samd", "samd"), "rule": ("auto", "auto"), "n_predicts": ("20", 20), "alpha": ("2.5", 2.5),
+            "threshold": ("3", 3), "len_bias": ("0", 0), "static": ("true", True), "datastore": ("/d/x.npz", "/d/x.npz"),
+            "aux": ("eagle2", "eagle2"), "max_tokens": ("12", 12)},
 }
 
 
-@pytest.mark.parametrize("method,key", [(m, k) for m, keys in EAGLE_OVERRIDES.items() for k in keys])
-def test_every_eagle_option_composes(method, key):
+@pytest.mark.parametrize("method,key", [(m, k) for m, keys in OPTION_OVERRIDES.items() for k in keys])
+def test_every_method_option_composes(method, key):
     from harness.generator import METHODS
 
-    given, expect = EAGLE_OVERRIDES[method][key]
+    given, expect = OPTION_OVERRIDES[method][key]
     typed = METHODS.typed(compose(f"method={method}", f"method.{key}={given}").method)
-    assert typed.family == method and typed[key] == expect
+    assert typed.family == METHODS.typed(compose(f"method={method}").method).family and typed[key] == expect
 
 
-def test_eagle_override_table_covers_every_key():
+def test_override_table_covers_every_key():
     from harness.generator import METHODS
 
-    for method, table in EAGLE_OVERRIDES.items():
+    for method, table in OPTION_OVERRIDES.items():
         keys = set(METHODS.typed(compose(f"method={method}").method).keys()) - {"family"}
         assert keys == set(table), f"{method}: add overrides for {sorted(keys - set(table))}"
 

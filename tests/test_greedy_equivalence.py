@@ -10,6 +10,7 @@ from harness.decoder import Decoder
 from harness.drafter import Drafter, NoDraft
 from harness.proposal import Proposal
 from harness.sampling import Sampling
+from harness.trees import prefix_tree
 from harness.verify import make_verifier
 from methods.pld import PLDConfig, PromptLookup, lookup
 
@@ -67,8 +68,8 @@ class OracleTree(Drafter):
         seqs = [truth] + [[self.rng.randrange(50) for _ in range(self.rng.randint(1, 4))] for _ in range(3)]
         if truth and self.rng.random() < 0.5:
             seqs.append(truth[:-1] + [self.rng.randrange(50)])
-        tokens, parents = T.from_sequences([s for s in seqs if s])
-        return Proposal(tokens, parents)
+        trie = prefix_tree([s for s in seqs if s])
+        return Proposal(trie.tokens, trie.parents)
 
 
 def test_tree_drafts_are_lossless_and_accepted(tiny_target, tiny_prompts, references):

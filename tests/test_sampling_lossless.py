@@ -368,3 +368,47 @@ def test_wrong_eagle_tree_rules_are_caught(tiny_target, eagle_heads, eagle_prefi
     right = eagle_drafter(tiny_target, eagle_heads, method, s)
     pvalue, tv, _ = eagle_step_test(tiny_target, wrong(right.head, right.shape, s), eagle_prefix, s, n=n)
     assert pvalue < POWER, f"{wrong.__name__}: p={pvalue:.2e}, TV={tv:.4f}"
+
+
+# -- retrieval and recycling drafts (deterministic trees from a datastore, an automaton, a successor matrix) --
+
+
+def toy_datastore():
+    """The toy target's own samples: retrieved continuations are often, not always, what it samples next."""
+    from harness.datastore import Datastore
+
+    gen = torch.Generator().manual_seed(5)
+    decoder = Decoder(TARGET, make_verifier(SETTINGS["t1"]))
+    entries = [PROMPT + decoder.generate(PROMPT, NoDraft(), 6, gen).token_ids for _ in range(60)]
+    return Datastore.build(entries, V)
+
+
+def retrieval_drafter(case: str):
+    from methods.recycling import RecyclingConfig, TokenRecycling
+    from methods.rest import RESTConfig, RetrievalDrafter
+    from methods.sam import SAMConfig, SuffixAutomatonDrafter
+
+    def recycling():
+        return TokenRecycling(RecyclingConfig(top_k=3, template=[[0], [1], [2], [0, 0], [1, 0], [0, 1]], total_tokens=6), V, None)
+
+    if case == "rest":
+        return RetrievalDrafter(RESTConfig(min_suffix=1, max_suffix=3, length=3, total_tokens=6), toy_datastore(), None)
+    if case == "recycling":  # the matrix persists over the seeded generations, as across a run's prompts
+        return recycling()
+    return SuffixAutomatonDrafter(SAMConfig(threshold=1, max_tokens=3), recycling(), None, None)
+
+
+@pytest.mark.parametrize("setting", sorted(SETTINGS))
+@pytest.mark.parametrize("case", ["rest", "recycling", "sam_recycling"])
+def test_retrieval_and_recycling_drafts_reproduce_the_target(case, setting):
+    s = SETTINGS[setting]
+    drafter = retrieval_drafter(case)
+    pvalue, tv = run_case(drafter, s, n=8000)
+    assert pvalue > ALPHA, f"{case}/{setting}: p={pvalue:.2e}, TV={tv:.4f}"
+
+
+def test_rest_tree_counted_once_per_path_is_caught():
+    """The REST reference's per-path sampling on a REST tree: a shared node gets one chance per path."""
+    s = SETTINGS["t1"]
+    pvalue, tv = run_case(retrieval_drafter("rest"), s, PerPathSampling(s), n=8000)
+    assert pvalue < POWER, f"p={pvalue:.2e}, TV={tv:.4f}"

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from harness import tree as T
+from harness.trees import prefix_tree
 
 
 def test_chain_and_depths():
@@ -30,9 +31,10 @@ def test_positions_paths_and_trie():
     parents = [-1, -1, 0, 0, 2]
     assert T.positions(parents, 10).tolist() == [10, 11, 11, 12, 12, 13]
     assert sorted(T.paths(parents)) == [[0, 2, 4], [0, 3], [1]]
-    tokens, par = T.from_sequences([[5, 6, 7], [5, 6, 8], [9]])
-    assert tokens == [5, 9, 6, 7, 8] and par == [-1, -1, 0, 2, 2]
-    T.validate(par)
+    trie = prefix_tree([[5, 6, 7], [5, 6, 8], [9]])
+    assert trie.tokens == [5, 9, 6, 7, 8] and trie.parents == [-1, -1, 0, 2, 2]
+    assert trie.counts == [2, 1, 2, 1, 1]  # a shared prefix is one node, counted once per continuation
+    T.validate(trie.parents)
     with pytest.raises(ValueError):
         T.validate([0])
 

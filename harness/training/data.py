@@ -75,6 +75,16 @@ class AnswerSpec:
         return f"gen-p{n_prompts}-t{self.gen_tokens}-m{self.max_prompt_tokens}-b{self.batch}-k{self.topk}-h{layers}-s{self.seed}"
 
 
+def head_answer_spec(target: TargetModel, gen_tokens: int = 128, max_prompt_tokens: int = 256, batch: int = 32,
+                     seed: int = 0) -> AnswerSpec:
+    """The answers the head trainers share (the final state and EAGLE-3's three layers captured): one cache
+    serves EAGLE-1/3, Medusa/Hydra and the default retrieval datastore."""
+    from ..checkpoints import default_layers
+
+    return AnswerSpec(gen_tokens=gen_tokens, max_prompt_tokens=max_prompt_tokens, batch=batch,
+                      layers=("final", *default_layers("eagle3", target.num_layers)), seed=seed)
+
+
 def _save_atomic(obj, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)

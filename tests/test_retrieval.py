@@ -1,0 +1,217 @@
+"""Retrieval and recycling drafters: the datastore, the suffix automaton, and greedy identity of rest, sam
+(alone and with each auxiliary drafter) and recycling with plain decoding on the tiny target."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from harness import datastore as ds
+from harness.errors import SpeclabError
+from harness.generator import METHODS, MethodContext
+from harness.sampling import Sampling
+from harness.suffix_automaton import Matcher, SuffixAutomaton
+from harness.trees import best_first_order, cost_optimal_size, prefix_tree
+
+from .conftest import compose
+from .test_greedy_equivalence import MAX_NEW, decode, hf_greedy
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+# -- the datastore ---------------------------------------------------------------------------------------
+
+
+def brute_occurrences(entries, query):
+    text = []
+    for e in entries:
+        text += list(e) + [None]
+    m = len(query)
+    return sorted(i for i in range(len(text) - m + 1) if text[i : i + m] == list(query))
+
+
+def test_suffix_array_search_finds_every_occurrence_and_never_crosses_entries():
+    rng = random.Random(0)
+    entries = [[rng.randrange(4) for _ in range(rng.randrange(1, 40))] for _ in range(30)]
+    store = ds.Datastore.build(entries, vocab_size=4)
+    for _ in range(200):
+        q = [rng.randrange(4) for _ in range(rng.randrange(1, 5))]
+        assert sorted(store.occurrences(q).tolist()) == brute_occurrences(entries, q)
+    conts, matched = store.continuations([9, 9] + entries[3][:6], max_suffix=6, min_suffix=1, max_hits=1000, length=50)
+    assert matched == 6 and conts
+    assert all(store.separator not in c.tolist() for c in conts)  # cut at the end of the entry
+
+
+def test_datastore_keeps_ids_past_16_bits_and_round_trips(tmp_path):
+    vocab = 150_000  # Qwen-sized: REST's 16-bit format would fold these ids
+    entries = [[70_000, 140_000, 5, 70_000, 140_000, 149_999]]
+    store = ds.Datastore.build(entries, vocab, {"tokenizer": "x"})
+    conts, matched = store.continuations([1, 70_000, 140_000], 4, 1, 10, 4)
+    assert matched == 2 and sorted(c.tolist() for c in conts) == [[5, 70_000, 140_000, 149_999], [149_999]]
+    path = store.save(tmp_path / "d.npz")
+    again = ds.load(path)
+    assert again.tokens.tolist() == store.tokens.tolist() and again.sa.tolist() == store.sa.tolist()
+    assert again.meta["entries"] == 1 and again.meta["tokens"] == 6
+    with pytest.raises(SpeclabError, match="outside"):
+        ds.Datastore.build([[vocab]], vocab)
+
+
+def test_datastore_errors_name_the_fix(tmp_path, tiny_target):
+    with pytest.raises(SpeclabError, match="build_datastore.py"):
+        ds.load(tmp_path / "missing.npz")
+    store = ds.Datastore.build([[1, 2, 3]], tiny_target.vocab_size, {"tokenizer": "0123456789abcdef", "model": "other"})
+    path = store.save(tmp_path / "other.npz")
+    with pytest.raises(SpeclabError, match="another tokenizer"):
+        ds.load(path, tiny_target.tokenizer)
+
+
+# -- the suffix automaton --------------------------------------------------------------------------------
+
+
+def test_matcher_follows_the_longest_earlier_match_of_a_growing_text():
+    rng = random.Random(1)
+    for _ in range(150):
+        text = [rng.randrange(3) for _ in range(rng.randrange(1, 50))]
+        sam = SuffixAutomaton()
+        m = Matcher(sam)
+        for i, t in enumerate(text):
+            m.feed(t)
+            sam.extend(t)
+            best = 0
+            for n in range(1, i + 1):
+                if any(text[j : j + n] == text[i + 1 - n : i + 1] for j in range(i - n + 1)):
+                    best = n
+                else:
+                    break
+            assert m.length == best
+            if best:
+                first = min(j for j in range(i - best + 1) if text[j : j + best] == text[i + 1 - best : i + 1])
+                after = text[first + best : i + 1]
+                draft = m.draft(4)
+                assert draft[: len(after)] == after[:4] if len(after) >= 4 else len(draft) >= len(after) > 0
+
+
+def test_static_automaton_matches_a_stream_against_a_corpus():
+    corpus = [5, 6, 7, 8, 9, 1, 2, 3]
+    m = Matcher(SuffixAutomaton(corpus))
+    m.feed_all([0, 6, 7])
+    assert m.length == 2 and m.draft(3) == [8, 9, 1]
+    m.feed(4)
+    assert m.length == 0 and m.draft(3) == []
+
+
+# -- trees from counts, and the cost cut -----------------------------------------------------------------
+
+
+def test_cost_cut_stops_where_another_node_costs_more_than_it_brings():
+    cost = lambda k: 1.0 if k <= 8 else 2.0 + k  # noqa: E731  free up to 8 tokens, then steep
+    assert cost_optimal_size([0.9] * 20, cost, 20) == 7
+    assert cost_optimal_size([0.0] * 5, cost, 5) == 0  # worthless nodes: verify none
+    assert cost_optimal_size([0.9] * 20, lambda k: 1.0, 5) == 5  # the cap
+    tree = prefix_tree([[1, 2], [1, 3], [1, 2], [4]])
+    order = best_first_order([np.log(c / 4) for c in tree.counts], tree.parents)
+    assert [tree.tokens[i] for i in order] == [1, 2, 4, 3]  # 3/4, 2/4, 1/4 (shallower first), 1/4
+
+
+# -- greedy identity on the tiny target ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def references(tiny_target, tiny_prompts):
+    return [hf_greedy(tiny_target, p, MAX_NEW) for p in tiny_prompts]
+
+
+@pytest.fixture(scope="module")
+def tiny_datastore(tmp_path_factory, tiny_target, tiny_prompts, references):
+    """The tiny target's own answers (so drafts get accepted) and noise entries (so some are rejected)."""
+    rng = random.Random(2)
+    noise = [[rng.randrange(tiny_target.vocab_size) for _ in range(30)] for _ in range(20)]
+    answers = [ref[: len(ref) // 2 + 3 * i] for i, ref in enumerate(references)]  # partly covered answers
+    store = ds.Datastore.build(answers + noise, tiny_target.vocab_size,
+                               {"tokenizer": ds.tokenizer_fingerprint(tiny_target.tokenizer), "model": "tiny-llama"})
+    return store.save(tmp_path_factory.mktemp("datastore") / "tiny.npz")
+
+
+def build_method(target, *overrides: str):
+    from harness.config import EngineConfig
+
+    cfg = compose("model=tiny-llama", *overrides).method
+    return METHODS.build(cfg, MethodContext(target, Sampling(), EngineConfig(kernel="torch")))
+
+
+CASES = {
+    "rest": ["method=rest", "method.total_tokens=12"],
+    "rest_auto": ["method=rest"],
+    "recycling": ["method=recycling", "method.total_tokens=10"],
+    "recycling_per_prompt": ["method=recycling", "method.total_tokens=6", "method.persist=false"],
+    "sam": ["method=sam", "method.threshold=1", "method.max_tokens=8"],
+    "sam_pld": ["method=sam", "method.aux=pld"],
+    "sam_recycling": ["method=sam_recycling", "method.aux='recycling total_tokens=8'"],
+    "sam_static": ["method=sam", "method.static=true", "method.len_bias=0", "method.threshold=2", "method.aux=pld"],
+    "sam_eagle2": ["method=sam", "method.aux='eagle2 head={eagle_head}'"],
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_greedy_output_equals_plain_decoding(case, tiny_target, tiny_prompts, references, tiny_datastore,
+                                             tmp_path_factory, monkeypatch, request):
+    from harness import verify_cost as vc
+
+    monkeypatch.setattr(vc, "cache_dir", lambda: tmp_path_factory.getbasetemp() / "curves")  # auto: a curve of its own
+    overrides = CASES[case]
+    if case == "sam_eagle2":  # the tiny EAGLE head trained for tests/test_eagle.py
+        head = request.getfixturevalue("eagle_heads")["eagle"]["folder"]
+        overrides = [o.replace("{eagle_head}", str(head)) for o in overrides]
+    if case.startswith("rest") or case == "sam_static":
+        overrides.append(f"method.datastore={tiny_datastore}")
+    gen = build_method(tiny_target, *overrides)
+    drafted = accepted = 0
+    for prompt, ref in zip(tiny_prompts, references):
+        res = decode(tiny_target, gen.drafter, prompt)
+        assert res.token_ids == ref, case
+        drafted += sum(res.drafted)
+        accepted += sum(res.accepted)
+    assert drafted > 0, f"{case} never drafted: the test would prove nothing"
+    if case.startswith(("rest", "sam")):
+        assert accepted > 0, f"{case}: nothing accepted (its drafts come from text the target repeats)"
+
+
+def test_sam_hands_over_to_its_auxiliary_drafter_and_says_so(tiny_target, tiny_prompts):
+    """A random tiny model seldom repeats itself: with threshold=1 the automaton drafts after a token seen before
+    and hands over otherwise."""
+    gen = build_method(tiny_target, "method=sam_recycling", "method.aux='recycling total_tokens=4'", "method.max_tokens=6",
+                       "method.threshold=1")
+    steps = {"aux": 0, "dynamic": 0}
+    for prompt in tiny_prompts:
+        res = decode(tiny_target, gen.drafter, prompt)
+        for source in steps:
+            steps[source] += res.extra.get(f"steps_{source}", 0)
+    assert steps["aux"] > 0 and steps["dynamic"] > 0, steps
+
+
+def test_recycling_keeps_its_matrix_across_prompts_only_when_asked(tiny_target, tiny_prompts):
+    kept = build_method(tiny_target, "method=recycling", "method.total_tokens=4").drafter
+    fresh = build_method(tiny_target, "method=recycling", "method.total_tokens=4", "method.persist=false").drafter
+    for d in (kept, fresh):
+        decode(tiny_target, d, tiny_prompts[0], max_new=8)
+        known = int((d.successors[:, 0] >= 0).sum())
+        decode(tiny_target, d, tiny_prompts[1], max_new=8)
+        d.known_after = (known, int((d.successors[:, 0] >= 0).sum()))
+    assert kept.known_after[1] > kept.known_after[0]  # grew on the second prompt
+    assert fresh.known_after[1] < kept.known_after[1]  # started over
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["method=rest", "method.datastore=/nonexistent/d.npz"], "build_datastore.py"),
+    (["method=rest"], "no default datastore for model 'tiny-llama'"),
+    (["method=rest", "method.total_tokens=0"], "total_tokens"),
+    (["method=recycling", "method.top_k=2"], "top_k"),
+    (["method=sam", "method.aux=sam"], "cannot be sam"),
+    (["method=sam", "method.aux=hf_generate"], "not an engine method"),
+    (["method=sam", "method.threshold=0"], "threshold"),
+])
+def test_bad_settings_get_one_clear_line(tiny_target, overrides, message):
+    with pytest.raises(SpeclabError, match=message):
+        build_method(tiny_target, *overrides)
