@@ -60,3 +60,16 @@ def test_committed_draft_exports_as_an_ordinary_hf_model(tmp_path):
         expect = plain(torch.tensor([ids])).logits[0, -1]
     got = draft.forward(draft.new_cache(len(ids)), ids, logits_rows=[-1]).logits[0]
     torch.testing.assert_close(got, expect, rtol=1e-4, atol=1e-4)
+
+
+def test_retrieval_methods_with_the_committed_datastore_are_lossless(tmp_path):
+    """rest reads the committed datastore (built for this tokenizer); recycling and sam need nothing committed.
+    Fixed tree sizes here: total_tokens=auto would first measure this machine's c(k) curve."""
+    cfg = compose("method=rest", "method.total_tokens=8", 'compare=["recycling total_tokens=8", "sam max_tokens=8"]',
+                  "task.limit=1", "max_new_tokens=32", "engine.warmup=false")
+    cfg.out_dir = str(tmp_path)
+    df = run(cfg)
+    m = df[df.role == "method"]
+    assert set(m.method) == {"rest", "recycling", "sam"} and m.equivalent.all()
+    assert (m.groupby("method").drafted_tokens.sum() > 0).all()
+    assert m[m.method == "rest"].steps_datastore.gt(0).all()
