@@ -10,7 +10,7 @@ child, ``[0, 1]`` the second most likely child of that node. Ranks refer to the 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from numbers import Integral
 
 # EAGLE-1's default tree (eagle/model/choices.py, "mc_sim_7b_63": 25 nodes, depth 5); not Medusa's tree of that name.
@@ -138,6 +138,7 @@ class PrefixTree:
     tokens: list[int]
     parents: list[int]
     counts: list[float]
+    index: dict[tuple[int, ...], int] = field(default_factory=dict)  # token path from the root -> node
 
 
 def prefix_tree(seqs: Sequence[Sequence[int]], weights: Sequence[float] | None = None) -> PrefixTree:
@@ -153,11 +154,10 @@ def prefix_tree(seqs: Sequence[Sequence[int]], weights: Sequence[float] | None =
             key = tuple(seq[:d])
             count[key] = count.get(key, 0.0) + w
     order = sorted(count, key=len)  # stable: dicts keep first-seen order
-    index: dict[tuple[int, ...], int] = {}
     tree = PrefixTree([], [], [])
     for key in order:
-        index[key] = len(tree.tokens)
+        tree.index[key] = len(tree.tokens)
         tree.tokens.append(key[-1])
-        tree.parents.append(index[key[:-1]] if len(key) > 1 else -1)
+        tree.parents.append(tree.index[key[:-1]] if len(key) > 1 else -1)
         tree.counts.append(count[key])
     return tree

@@ -9,7 +9,8 @@ sees every verification, whoever drafted, so its state stays current.
 
 Chain length: without an auxiliary drafter ``min(n_predicts, 1 + alpha x match)``, with one ``n_predicts``
 (the paper's rules), then, with ``max_tokens=auto``, cut to the length with the most expected tokens per
-unit of measured verification cost, the acceptance of the automaton's drafts estimated as it runs.
+unit of measured verification cost, the acceptance of the automaton's drafts estimated as it runs, per
+match-length bucket (a 12-token match is right more often than a 2-token one).
 Drafts are deterministic chains, so greedy verification matches ``ar`` and sampling is lossless.
 """
 
@@ -34,6 +35,7 @@ from harness.verify import VerifyResult
 from .rest import load_for, resolve_datastore
 
 PRIOR_ACCEPT, PRIOR_WEIGHT = 0.6, 10.0  # a draft token's acceptance before any is verified, worth 10 observations
+MATCH_BUCKETS = 6  # acceptance is tracked per match length 1, 2-3, 4-7, 8-15, 16-31, 32+
 _STATIC: dict[tuple[str, int], SuffixAutomaton] = {}  # built once per process and datastore
 
 
@@ -64,7 +66,8 @@ class SuffixAutomatonDrafter(Drafter):
         self.cfg, self.aux, self.cost = cfg, aux, cost
         self.hidden_layers = aux.hidden_layers if aux is not None else ()
         self.static = Matcher(static) if static is not None else None
-        self.reached, self.accepted = 0.0, 0.0
+        self.reached = [0.0] * MATCH_BUCKETS
+        self.accepted = [0.0] * MATCH_BUCKETS
 
     def begin(self, state: DecodeState, prefill: ForwardOutput) -> None:
         self.sam = SuffixAutomaton()
@@ -89,7 +92,8 @@ class SuffixAutomatonDrafter(Drafter):
         n = c.n_predicts if self.aux is not None else min(c.n_predicts, 1 + int(c.alpha * match))
         n = min(n, max_depth)
         if c.max_tokens == "auto":
-            a = (self.accepted + PRIOR_ACCEPT * PRIOR_WEIGHT) / (self.reached + PRIOR_WEIGHT)
+            b = bucket(match)
+            a = (self.accepted[b] + PRIOR_ACCEPT * PRIOR_WEIGHT) / (self.reached[b] + PRIOR_WEIGHT)
             return cost_optimal_size([a ** d for d in range(1, n + 1)], self.cost, n)
         return min(n, int(c.max_tokens))
 
@@ -101,18 +105,24 @@ class SuffixAutomatonDrafter(Drafter):
             source, matcher, match = ("static", self.static, self.static.length) if stat > dyn else ("dynamic", self.dynamic, dyn)
             draft = matcher.draft(self._length(match, max_depth)) if match else []
             if draft or self.aux is None:
-                return Proposal.chain(draft, source=source, root=state.ids[-1])
+                return Proposal.chain(draft, source=source, root=state.ids[-1], match=match)
         proposal = self.aux.propose(state, max_depth)
         proposal.meta = {**proposal.meta, "source": "aux"}
         return proposal
 
     def observe(self, state: DecodeState, proposal: Proposal, result: VerifyResult, out: ForwardOutput) -> None:
         if proposal.meta.get("source") in ("dynamic", "static"):
-            self.reached += result.reached
-            self.accepted += len(result.accepted)
+            b = bucket(proposal.meta["match"])
+            self.reached[b] += result.reached
+            self.accepted[b] += len(result.accepted)
         self._feed(state.ids)
         if self.aux is not None:
             self.aux.observe(state, proposal, result, out)
+
+
+def bucket(match: int) -> int:
+    """Longer matches are more often right: their drafts' acceptance is estimated apart."""
+    return min(max(match, 1).bit_length() - 1, MATCH_BUCKETS - 1)
 
 
 def static_automaton(target: Any, path: str | None) -> SuffixAutomaton:

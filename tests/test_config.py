@@ -96,7 +96,7 @@ def test_every_family_schema_accepts_its_yaml():
             registry.typed(node)
 
 
-# -- every option of the EAGLE, retrieval and recycling methods ----------------------------------------------
+# -- every option of the EAGLE and training-free methods ----------------------------------------------
 
 OPTION_OVERRIDES = {
     # key -> (command-line value, value in the typed config)
@@ -116,6 +116,8 @@ OPTION_OVERRIDES = {
     "sam": {"name": ("samd", "samd"), "rule": ("auto", "auto"), "n_predicts": ("20", 20), "alpha": ("2.5", 2.5),
             "threshold": ("3", 3), "len_bias": ("0", 0), "static": ("true", True), "datastore": ("/d/x.npz", "/d/x.npz"),
             "aux": ("eagle2", "eagle2"), "max_tokens": ("12", 12)},
+    "lookahead": {"name": ("lade", "lade"), "rule": ("rejection", "rejection"), "ngram": ("5", 5), "window": ("7", 7),
+                  "guesses": ("7", 7), "seed": ("3", 3)},
 }
 
 

@@ -370,7 +370,7 @@ def test_wrong_eagle_tree_rules_are_caught(tiny_target, eagle_heads, eagle_prefi
     assert pvalue < POWER, f"{wrong.__name__}: p={pvalue:.2e}, TV={tv:.4f}"
 
 
-# -- retrieval and recycling drafts (deterministic trees from a datastore, an automaton, a successor matrix) --
+# -- training-free drafts (deterministic trees from a datastore, an automaton, a successor matrix, Jacobi guesses) --
 
 
 def toy_datastore():
@@ -395,12 +395,16 @@ def retrieval_drafter(case: str):
         return RetrievalDrafter(RESTConfig(min_suffix=1, max_suffix=3, length=3, total_tokens=6), toy_datastore(), None)
     if case == "recycling":  # the matrix persists over the seeded generations, as across a run's prompts
         return recycling()
+    if case == "lookahead":
+        from methods.lookahead import Lookahead, LookaheadConfig
+
+        return Lookahead(LookaheadConfig(ngram=3, window=2, guesses=2))
     return SuffixAutomatonDrafter(SAMConfig(threshold=1, max_tokens=3), recycling(), None, None)
 
 
 @pytest.mark.parametrize("setting", sorted(SETTINGS))
-@pytest.mark.parametrize("case", ["rest", "recycling", "sam_recycling"])
-def test_retrieval_and_recycling_drafts_reproduce_the_target(case, setting):
+@pytest.mark.parametrize("case", ["rest", "recycling", "sam_recycling", "lookahead"])
+def test_training_free_drafts_reproduce_the_target(case, setting):
     s = SETTINGS[setting]
     drafter = retrieval_drafter(case)
     pvalue, tv = run_case(drafter, s, n=8000)

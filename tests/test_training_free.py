@@ -1,5 +1,5 @@
-"""Retrieval and recycling drafters: the datastore, the suffix automaton, and greedy identity of rest, sam
-(alone and with each auxiliary drafter) and recycling with plain decoding on the tiny target."""
+"""Training-free drafters: the datastore, the suffix automaton, and greedy identity of rest, sam (alone and with
+each auxiliary drafter), recycling and lookahead with plain decoding on the tiny target."""
 
 from __future__ import annotations
 
@@ -151,6 +151,9 @@ CASES = {
     "sam_recycling": ["method=sam_recycling", "method.aux='recycling total_tokens=8'"],
     "sam_static": ["method=sam", "method.static=true", "method.len_bias=0", "method.threshold=2", "method.aux=pld"],
     "sam_eagle2": ["method=sam", "method.aux='eagle2 head={eagle_head}'"],
+    "lookahead": ["method=lookahead"],
+    "lookahead_wide": ["method=lookahead", "method.ngram=5", "method.window=7", "method.guesses=7"],
+    "lookahead_bigram": ["method=lookahead", "method.ngram=2", "method.window=1", "method.guesses=0"],
 }
 
 
@@ -211,6 +214,7 @@ def test_recycling_keeps_its_matrix_across_prompts_only_when_asked(tiny_target, 
     (["method=sam", "method.aux=sam"], "cannot be sam"),
     (["method=sam", "method.aux=hf_generate"], "not an engine method"),
     (["method=sam", "method.threshold=0"], "threshold"),
+    (["method=lookahead", "method.ngram=1"], "ngram >= 2"),
 ])
 def test_bad_settings_get_one_clear_line(tiny_target, overrides, message):
     with pytest.raises(SpeclabError, match=message):
