@@ -81,7 +81,8 @@ class Decoder:
         hidden = drafter.hidden_layers
         t_start = time.perf_counter()
         cache = target.new_cache(len(prompt_ids) + max_new_tokens + 64)
-        state = DecodeState(list(prompt_ids), len(prompt_ids), max_new_tokens, target, self.verifier.sampling, generator)
+        state = DecodeState(list(prompt_ids), len(prompt_ids), max_new_tokens, target, self.verifier.sampling, generator,
+                            cache=cache)
 
         out = target.forward(cache, prompt_ids, logits_rows=[-1], hidden_layers=hidden)
         _, stop = self._commit(state, [self.verifier.verify(out.logits, Proposal(), generator).token])

@@ -28,6 +28,7 @@ class DecodeState:
     sampling: Sampling
     generator: torch.Generator | None
     scratch: dict[str, Any] = field(default_factory=dict)
+    cache: Any = None  # the target's KV cache (self-speculation drafts with the target's own first layers)
 
     @property
     def new_tokens(self) -> int:

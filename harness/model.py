@@ -125,13 +125,26 @@ class TargetModel:
         tree: torch.Tensor | None = None,
         logits_rows: Sequence[int] | slice | None = None,
         hidden_layers: Sequence[int | str] = (),
+        exit_layer: int | None = None,
     ) -> ForwardOutput:
         """Run ``tokens`` on top of ``cache`` (which grows by ``len(tokens)`` slots).
 
         ``tree`` is a boolean [n, n] mask among the new tokens (row attends to column); ``None`` means causal.
         ``positions`` default to consecutive positions after the cache. ``logits_rows`` selects the rows
         to project to the vocabulary (all by default): the head is a large share of a small model's step.
+        ``exit_layer=E`` runs only the first E layers, then the final norm and head (self-speculation's early
+        exit): only those layers' caches grow, and ``hidden["final"]`` is the normed state after layer E.
         """
+        if exit_layer is not None:
+            if not 1 <= exit_layer <= self.num_layers:
+                raise ValueError(f"exit_layer must be in 1..{self.num_layers}, got {exit_layer}")
+            config = self.backbone.config
+            full = config.num_hidden_layers
+            config.num_hidden_layers = exit_layer  # decoder models run self.layers[: config.num_hidden_layers]
+            try:
+                return self.forward(cache, tokens, positions, tree, logits_rows, hidden_layers)
+            finally:
+                config.num_hidden_layers = full
         ids = torch.as_tensor(tokens, dtype=torch.long).reshape(1, -1)
         n = ids.shape[1]
         start = cache.length

@@ -118,6 +118,8 @@ OPTION_OVERRIDES = {
             "aux": ("eagle2", "eagle2"), "max_tokens": ("12", 12)},
     "lookahead": {"name": ("lade", "lade"), "rule": ("rejection", "rejection"), "ngram": ("5", 5), "window": ("7", 7),
                   "guesses": ("7", 7), "seed": ("3", 3)},
+    "layerskip": {"name": ("ls", "ls"), "rule": ("greedy", "greedy"), "exit_layer": ("8", 8), "k": ("4", 4),
+                  "adapter": ("none", "none")},
 }
 
 

@@ -264,9 +264,10 @@ class TargetLaw:
         return u if len(u) == self.length else u + ("*",)
 
 
-def eagle_step_test(target, drafter: HeadDrafter, prefix: list[int], sampling: Sampling, n: int = EAGLE_N,
+def eagle_step_test(target, drafter: Drafter, prefix: list[int], sampling: Sampling, n: int = EAGLE_N,
                     seed: int = 0) -> tuple[float, float, float]:
-    """(p-value, TV, accepted tokens per step) of ``n`` seeded steps of ``drafter`` at ``prefix``."""
+    """(p-value, TV, accepted tokens per step) of ``n`` seeded steps of ``drafter`` at ``prefix`` (a head drafter
+    or any drafter that reads the target's cache, like layerskip's)."""
     gen = torch.Generator().manual_seed(seed)
     law = TargetLaw(target, prefix, sampling, EAGLE_LENGTH, 2.0 / n)
     verifier = RejectionVerifier(sampling)
@@ -274,11 +275,12 @@ def eagle_step_test(target, drafter: HeadDrafter, prefix: list[int], sampling: S
     with torch.inference_mode():
         prefill = target.forward(cache, prefix[:-1], hidden_layers=drafter.hidden_layers)
     start = cache.length
-    state = DecodeState(list(prefix), len(prefix), EAGLE_LENGTH + 1, target, sampling, gen)
+    state = DecodeState(list(prefix), len(prefix), EAGLE_LENGTH + 1, target, sampling, gen, cache=cache)
     drafter.begin(state, prefill)
-    with torch.inference_mode():
-        root = drafter._catch_up()
-    drafter._catch_up = lambda: root  # deterministic for a fixed prefix: recomputing it every step only costs time
+    if isinstance(drafter, HeadDrafter):
+        with torch.inference_mode():
+            root = drafter._catch_up()
+        drafter._catch_up = lambda: root  # deterministic for a fixed prefix: recomputing it every step only costs time
     counts: dict[tuple, int] = {}
     accepted = 0
     for _ in range(n):
@@ -416,3 +418,16 @@ def test_rest_tree_counted_once_per_path_is_caught():
     s = SETTINGS["t1"]
     pvalue, tv = run_case(retrieval_drafter("rest"), s, PerPathSampling(s), n=8000)
     assert pvalue < POWER, f"p={pvalue:.2e}, TV={tv:.4f}"
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("setting", ["t1_top4", "t05"])
+def test_layerskip_drafts_reproduce_the_target(tiny_target, eagle_prefix, setting):
+    """Self-speculation's early exit draws from the warped early-exit distribution on the target's own cache."""
+    from methods.layerskip import EarlyExitDrafter, LayerSkipConfig
+
+    s = EAGLE_SETTINGS[setting]
+    drafter = EarlyExitDrafter(LayerSkipConfig(exit_layer=1, k=2, adapter="none"), tiny_target, None, s)
+    pvalue, tv, accepted = eagle_step_test(tiny_target, drafter, eagle_prefix, s)
+    assert pvalue > ALPHA, f"layerskip/{setting}: p={pvalue:.2e}, TV={tv:.4f}"
+    assert accepted > 0.1, "the early exit's drafts must be accepted for this test to mean anything"

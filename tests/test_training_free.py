@@ -154,6 +154,8 @@ CASES = {
     "lookahead": ["method=lookahead"],
     "lookahead_wide": ["method=lookahead", "method.ngram=5", "method.window=7", "method.guesses=7"],
     "lookahead_bigram": ["method=lookahead", "method.ngram=2", "method.window=1", "method.guesses=0"],
+    "layerskip": ["method=layerskip", "method.adapter=none", "method.exit_layer=1", "method.k=3"],
+    "layerskip_adapter": ["method=layerskip", "method.adapter={adapter}", "method.exit_layer=1"],
 }
 
 
@@ -167,6 +169,9 @@ def test_greedy_output_equals_plain_decoding(case, tiny_target, tiny_prompts, re
     if case == "sam_eagle2":  # the tiny EAGLE head trained for tests/test_eagle.py
         head = request.getfixturevalue("eagle_heads")["eagle"]["folder"]
         overrides = [o.replace("{eagle_head}", str(head)) for o in overrides]
+    if case == "layerskip_adapter":
+        folder, _ = request.getfixturevalue("early_exit_adapter")
+        overrides = [o.replace("{adapter}", str(folder)) for o in overrides]
     if case.startswith("rest") or case == "sam_static":
         overrides.append(f"method.datastore={tiny_datastore}")
     gen = build_method(tiny_target, *overrides)
@@ -179,6 +184,39 @@ def test_greedy_output_equals_plain_decoding(case, tiny_target, tiny_prompts, re
     assert drafted > 0, f"{case} never drafted: the test would prove nothing"
     if case.startswith(("rest", "sam")):
         assert accepted > 0, f"{case}: nothing accepted (its drafts come from text the target repeats)"
+
+
+@pytest.fixture(scope="module")
+def early_exit_adapter(eagle_heads, tmp_path_factory):
+    """scripts/train_early_exit.py on the tiny target, reading the answers cached for the EAGLE heads."""
+    from scripts.train_early_exit import main
+
+    args = eagle_heads["eagle"]["args"]
+
+    def arg(name: str) -> str:
+        return args[args.index(name) + 1]
+
+    out = tmp_path_factory.mktemp("early_exit")
+    stats = main(["--model", "tiny-llama", "--exit-layer", "1", "--prompts-file", arg("--prompts-file"),
+                  "--prompts", arg("--prompts"), "--gen-tokens", arg("--gen-tokens"), "--gen-batch", arg("--gen-batch"),
+                  "--holdout", "0.2", "--batch", "64", "--lr", "1e-2", "--train-minutes", "1", "--max-steps", "80",
+                  "--eval-every", "40", "--eval-prompts", "2", "--eval-tokens", "8", "--threads", "1",
+                  "--work", arg("--work"), "--out", str(out)])
+    return out, stats
+
+
+def test_early_exit_adapter_learns_and_is_written_with_its_curve(early_exit_adapter, tiny_target):
+    from harness.early_exit import load_adapter
+
+    folder, stats = early_exit_adapter
+    curve = stats["curve"]
+    assert [c["step"] for c in curve] == [0, 40, 80]
+    assert curve[-1]["heldout_agreement"] > curve[0]["heldout_agreement"], curve  # better than the plain early exit
+    adapter = load_adapter(folder, int(tiny_target.config.hidden_size), tiny_target.num_layers)
+    assert adapter.exit_layer == 1 and float(adapter.proj.weight.detach().abs().sum()) > 0
+    assert "Learning curve" in (folder / "README.md").read_text()
+    with pytest.raises(SpeclabError, match="train_early_exit.py"):
+        build_method(tiny_target, "method=layerskip", "method.exit_layer=1")  # no committed adapter for tiny-llama
 
 
 def test_sam_hands_over_to_its_auxiliary_drafter_and_says_so(tiny_target, tiny_prompts):
@@ -215,6 +253,7 @@ def test_recycling_keeps_its_matrix_across_prompts_only_when_asked(tiny_target, 
     (["method=sam", "method.aux=hf_generate"], "not an engine method"),
     (["method=sam", "method.threshold=0"], "threshold"),
     (["method=lookahead", "method.ngram=1"], "ngram >= 2"),
+    (["method=layerskip", "method.adapter=none", "method.exit_layer=9"], "exit_layer must be in"),
 ])
 def test_bad_settings_get_one_clear_line(tiny_target, overrides, message):
     with pytest.raises(SpeclabError, match=message):
