@@ -93,14 +93,11 @@ def dataset_texts(dataset_id: str, config: str | None, split: str, field: str, l
 
 
 def answer_entries(target, args: argparse.Namespace) -> tuple[list[list[int]], str]:
-    from harness.training.data import answer_shards, head_answer_spec, prompts_path, training_prompts
+    from harness.training.data import head_answer_spec, head_answers
 
-    prompts = training_prompts(prompts_path(args.prompts_file), args.prompts)
-    spec = head_answer_spec(target)
-    work = cache_dir() / "training" / f"{target.info.name}-{target.info.weights_hash}"
-    samples = answer_shards(target, prompts, work, spec, args.gen_minutes)
+    samples = head_answers(target, args.prompts_file, args.prompts, max_minutes=args.gen_minutes)
     entries = [[int(t) for t in s["answer"]] for s in samples]
-    return entries, f"answers:{spec.folder_name(len(prompts))}:{len(samples)}"
+    return entries, f"answers:{head_answer_spec(target).folder_name(args.prompts)}:{len(samples)}"
 
 
 def corpus_id(args: argparse.Namespace) -> str:
@@ -148,4 +145,4 @@ if __name__ == "__main__":
     try:
         main()
     except SpeclabError as e:
-        sys.exit(f"error: {e}")
+        raise SystemExit(f"error: {e}")

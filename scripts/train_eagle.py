@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from harness.checkpoints import new_head, save_head  # noqa: E402
 from harness.errors import SpeclabError  # noqa: E402
 from harness.head_drafter import HeadDrafter, TreeShape  # noqa: E402
-from harness.loading import cache_dir, load_named  # noqa: E402
+from harness.loading import load_named  # noqa: E402
 from harness.sampling import Sampling  # noqa: E402
-from harness.training.data import answer_shards, head_answer_spec, prompts_path, split_holdout, training_prompts  # noqa: E402
+from harness.training.data import head_answers, split_holdout, training_work_dir  # noqa: E402
 from harness.training.eagle import EagleLoss, batches, draft_vocab  # noqa: E402
 from harness.training.loop import Trainer, heldout_tau  # noqa: E402
 
@@ -74,10 +74,9 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     t0 = time.time()
     target = load_named(args.model)
-    work = Path(args.work) if args.work else cache_dir() / "training" / f"{target.info.name}-{target.info.weights_hash}"
-    prompts = training_prompts(prompts_path(args.prompts_file), args.prompts, args.seed, args.include_noncommercial)
-    spec = head_answer_spec(target, args.gen_tokens, args.max_prompt_tokens, args.gen_batch, args.seed)
-    samples = answer_shards(target, prompts, work, spec, args.gen_minutes)
+    work = Path(args.work) if args.work else training_work_dir(target)
+    samples = head_answers(target, args.prompts_file, args.prompts, work, args.seed, args.gen_tokens, args.max_prompt_tokens,
+                           args.gen_batch, args.gen_minutes, args.include_noncommercial)
     t_gen = time.time() - t0
     held, train_set = split_holdout(samples, args.holdout, args.seed)
     vocab, ranking = draft_vocab(train_set, args.draft_vocab, target.vocab_size)

@@ -30,9 +30,9 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from harness.early_exit import EarlyExitAdapter, save_adapter  # noqa: E402
 from harness.errors import SpeclabError  # noqa: E402
-from harness.loading import cache_dir, load_named  # noqa: E402
+from harness.loading import load_named  # noqa: E402
 from harness.sampling import Sampling  # noqa: E402
-from harness.training.data import answer_shards, head_answer_spec, prompts_path, split_holdout, training_prompts  # noqa: E402
+from harness.training.data import head_answers, split_holdout  # noqa: E402
 from harness.training.loop import heldout_tau  # noqa: E402
 
 
@@ -92,10 +92,8 @@ def main(argv: list[str] | None = None) -> dict:
     target = load_named(args.model)
     if not 1 <= args.exit_layer < target.num_layers:
         raise SpeclabError(f"--exit-layer must be in 1..{target.num_layers - 1} for this model")
-    work = Path(args.work) if args.work else cache_dir() / "training" / f"{target.info.name}-{target.info.weights_hash}"
-    prompts = training_prompts(prompts_path(args.prompts_file), args.prompts, args.seed)
-    spec = head_answer_spec(target, args.gen_tokens, batch=args.gen_batch, seed=args.seed)
-    samples = answer_shards(target, prompts, work, spec)
+    samples = head_answers(target, args.prompts_file, args.prompts, args.work, args.seed, args.gen_tokens,
+                           batch=args.gen_batch)
     held, train_set = split_holdout(samples, args.holdout, args.seed)
     # clones leave inference mode's tensors behind: autograd may save these
     early, final = (t.clone() for t in features(target, train_set, args.exit_layer))
@@ -168,4 +166,4 @@ if __name__ == "__main__":
     try:
         main()
     except SpeclabError as e:
-        sys.exit(f"error: {e}")
+        raise SystemExit(f"error: {e}")

@@ -5,7 +5,6 @@ import json
 import pandas as pd
 import pytest
 
-from harness.metrics import summarize
 from harness.runner import run
 
 from .conftest import compose

@@ -5,7 +5,6 @@ import random
 import pytest
 import torch
 
-from harness import tree as T
 from harness.decoder import Decoder
 from harness.drafter import Drafter, NoDraft
 from harness.proposal import Proposal

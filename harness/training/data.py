@@ -85,6 +85,22 @@ def head_answer_spec(target: TargetModel, gen_tokens: int = 128, max_prompt_toke
                       layers=("final", *default_layers("eagle3", target.num_layers)), seed=seed)
 
 
+def training_work_dir(target: TargetModel) -> Path:
+    """Where a target's training caches live unless a script is given ``--work``."""
+    from ..loading import cache_dir
+
+    return cache_dir() / "training" / f"{target.info.name}-{target.info.weights_hash}"
+
+
+def head_answers(target: TargetModel, prompts_file: str | None, n_prompts: int, work: str | Path | None = None,
+                 seed: int = 0, gen_tokens: int = 128, max_prompt_tokens: int = 256, batch: int = 32,
+                 max_minutes: float | None = None, include_noncommercial: bool = False) -> list[dict]:
+    """The shared answer cache of the head trainers (:func:`head_answer_spec`), generated where missing."""
+    prompts = training_prompts(prompts_path(prompts_file), n_prompts, seed, include_noncommercial)
+    spec = head_answer_spec(target, gen_tokens, max_prompt_tokens, batch, seed)
+    return answer_shards(target, prompts, Path(work) if work else training_work_dir(target), spec, max_minutes)
+
+
 def _save_atomic(obj, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
