@@ -100,28 +100,33 @@ class Datastore:
         hi = self._bound(q, upper=True)
         return self.sa[lo:hi]
 
-    def continuations(self, context: Sequence[int], max_suffix: int, min_suffix: int, max_hits: int,
-                      length: int) -> tuple[list[np.ndarray], int]:
+    def continuation_grid(self, context: Sequence[int], max_suffix: int, min_suffix: int, max_hits: int,
+                          length: int) -> tuple[np.ndarray, int]:
         """Continuations of the longest suffix of ``context`` (``max_suffix`` down to ``min_suffix`` tokens) found
-        in the corpus: at most ``max_hits`` of them, each at most ``length`` tokens and cut at the entry's end.
-        Returns ``(continuations, matched suffix length)``; ``([], 0)`` when nothing matches."""
+        in the corpus: at most ``max_hits`` rows of ``length`` token ids, -1 after the end of the entry.
+        Returns ``(rows, matched suffix length)``; no rows and 0 when nothing matches."""
         ctx = np.asarray(context[-max_suffix:], dtype=np.uint32)
+        n = len(self.tokens)
         for s in range(min(max_suffix, ctx.size), min_suffix - 1, -1):
             starts = self.occurrences(ctx[ctx.size - s :])
             if not starts.size:
                 continue
             if starts.size > max_hits:  # spread over the range rather than the first suffixes in sort order
                 starts = starts[np.linspace(0, starts.size - 1, max_hits).astype(np.int64)]
-            out = []
-            for st in starts.tolist():
-                cont = self.tokens[st + s : st + s + length]
-                stop = np.flatnonzero(cont == self.separator)
-                cont = cont[: stop[0]] if stop.size else cont
-                if cont.size:
-                    out.append(cont.astype(np.int64))
-            if out:
-                return out, s
-        return [], 0
+            idx = starts[:, None] + s + np.arange(length)
+            grid = self.tokens[np.minimum(idx, n - 1)].astype(np.int64)
+            grid[idx >= n] = self.separator
+            grid[np.cumsum(grid == self.separator, axis=1) > 0] = -1  # the entry ended
+            grid = grid[grid[:, 0] >= 0]
+            if grid.size:
+                return grid, s
+        return np.zeros((0, length), dtype=np.int64), 0
+
+    def continuations(self, context: Sequence[int], max_suffix: int, min_suffix: int, max_hits: int,
+                      length: int) -> tuple[list[np.ndarray], int]:
+        """:meth:`continuation_grid` as a list of variable-length continuations."""
+        grid, matched = self.continuation_grid(context, max_suffix, min_suffix, max_hits, length)
+        return [row[row >= 0] for row in grid], matched
 
     def entries(self) -> list[np.ndarray]:
         """The corpus entries, separators removed."""
@@ -143,13 +148,16 @@ class Datastore:
         return path
 
 
-def load(path: str | Path, tokenizer: Any | None = None) -> Datastore:
-    """A saved datastore; with ``tokenizer``, checked to have been built for it."""
+def load(path: str | Path, tokenizer: Any | None = None, vocab_size: int | None = None) -> Datastore:
+    """A saved datastore; with ``tokenizer`` (and the model's ``vocab_size``), checked to have been built for it."""
     path = Path(path)
     if not path.is_file():
         raise SpeclabError(f"no datastore at {path}; build one with `python scripts/build_datastore.py` or set method.datastore")
     with np.load(path) as z:
         ds = Datastore(z["tokens"], z["sa"].astype(np.int64), int(z["separator"]), json.loads(bytes(z["meta"]).decode()))
+    if vocab_size is not None and ds.separator < vocab_size:
+        raise SpeclabError(f"datastore {path} was built for a {ds.separator}-token vocabulary; this model has {vocab_size}: "
+                           "rebuild it with scripts/build_datastore.py --model <this model>")
     if tokenizer is not None:
         want, have = tokenizer_fingerprint(tokenizer), ds.meta.get("tokenizer")
         if have != want:

@@ -39,15 +39,18 @@ def save_adapter(adapter: EarlyExitAdapter, folder: str | Path, meta: dict[str, 
     return folder
 
 
-def load_adapter(folder: str | Path, hidden: int, num_layers: int) -> EarlyExitAdapter:
+def load_adapter(folder: str | Path, target: Any) -> EarlyExitAdapter:
+    """The adapter in ``folder``, checked to have been trained for ``target`` (a TargetModel)."""
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise SpeclabError(f"no early-exit adapter in {folder}; train one with `python scripts/train_early_exit.py`, "
                            "or set method.adapter=none for the plain early exit")
     config = json.loads((folder / "config.json").read_text())
-    if config["hidden_size"] != hidden or not 1 <= config["exit_layer"] < num_layers:
-        raise SpeclabError(f"the adapter in {folder} was trained for hidden size {config['hidden_size']} and exit layer "
-                           f"{config['exit_layer']}; this model has hidden size {hidden} and {num_layers} layers")
+    hidden, num_layers, name = int(target.config.hidden_size), target.num_layers, target.info.name
+    if config.get("model") not in (None, name) or config["hidden_size"] != hidden or not 1 <= config["exit_layer"] < num_layers:
+        raise SpeclabError(f"the adapter in {folder} was trained for {config.get('model', '?')} (hidden size "
+                           f"{config['hidden_size']}, exit layer {config['exit_layer']}); this is {name} (hidden size "
+                           f"{hidden}, {num_layers} layers): train one for it with scripts/train_early_exit.py")
     adapter = EarlyExitAdapter(hidden, int(config["exit_layer"]))
     adapter.proj.weight.data.copy_(load_file(str(folder / "adapter.safetensors"))["proj.weight"].float())
     return adapter.eval()

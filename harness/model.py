@@ -140,7 +140,9 @@ class TargetModel:
                 raise ValueError(f"exit_layer must be in 1..{self.num_layers}, got {exit_layer}")
             config = self.backbone.config
             full = config.num_hidden_layers
-            config.num_hidden_layers = exit_layer  # decoder models run self.layers[: config.num_hidden_layers]
+            # decoder models run self.layers[: config.num_hidden_layers]; restored below even on an error, and
+            # hidden_layers past exit_layer then fail with an IndexError rather than return a wrong state
+            config.num_hidden_layers = exit_layer
             try:
                 return self.forward(cache, tokens, positions, tree, logits_rows, hidden_layers)
             finally:
@@ -166,7 +168,8 @@ class TargetModel:
         )
         final = out.last_hidden_state[0]
         rows = final if logits_rows is None else final[logits_rows]
-        logits = self.lm_head(rows).float()
+        # no rows asked for: skip the head (packed kernels pad an empty input and would run it anyway)
+        logits = self.lm_head(rows).float() if rows.shape[0] else rows.new_zeros(0, self.vocab_size, dtype=torch.float32)
         hidden: dict[int | str, torch.Tensor] = {}
         for layer in hidden_layers:
             hidden[layer] = final if layer == "final" else out.hidden_states[layer][0]

@@ -39,7 +39,11 @@ class Proposal:
         return len(self.tokens)
 
     def restrict(self, keep: list[int]) -> "Proposal":
-        """The sub-tree made of nodes ``keep`` (closed under parents, in order)."""
+        """The sub-tree made of nodes ``keep`` (closed under parents, in order).
+
+        ``meta`` is shared as is: drafters whose meta holds node indices cut their trees to ``max_depth``
+        themselves, so the engine never renumbers them.
+        """
         if len(keep) == len(self.tokens):
             return self
         q = None if self.q is None else self.q[keep]

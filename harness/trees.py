@@ -93,13 +93,16 @@ def choices_parents(paths: Sequence[tuple[int, ...]]) -> list[int]:
 def best_first_order(scores: Sequence[float], parents: Sequence[int]) -> list[int]:
     """Nodes by decreasing score, every node after its parent: any prefix of the order is a tree.
 
-    Scores are cumulative log-probabilities, so a child never beats its parent; on a tie the shallower
-    node comes first, which keeps every prefix closed under parents.
+    A node's score is capped at its parent's (cumulative log-probabilities already are; estimated rates, as
+    recycling's per-node acceptance, need not be), and on a tie the shallower node comes first, so a node
+    never sorts before its parent and every prefix is closed under parents.
     """
     depth: list[int] = []
-    for p in parents:
+    capped: list[float] = []
+    for i, p in enumerate(parents):
         depth.append(1 if p < 0 else depth[p] + 1)
-    order = sorted(range(len(scores)), key=lambda i: (-scores[i], depth[i], i))
+        capped.append(float(scores[i]) if p < 0 else min(float(scores[i]), capped[p]))
+    order = sorted(range(len(scores)), key=lambda i: (-capped[i], depth[i], i))
     seen: set[int] = set()
     out: list[int] = []
     for i in order:

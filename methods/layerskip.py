@@ -81,8 +81,8 @@ def resolve_adapter(spec: str, target: TargetModel) -> EarlyExitAdapter | None:
     if spec == "none":
         return None
     folder = DRAFTS_DIR / target.info.name / "early_exit" if spec == "default" else spec
-    hidden = int(target.config.hidden_size)
-    return load_adapter(folder, hidden, target.num_layers)
+    adapter = load_adapter(folder, target)
+    return adapter.to(target.dtype)  # trained in fp32; a bf16/fp16 target reads it in its own dtype
 
 
 @METHODS.register("layerskip", LayerSkipConfig)

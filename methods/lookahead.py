@@ -4,8 +4,8 @@ State per generation: a window of ``ngram - 1`` levels of ``window`` guessed tok
 random prompt tokens) and a pool mapping a token to at most ``guesses`` (ngram - 1)-token continuations
 (least recently used dropped first). One target forward per step carries both branches:
 
-* lookahead branch: level 0 is a chain after the root (column j at depth j); level l of column j hangs under
-  level l - 1 of the same column (depth j + l). This is the reference's attention pattern (each token sees
+* lookahead branch: level 0 is a chain after the root (column j, counted from 1, at depth j); level l of
+  column j hangs under level l - 1 of the same column (depth j + l). This is the reference's attention pattern (each token sees
   level 0 up to its column and its own column's earlier levels) written as a tree, so the engine's tree mask
   and positions compute it exactly. The target's argmax at each column's deepest level is that column's
   next level (one Jacobi step); once ``ngram - 1`` levels exist, every column yields an n-gram
@@ -76,21 +76,22 @@ class Lookahead(Drafter):
         return Proposal(tree.tokens, tree.parents, meta={"paths": tree.index})
 
     def observe(self, state: DecodeState, proposal: Proposal, result: VerifyResult, out: ForwardOutput) -> None:
+        if "paths" not in proposal.meta:
+            return  # another drafter proposed this step (SAM's auxiliary use): no Jacobi step was computed
         c = self.cfg
-        index = proposal.meta.get("paths", {})
+        index = proposal.meta["paths"]
         deepest = len(self.levels) - 1
-        new = []
+        new: list[int | None] = []
         for j in range(c.window):
             node = index.get(self._column_path(j, deepest))
-            # a column cut by the depth limit (the end of the answer) keeps its last guess
-            new.append(int(out.logits[node + 1].argmax()) if node is not None else self.levels[-1][j])
+            new.append(int(out.logits[node + 1].argmax()) if node is not None else None)  # None: cut by max_depth
         if len(self.levels) == c.ngram - 1:
             for j in range(c.window):
-                column = [self.levels[lv][j] for lv in range(len(self.levels))] + [new[j]]
-                self._remember(column[0], tuple(column[1:]))
-            self.levels = self.levels[1:] + [new]
-        else:
-            self.levels.append(new)
+                if new[j] is not None:
+                    column = [self.levels[lv][j] for lv in range(len(self.levels))] + [new[j]]
+                    self._remember(column[0], tuple(column[1:]))
+        level = [self.levels[-1][j] if t is None else t for j, t in enumerate(new)]  # a cut column keeps its guess
+        self.levels = (self.levels[1:] if len(self.levels) == c.ngram - 1 else self.levels) + [level]
 
     def _remember(self, key: int, continuation: tuple[int, ...]) -> None:
         if self.cfg.guesses == 0:

@@ -9,7 +9,7 @@ warm-up included, so results depend on prompt order; ``persist=false`` starts ev
 
 The reference verifies all 80 template nodes each step, which costs 2-3 one-token forwards on this CPU. Here
 the template is cut: nodes go best-first by their observed acceptance rate (a Beta prior from their
-ranks, updated after every step), and ``total_tokens`` of them are verified, or with ``total_tokens=auto``
+ranks, updated after every step), and ``total_tokens - 1`` of them are verified beside the root, or with ``total_tokens=auto``
 the number with the most expected tokens per unit of measured verification cost. Unknown successors
 (never recorded) and repeated sibling tokens are left out, so every node is verified once and sampled
 verification stays lossless.
@@ -46,7 +46,7 @@ class RecyclingConfig(MethodConfig):
     family: str = "recycling"
     top_k: int = 8  # successors recorded per token
     template: Any = "recycling_80"  # a trees.CHOICES preset or a list of rank paths
-    total_tokens: Any = "auto"  # template nodes verified per step: an int, or auto (by the verify-cost curve)
+    total_tokens: Any = "auto"  # tokens verified per step, root included: an int, or auto (by the verify-cost curve)
     max_tokens: int = 32  # cap on auto
     persist: bool = True  # keep the successor matrix across prompts (the paper's protocol)
 
@@ -90,9 +90,9 @@ class TokenRecycling(Drafter):
         p = self.acceptance()
         order = [i for i in trees.best_first_order(np.log(p).tolist(), self.parents) if len(self.paths[i]) <= max_depth]
         if self.cfg.total_tokens == "auto":
-            n = trees.cost_optimal_size(p[order].tolist(), self.cost, self.cfg.max_tokens)
+            n = trees.cost_optimal_size(p[order].tolist(), self.cost, self.cfg.max_tokens - 1)
         else:
-            n = int(self.cfg.total_tokens)
+            n = int(self.cfg.total_tokens) - 1
         tokens: list[int] = []
         parents: list[int] = []
         nodes: list[int] = []  # template node of each draft node

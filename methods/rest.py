@@ -3,8 +3,9 @@
 The last ``max_suffix`` .. ``min_suffix`` tokens of prompt + output are looked up in the datastore's
 suffix array; the continuations of the longest suffix found (at most ``max_hits`` of them, ``length``
 tokens each) are merged into a prefix tree whose node counts say how many continuations pass through
-each node. The nodes go best-first by count; how many are verified is ``total_tokens``, or with
-``total_tokens=auto`` the number with the most expected tokens per unit of verification cost on this
+each node. The nodes go best-first by count; the verification width (root included, as EAGLE's
+``total_tokens``) is ``total_tokens``, or with ``total_tokens=auto`` the width with the most expected tokens
+per unit of verification cost on this
 machine (node probability = count / (hits + 1), cost = the measured c(k) curve). Drafts are
 deterministic, so greedy verification matches ``ar`` and sampled verification (one-hot q, each node
 tried once) is lossless. Differences from the reference code: 32-bit token ids, no dummy draft when
@@ -41,16 +42,16 @@ class RESTConfig(MethodConfig):
     min_suffix: int = 2
     max_hits: int = 5000  # continuations retrieved per step (the reference's k)
     length: int = 10  # tokens per continuation
-    total_tokens: Any = "auto"  # draft nodes per step: an int, or auto (sized by the verify-cost curve)
+    total_tokens: Any = "auto"  # tokens verified per step, root included: an int, or auto (by the verify-cost curve)
     max_tokens: int = 32  # cap on auto
 
 
 def check_budget(total_tokens: Any, max_tokens: int) -> None:
-    """``total_tokens`` is auto or a positive int; ``max_tokens`` caps auto."""
-    if total_tokens != "auto" and (isinstance(total_tokens, bool) or not isinstance(total_tokens, int) or total_tokens < 1):
-        raise SpeclabError(f"method.total_tokens must be a positive number of draft nodes or auto, got {total_tokens!r}")
-    if max_tokens < 1:
-        raise SpeclabError(f"method.max_tokens must be >= 1, got {max_tokens}")
+    """``total_tokens`` (a verification width, root included) is auto or at least 2; ``max_tokens`` caps auto."""
+    if total_tokens != "auto" and (isinstance(total_tokens, bool) or not isinstance(total_tokens, int) or total_tokens < 2):
+        raise SpeclabError(f"method.total_tokens must be auto or a verification width >= 2 (root included), got {total_tokens!r}")
+    if max_tokens < 2:
+        raise SpeclabError(f"method.max_tokens must be >= 2 (root included), got {max_tokens}")
 
 
 def resolve_datastore(path: str | None, model_name: str) -> Path:
@@ -72,30 +73,27 @@ class RetrievalDrafter(Drafter):
 
     def propose(self, state: DecodeState, max_depth: int) -> Proposal:
         c = self.cfg
-        conts, _ = self.store.continuations(state.ids, c.max_suffix, c.min_suffix, c.max_hits, min(c.length, max_depth))
-        if not conts:
+        grid, _ = self.store.continuation_grid(state.ids, c.max_suffix, c.min_suffix, c.max_hits, min(c.length, max_depth))
+        if not len(grid):
             return Proposal(meta={"source": "none"})
-        rows, counts = unique_rows(conts)
+        rows, counts = unique_rows(grid)
         tree = prefix_tree(rows, counts)
         hits = float(sum(counts))
         probs = [n / (hits + 1.0) for n in tree.counts]  # +1: one hit is a guess, not a certainty
         order = best_first_order([math.log(p) for p in probs], tree.parents)
         if c.total_tokens == "auto":
-            n = cost_optimal_size([probs[i] for i in order], self.cost, c.max_tokens)
+            n = cost_optimal_size([probs[i] for i in order], self.cost, c.max_tokens - 1)
         else:
-            n = int(c.total_tokens)
+            n = int(c.total_tokens) - 1
         keep = sorted(order[:n])
         if not keep:
             return Proposal(meta={"source": "none"})
         return Proposal(tree.tokens, tree.parents, meta={"source": "datastore"}).restrict(keep)
 
 
-def unique_rows(seqs: list[np.ndarray]) -> tuple[list[list[int]], list[int]]:
-    """Distinct continuations and how often each was retrieved (so the tree is built once per distinct one)."""
-    width = max(len(s) for s in seqs)
-    grid = np.full((len(seqs), width), -1, dtype=np.int64)
-    for i, s in enumerate(seqs):
-        grid[i, : len(s)] = s
+def unique_rows(grid: np.ndarray) -> tuple[list[list[int]], list[int]]:
+    """Distinct continuations (rows, -1 padded) and how often each was retrieved: the tree is built once per
+    distinct one."""
     uniq, counts = np.unique(grid, axis=0, return_counts=True)
     order = np.argsort(-counts, kind="stable")  # most retrieved first: siblings are tried in that order
     return [[int(t) for t in uniq[i] if t >= 0] for i in order], [int(counts[i]) for i in order]
@@ -109,7 +107,7 @@ def load_for(target: Any, path: str | None) -> ds.Datastore:
         raise SpeclabError(f"no default datastore for model {name!r} (looked for {where}); build it with "
                            f"`python scripts/build_datastore.py --model {name} --answers --out {where}` "
                            "or set method.datastore=<a .npz from scripts/build_datastore.py>")
-    store = ds.load(where, target.tokenizer)
+    store = ds.load(where, target.tokenizer, target.vocab_size)
     store.meta["load_s"] = time.perf_counter() - t0
     return store
 

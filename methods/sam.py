@@ -50,7 +50,7 @@ class SAMConfig(MethodConfig):
     static: bool = False  # also match against the datastore's corpus
     datastore: Optional[str] = None  # for static; null: the model's default
     aux: str = "none"  # none, or a method preset (pld, recycling, eagle2, ...) with optional overrides
-    max_tokens: Any = "auto"  # chain cap: an int, or auto (by the verify-cost curve)
+    max_tokens: Any = "auto"  # verification width cap, root included: an int, or auto (by the verify-cost curve)
 
 
 class SuffixAutomatonDrafter(Drafter):
@@ -61,11 +61,13 @@ class SuffixAutomatonDrafter(Drafter):
         if cfg.n_predicts < 1 or cfg.threshold < 1 or cfg.alpha <= 0:
             raise SpeclabError(f"sam needs n_predicts >= 1, threshold >= 1 and alpha > 0; got {cfg.n_predicts}, "
                                f"{cfg.threshold}, {cfg.alpha}")
-        if cfg.max_tokens != "auto" and (not isinstance(cfg.max_tokens, int) or cfg.max_tokens < 1):
-            raise SpeclabError(f"method.max_tokens must be a positive int or auto, got {cfg.max_tokens!r}")
+        if cfg.max_tokens != "auto" and (isinstance(cfg.max_tokens, bool) or not isinstance(cfg.max_tokens, int) or cfg.max_tokens < 2):
+            raise SpeclabError(f"method.max_tokens must be auto or a verification width >= 2 (root included), got {cfg.max_tokens!r}")
         self.cfg, self.aux, self.cost = cfg, aux, cost
         self.hidden_layers = aux.hidden_layers if aux is not None else ()
         self.static = Matcher(static) if static is not None else None
+        # acceptance per match-length bucket, kept across the prompts of a run: it calibrates the cost cut, and a
+        # prompt's first steps would otherwise start from the prior every time
         self.reached = [0.0] * MATCH_BUCKETS
         self.accepted = [0.0] * MATCH_BUCKETS
 
@@ -94,8 +96,9 @@ class SuffixAutomatonDrafter(Drafter):
         if c.max_tokens == "auto":
             b = bucket(match)
             a = (self.accepted[b] + PRIOR_ACCEPT * PRIOR_WEIGHT) / (self.reached[b] + PRIOR_WEIGHT)
-            return cost_optimal_size([a ** d for d in range(1, n + 1)], self.cost, n)
-        return min(n, int(c.max_tokens))
+            # at least one token: a match length whose drafts stopped would never be measured again
+            return max(1 if n else 0, cost_optimal_size([a ** d for d in range(1, n + 1)], self.cost, n))
+        return min(n, int(c.max_tokens) - 1)
 
     def propose(self, state: DecodeState, max_depth: int) -> Proposal:
         c = self.cfg
@@ -104,8 +107,10 @@ class SuffixAutomatonDrafter(Drafter):
         if max(dyn, stat) >= c.threshold or self.aux is None:
             source, matcher, match = ("static", self.static, self.static.length) if stat > dyn else ("dynamic", self.dynamic, dyn)
             draft = matcher.draft(self._length(match, max_depth)) if match else []
-            if draft or self.aux is None:
+            if draft:
                 return Proposal.chain(draft, source=source, root=state.ids[-1], match=match)
+            if self.aux is None:
+                return Proposal(meta={"source": "none"})
         proposal = self.aux.propose(state, max_depth)
         proposal.meta = {**proposal.meta, "source": "aux"}
         return proposal

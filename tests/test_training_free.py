@@ -212,7 +212,7 @@ def test_early_exit_adapter_learns_and_is_written_with_its_curve(early_exit_adap
     curve = stats["curve"]
     assert [c["step"] for c in curve] == [0, 40, 80]
     assert curve[-1]["heldout_agreement"] > curve[0]["heldout_agreement"], curve  # better than the plain early exit
-    adapter = load_adapter(folder, int(tiny_target.config.hidden_size), tiny_target.num_layers)
+    adapter = load_adapter(folder, tiny_target)
     assert adapter.exit_layer == 1 and float(adapter.proj.weight.detach().abs().sum()) > 0
     assert "Learning curve" in (folder / "README.md").read_text()
     with pytest.raises(SpeclabError, match="train_early_exit.py"):
