@@ -128,15 +128,6 @@ class Datastore:
         grid, matched = self.continuation_grid(context, max_suffix, min_suffix, max_hits, length)
         return [row[row >= 0] for row in grid], matched
 
-    def entries(self) -> list[np.ndarray]:
-        """The corpus entries, separators removed."""
-        cuts = np.flatnonzero(self.tokens == self.separator)
-        out, start = [], 0
-        for c in cuts.tolist():
-            out.append(self.tokens[start:c].astype(np.int64))
-            start = c + 1
-        return out
-
     # -- files ---------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         path = Path(path)
