@@ -14,6 +14,7 @@ import torch
 
 from .decoder import Decoder, PromptResult
 from .drafter import Drafter
+from .errors import SpeclabError
 from .model import TargetModel
 from .registry import Registry
 from .sampling import Sampling
@@ -33,10 +34,14 @@ class Generator:
 class EngineGenerator(Generator):
     uses_engine = True
 
-    def __init__(self, name: str, target: TargetModel, drafter: Drafter, sampling: Sampling, rule: str = "auto") -> None:
+    def __init__(self, name: str, target: TargetModel, drafter: Drafter, sampling: Sampling, rule: str = "auto",
+                 rule_options: dict[str, Any] | None = None) -> None:
         self.name = name
         self.drafter = drafter
-        verifier = make_verifier(sampling, rule)
+        try:
+            verifier = make_verifier(sampling, rule, **(rule_options or {}))
+        except ValueError as e:
+            raise SpeclabError(f"method.rule={rule}: {e}") from None
         self.decoder = Decoder(target, verifier)
         self.acceptance_rule = verifier.name
         self.lossless = verifier.lossless and getattr(drafter, "lossless", True)

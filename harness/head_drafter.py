@@ -196,33 +196,9 @@ class HeadDrafter(Drafter):
         return Proposal([tree.tokens[i] for i in keep], parents, q)
 
     def _grow_static(self, tree: _Tree, root: torch.Tensor, stable: int, max_depth: int, generator) -> None:
-        paths = self.shape.choices
-        kids: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
-        for c in paths:
-            kids.setdefault(c[:-1], []).append(c)
-        node_of: dict[tuple[int, ...], int] = {(): -1}
-        logits_of = {(): self.head.logits(root[None])[0]}
-        level = [()]
-        while level:
-            nxt = []
-            for path in level:
-                children = [c for c in kids.get(path, []) if len(c) <= max_depth]
-                if not children:
-                    continue
-                toks, scores, qs = self._children(logits_of[path], len(children), generator)
-                parent_score = tree.score[node_of[path]] if path else 0.0
-                for c in children:
-                    r = c[-1]
-                    if r < len(toks):
-                        node_of[c] = tree.add(toks[r], node_of[path], parent_score + scores[r], qs[r])
-                        nxt.append(c)
-            expand = [c for c in nxt if kids.get(c) and len(c) < max_depth]
-            if expand:
-                outs = self._feed(tree, [node_of[c] for c in expand], stable)
-                logits = self.head.logits(outs)
-                for c, row in zip(expand, logits):
-                    logits_of[c] = row
-            level = expand
+        trees.grow_choices(self.shape.choices, max_depth, self.head.logits(root[None])[0],
+                           lambda logits, n: self._children(logits, n, generator), tree.add,
+                           lambda nodes: self.head.logits(self._feed(tree, nodes, stable)))
 
     def _grow_dynamic(self, tree: _Tree, root: torch.Tensor, stable: int, max_depth: int) -> None:
         k = self.shape.top_k
@@ -243,45 +219,63 @@ class HeadDrafter(Drafter):
             frontier = sorted(best)
 
 
-def build_head_generator(cfg, ctx, default_head: str, shape: TreeShape):
-    """An engine generator for an EAGLE-family method config (``head``, ``vocab_size``, ``dtype`` keys)."""
+def head_path(cfg, ctx, default_head: str, train_command: str) -> str:
+    """``method.head`` as a local folder (a Hub id is downloaded), or the model's committed default under drafts/."""
+    from .checkpoints import resolve_folder
+    from .drafts import DRAFTS_DIR
+    from .errors import SpeclabError
+
+    if cfg.head:
+        return str(resolve_folder(str(cfg.head)))
+    folder = DRAFTS_DIR / ctx.target.info.name / default_head
+    if not (folder / "config.json").is_file():
+        raise SpeclabError(
+            f"no default {default_head} head for model {ctx.target.info.name!r}; set method.head=<HF id or folder>, "
+            f"or train one: {train_command} --model <model> --out {folder}"
+        )
+    return str(folder)
+
+
+def frequency_vocab(cfg, path: str, vocab_size: int):
+    """The ``method.vocab_size`` most frequent answer tokens listed in ``<head>/token_frequency.json`` as a draft
+    vocabulary (None when ``method.vocab_size`` is null)."""
     import json
     from pathlib import Path
 
-    from .checkpoints import load_head, resolve_folder
-    from .drafts import DRAFTS_DIR
+    from .errors import SpeclabError
+    from .heads import ReducedVocab
+
+    n = getattr(cfg, "vocab_size", None)
+    if n is None:
+        return None
+    if n <= 0:
+        raise SpeclabError(f"method.vocab_size must be positive, got {n}; "
+                           "set method.vocab_size=null for the target's full head")
+    freq = Path(path) / "token_frequency.json"
+    if not freq.is_file():
+        raise SpeclabError(f"method.vocab_size needs {freq} (token ids by frequency); set method.vocab_size=null")
+    ids = json.loads(freq.read_text())["token_ids"][:n]
+    return ReducedVocab(torch.tensor(ids), vocab_size)
+
+
+def build_head_generator(cfg, ctx, default_head: str, shape: TreeShape):
+    """An engine generator for an EAGLE-family method config (``head``, ``vocab_size``, ``dtype`` keys)."""
+    from .checkpoints import load_head
     from .errors import SpeclabError
     from .generator import EngineGenerator
-    from .heads import ReducedVocab
     from .kernels import apply_kernel
     from .loading import DTYPES
 
     target = ctx.target
-    if cfg.head:
-        path = str(cfg.head)
-    else:
-        folder = DRAFTS_DIR / target.info.name / default_head
-        if not (folder / "config.json").is_file():
-            raise SpeclabError(
-                f"no default {default_head} head for model {target.info.name!r}; set method.head=<HF id or folder>, or "
-                f"train one: python scripts/train_eagle.py --variant {default_head} --model <model> --out {folder}"
-            )
-        path = str(folder)
+    path = head_path(cfg, ctx, default_head, f"python scripts/train_eagle.py --variant {default_head}")
     if cfg.dtype not in DTYPES:
         raise SpeclabError(f"unknown method.dtype {cfg.dtype!r}; choose one of {', '.join(DTYPES)}")
-    n = getattr(cfg, "vocab_size", None)
-    if n is not None and n <= 0:
-        raise SpeclabError(f"method.vocab_size must be positive, got {n}; "
-                           "set method.vocab_size=null for the target's full head")
-    path = str(resolve_folder(path))  # a Hub id becomes its downloaded folder, where token_frequency.json would be
     head, _ = load_head(path, target, DTYPES[cfg.dtype])
-    if n and head.variant == "eagle":
-        freq = Path(path) / "token_frequency.json"
-        if not freq.is_file():
-            raise SpeclabError(f"method.vocab_size needs {freq} (token ids by frequency); set method.vocab_size=null")
-        ids = json.loads(freq.read_text())["token_ids"][:n]
-        head.vocab = ReducedVocab(torch.tensor(ids), target.vocab_size)
-        head.set_target_head(apply_kernel(torch.nn.Sequential(head.vocab.rows(target.lm_head.weight)), ctx.engine.kernel))
+    if head.variant == "eagle":
+        vocab = frequency_vocab(cfg, path, target.vocab_size)
+        if vocab is not None:
+            head.vocab = vocab
+            head.set_target_head(apply_kernel(torch.nn.Sequential(vocab.rows(target.lm_head.weight)), ctx.engine.kernel))
     apply_kernel(head, ctx.engine.kernel)
     drafter = HeadDrafter(head, shape, ctx.sampling)
     drafter.name = cfg.name

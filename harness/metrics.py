@@ -131,9 +131,15 @@ def aggregate(method_rows: pd.DataFrame, baseline_rows: pd.DataFrame) -> dict[st
     steps_verify = int(m.drafted_per_step.map(len).sum())
     reached = _pooled_curve(m.pos_reached)
     accepted = _pooled_curve(m.pos_accepted)
+    # task scores (exact match, pass@1) beside the baseline's: what a lossy rule (typical acceptance) costs
+    scores = {}
+    for col in sorted(c for c in m.columns if c.startswith("score_") and pd.api.types.is_numeric_dtype(m[c])):
+        scores[col] = float(m[col].mean())
+        scores[f"baseline_{col}"] = float(b[col].mean()) if col in b else math.nan
     return {
         "prompts": int(m[["run_id", "prompt_id"]].drop_duplicates().shape[0]),
         "rows": len(m),
+        "lossless": bool(m.lossless.astype(bool).all()) if "lossless" in m else True,
         "speedup": float(mean_tps_m / mean_tps_b) if len(b) else math.nan,  # Spec-Bench: ratio of mean tokens/s
         "speedup_total": float((m.new_tokens.sum() / m.wall_time_s.sum()) / (b.new_tokens.sum() / b.wall_time_s.sum())) if len(b) else math.nan,
         "speedup_geomean": geomean(per_prompt.tolist()),
@@ -151,6 +157,7 @@ def aggregate(method_rows: pd.DataFrame, baseline_rows: pd.DataFrame) -> dict[st
         "repetition_4gram": float(m.repetition_4gram.mean()),
         # aggregated exactly as speedup_geomean, so bound >= speedup_geomean whenever every row's bound holds
         "speedup_bound": speedup_bound(m, b),
+        **scores,
     }
 
 

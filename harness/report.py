@@ -33,7 +33,7 @@ TITLES = {
 # Settings that make two runs of one method different experiments (joined to the label when they vary).
 RUN_SETTINGS = ("model", "task", "dtype", "temperature", "top_k", "top_p", "max_new_tokens", "kernel", "threads")
 SUMMARY_COLUMNS = (
-    "method", "group", "prompts", "speedup", "speedup_total", "speedup_geomean", "speedup_ci_low", "speedup_ci_high",
+    "method", "group", "lossless", "prompts", "speedup", "speedup_total", "speedup_geomean", "speedup_ci_low", "speedup_ci_high",
     "speedup_bound", "tau", "acceptance_rate", "equivalence_rate", "near_ties", "tokens_per_s", "baseline_tokens_per_s",
 )
 TIME_PARTS = (
@@ -44,7 +44,8 @@ CAPTION = (
     "speedup_geomean: geometric mean of per-prompt speedups with a bootstrap 95% interval (ci_low, ci_high); "
     "speedup_bound: the speedup at the least time c(k) allows each engine method (README, Definitions), aggregated "
     "as speedup_geomean; tau: new tokens per target forward; near_ties: mismatches at a near-zero top-1/top-2 "
-    "logit margin."
+    "logit margin; lossless: false for lossy acceptance rules (typical acceptance), whose score_* columns (when "
+    "the task scores answers) sit beside the baseline's."
 )
 
 
@@ -99,8 +100,9 @@ def summarize_frame(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def summary_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """The scalar columns of a summary, the bound only when it was measured."""
+    """The scalar columns of a summary, the bound only when it was measured, task scores when a task has them."""
     cols = [c for c in SUMMARY_COLUMNS if c in summary]
+    cols += [c for c in summary.columns if c.startswith(("score_", "baseline_score_"))]
     if "speedup_bound" in cols and summary.speedup_bound.isna().all():
         cols.remove("speedup_bound")
     return summary[cols].reset_index(drop=True)

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from numbers import Integral
 
+import torch
+
 # EAGLE-1's default tree (eagle/model/choices.py, "mc_sim_7b_63": 25 nodes, depth 5); not Medusa's tree of that name.
 EAGLE_MC_SIM_7B_63 = [[0], [1], [2], [3], [0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [2, 0], [2, 1], [3, 0],
                       [0, 0, 0], [0, 0, 1], [0, 0, 2], [0, 1, 0], [0, 1, 1], [0, 2, 0], [0, 2, 1], [1, 0, 0],
@@ -33,13 +35,25 @@ RECYCLING_80 = [[0], [1], [2], [3], [4], [5], [6], [7],
                 [0, 1, 0, 0, 0], [1, 0, 0, 0, 0],
                 [0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 1], [0, 0, 0, 1, 0, 0]]
 
+# Medusa's and Hydra's default tree (medusa_choices.py / hydra_choices.py, "mc_sim_7b_63": 63 nodes, depth 4,
+# 10/28/23/2 per level); rank r at depth d is the r-th candidate of head d - 1 (Medusa: whatever the parent).
+MEDUSA_MC_SIM_7B_63 = [[0], [0, 0], [1], [0, 1], [2], [0, 0, 0], [1, 0], [0, 2], [3], [0, 3], [4], [0, 4], [2, 0],
+                       [0, 5], [0, 0, 1], [5], [0, 6], [6], [0, 7], [0, 1, 0], [1, 1], [7], [0, 8], [0, 0, 2], [3, 0],
+                       [0, 9], [8], [9], [1, 0, 0], [0, 2, 0], [1, 2], [0, 0, 3], [4, 0], [2, 1], [0, 0, 4], [0, 0, 5],
+                       [0, 0, 0, 0], [0, 1, 1], [0, 0, 6], [0, 3, 0], [5, 0], [1, 3], [0, 0, 7], [0, 0, 8], [0, 0, 9],
+                       [6, 0], [0, 4, 0], [1, 4], [7, 0], [0, 1, 2], [2, 0, 0], [3, 1], [2, 2], [8, 0], [0, 5, 0], [1, 5],
+                       [1, 0, 1], [0, 2, 1], [9, 0], [0, 6, 0], [0, 0, 0, 1], [1, 6], [0, 7, 0]]
+
 CHOICES: dict[str, list[list[int]]] = {
     "eagle_mc_sim_7b_63": EAGLE_MC_SIM_7B_63,
+    "medusa_mc_sim_7b_63": MEDUSA_MC_SIM_7B_63,
     # CPU-sized trees, named by verification width (root included): this CPU verifies up to ~6 tokens for the
     # price of one and 8 for ~1.3 (BENCHMARKS.md, "EAGLE tree shapes")
     "chain4": [[0], [0, 0], [0, 0, 0], [0, 0, 0, 0]],
     "cpu6": [[0], [1], [0, 0], [0, 0, 0], [0, 0, 0, 0]],
     "cpu8": [[0], [1], [0, 0], [0, 1], [0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0, 0]],
+    # depth 4 for four Medusa/Hydra heads: more breadth near the root, where their guesses are surest
+    "cpu8_d4": [[0], [1], [2], [0, 0], [1, 0], [0, 0, 0], [0, 0, 0, 0]],
     "recycling_80": RECYCLING_80,
 }
 
@@ -82,6 +96,47 @@ def resolve_choices(choices: str | Sequence[Sequence[int]]) -> list[tuple[int, .
             # sampled siblings are consecutive draws, so rank r needs ranks 0..r-1 beside it
             raise ValueError(f"tree choice {list(c)} needs its lower-ranked sibling {list(c[:-1] + (c[-1] - 1,))}")
     return paths
+
+
+def grow_choices(
+    paths: Sequence[tuple[int, ...]],
+    max_depth: int,
+    root_logits: torch.Tensor,
+    pick: Callable[[torch.Tensor, int], tuple[list[int], list[float], list]],
+    add: Callable[[int, int, float, object], int],
+    expand: Callable[[list[int]], torch.Tensor],
+) -> None:
+    """Grow a static tree from a resolved choices list, one level at a time (every static-tree drafter).
+
+    ``pick(logits, n)`` -> (tokens, scores, qs): a node's ``n`` children from its draft logits (top-n, or drawn);
+    ``add(token, parent, score, q)`` -> the new node's id (parent -1 = the root; score is cumulative);
+    ``expand(nodes)`` -> draft logits [len(nodes), V] under each of a level's nodes that have children, called
+    once per level so a drafter batches a level into one forward.
+    """
+    kids: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
+    for c in paths:
+        kids.setdefault(c[:-1], []).append(c)
+    node_of: dict[tuple[int, ...], int] = {(): -1}
+    score_of: dict[tuple[int, ...], float] = {(): 0.0}
+    logits_of = {(): root_logits}
+    level: list[tuple[int, ...]] = [()]
+    while level:
+        grown = []
+        for path in level:
+            children = [c for c in kids.get(path, []) if len(c) <= max_depth]
+            if not children:
+                continue
+            toks, scores, qs = pick(logits_of[path], len(children))
+            for c in children:
+                r = c[-1]
+                if r < len(toks):  # fewer candidates than ranks (a tiny vocabulary, or few tokens left to draw)
+                    score_of[c] = score_of[path] + scores[r]
+                    node_of[c] = add(toks[r], node_of[path], score_of[c], qs[r])
+                    grown.append(c)
+        level = [c for c in grown if kids.get(c) and len(c) < max_depth]
+        if level:
+            for c, row in zip(level, expand([node_of[c] for c in level])):
+                logits_of[c] = row
 
 
 def choices_parents(paths: Sequence[tuple[int, ...]]) -> list[int]:

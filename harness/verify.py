@@ -13,11 +13,16 @@ correction or bonus).
   renormalise. For a chain with q this is Leviathan et al.'s rule. If no child is accepted the emitted
   token is drawn from the residual.
 
-Lossy rules (typical acceptance, ...) subclass :class:`Verifier` with ``lossless = False``.
+* ``typical`` (Medusa's typical acceptance; lossy, ``lossless = False``): at temperature T a node x under a
+  parent whose target distribution is p = softmax(logits / T) passes iff p(x) > min(threshold, alpha x
+  exp(-H(p))); the longest root path of passing nodes wins (ties: the largest sum of log p), and the token
+  after it is the target's argmax (``bonus=argmax``, the reference's ``fast`` path, which makes the output a
+  function of the prompt) or a draw from p (``bonus=sample``).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -111,8 +116,54 @@ class RejectionVerifier(Verifier):
             row = accepted + 1
 
 
-def make_verifier(sampling: Sampling, rule: str = "auto") -> Verifier:
-    """``auto`` is greedy matching at temperature 0 and lossless rejection sampling otherwise."""
+class TypicalVerifier(Verifier):
+    name = "typical"
+    lossless = False
+
+    def __init__(self, sampling: Sampling, threshold: float = 0.09, alpha: float = 0.3, bonus: str = "argmax") -> None:
+        super().__init__(sampling)
+        if sampling.greedy:
+            raise ValueError("the typical rule needs temperature > 0 (at temperature 0 it is the greedy rule); "
+                             "set temperature, or use rule=auto")
+        if not threshold > 0 or not alpha > 0:
+            raise ValueError(f"typical acceptance needs posterior_threshold > 0 and posterior_alpha > 0, "
+                             f"got {threshold} and {alpha}")
+        if bonus not in ("argmax", "sample"):
+            raise ValueError(f"unknown typical bonus {bonus!r}; choose argmax or sample")
+        self.threshold, self.alpha, self.bonus = float(threshold), float(alpha), bonus
+
+    def verify(self, logits, proposal, generator=None):
+        p = torch.softmax(logits.float() / self.sampling.temperature, dim=-1)  # Medusa: temperature only
+        entropy = -(p * torch.log(p + 1e-5)).sum(-1)
+        limit = torch.clamp(self.alpha * torch.exp(-entropy), max=self.threshold)
+        depth = T.depths(proposal.parents) if proposal.tokens else []
+        best, best_key = -1, (0, 0.0)
+        ok: dict[int, float] = {-1: 0.0}  # passing nodes whose ancestors all pass -> their summed log p
+        reached = 0
+        for i, (x, parent) in enumerate(zip(proposal.tokens, proposal.parents)):
+            if parent not in ok:
+                continue
+            reached = max(reached, depth[i])  # evaluated: its parent's path passed
+            px = float(p[parent + 1, x])
+            if px > float(limit[parent + 1]):
+                ok[i] = ok[parent] + math.log(px)
+                key = (depth[i], ok[i])
+                if best < 0 or key > best_key:
+                    best, best_key = i, key
+        path = []
+        node = best
+        while node >= 0:
+            path.append(node)
+            node = proposal.parents[node]
+        path.reverse()
+        row = best + 1
+        token = int(p[row].argmax()) if self.bonus == "argmax" else sample(warp(logits[row], self.sampling), generator)
+        return VerifyResult(path, token, reached)
+
+
+def make_verifier(sampling: Sampling, rule: str = "auto", **options) -> Verifier:
+    """``auto`` is greedy matching at temperature 0 and lossless rejection sampling otherwise; ``options`` go
+    to the rule (typical: ``threshold``, ``alpha``, ``bonus``)."""
     if rule == "auto":
         rule = "greedy" if sampling.greedy else "rejection"
     if rule == "greedy":
@@ -121,4 +172,6 @@ def make_verifier(sampling: Sampling, rule: str = "auto") -> Verifier:
         return GreedyVerifier(sampling)
     if rule == "rejection":
         return RejectionVerifier(sampling)
-    raise ValueError(f"unknown acceptance rule {rule!r}; choose auto, greedy or rejection")
+    if rule == "typical":
+        return TypicalVerifier(sampling, **options)
+    raise ValueError(f"unknown acceptance rule {rule!r}; choose auto, greedy, rejection or typical")

@@ -30,9 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from harness.checkpoints import new_head, save_head  # noqa: E402
 from harness.errors import SpeclabError  # noqa: E402
 from harness.head_drafter import HeadDrafter, TreeShape  # noqa: E402
-from harness.loading import load_named  # noqa: E402
 from harness.sampling import Sampling  # noqa: E402
-from harness.training.data import head_answers, split_holdout, training_work_dir  # noqa: E402
+from harness.training.data import add_head_trainer_arguments, answers_for, split_holdout  # noqa: E402
 from harness.training.eagle import EagleLoss, batches, draft_vocab  # noqa: E402
 from harness.training.loop import Trainer, heldout_tau  # noqa: E402
 
@@ -40,44 +39,17 @@ from harness.training.loop import Trainer, heldout_tau  # noqa: E402
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variant", choices=["eagle", "eagle3"], required=True)
-    p.add_argument("--model", default="smollm2-135m", help="smollm2-135m (the wheel), tiny-llama (tests) or an HF id/folder")
-    p.add_argument("--prompts-file", default=None, help="JSONL with 'id' and 'prompt' (default: $SPECLAB_DATA/train_prompts/prompts.jsonl)")
-    p.add_argument("--prompts", type=int, default=640, help="training prompts to answer")
-    p.add_argument("--gen-tokens", type=int, default=128, help="answer length per prompt")
-    p.add_argument("--max-prompt-tokens", type=int, default=256)
-    p.add_argument("--gen-batch", type=int, default=32)
-    p.add_argument("--gen-minutes", type=float, default=None,
-                   help="stop generating answers after this long and train on the shards so far (a rerun adds more)")
-    p.add_argument("--holdout", type=float, default=0.04, help="share of prompts held out to measure tau")
-    p.add_argument("--draft-vocab", type=int, default=8192, help="draft vocabulary: most frequent answer tokens")
     p.add_argument("--steps", type=int, default=3, help="EAGLE-3 training-time-test steps")
     p.add_argument("--ce-weight", type=float, default=0.1, help="EAGLE-1: weight of the token loss beside the feature loss")
-    p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--epochs", type=float, default=4.0)
-    p.add_argument("--train-minutes", type=float, default=20.0, help="stop training after this long")
-    p.add_argument("--max-len", type=int, default=512)
-    p.add_argument("--eval-every", type=int, default=0, help="measure held-out tau every N steps (0: at the end only)")
-    p.add_argument("--eval-prompts", type=int, default=8)
-    p.add_argument("--eval-tokens", type=int, default=64)
-    p.add_argument("--include-noncommercial", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--work", default=None, help="cache folder for answers and checkpoints")
-    p.add_argument("--out", required=True, help="output head folder")
+    add_head_trainer_arguments(p)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
     t0 = time.time()
-    target = load_named(args.model)
-    work = Path(args.work) if args.work else training_work_dir(target)
-    samples = head_answers(target, args.prompts_file, args.prompts, work, args.seed, args.gen_tokens, args.max_prompt_tokens,
-                           args.gen_batch, args.gen_minutes, args.include_noncommercial)
-    t_gen = time.time() - t0
+    target, work, samples, gen_minutes = answers_for(args)
     held, train_set = split_holdout(samples, args.holdout, args.seed)
     vocab, ranking = draft_vocab(train_set, args.draft_vocab, target.vocab_size)
 
@@ -118,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
         train_tokens=sum(len(s["answer"]) + len(s["prompt"]) for s in train_set),
         heldout_prompts=len(eval_prompts),
         draft_vocab=len(vocab),
-        generate_minutes=t_gen / 60,
+        generate_minutes=gen_minutes,
         total_minutes=(time.time() - t0) / 60,
     )
     out = Path(args.out)

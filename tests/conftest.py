@@ -81,6 +81,16 @@ def one_thread():
 EAGLE_GEN_TOKENS = 32
 
 
+def tiny_training_prompts(root: Path) -> tuple[Path, int]:
+    """The tiny test prompts (four copies under different ids, so the hold-out split leaves some of each in
+    training) and a few counting prompts, as a training-prompts file."""
+    rows = [{"id": f"tiny-{copy}-{i}", "prompt": t} for copy in range(4) for i, t in enumerate(TINY_TEXTS)]
+    rows += [{"id": f"count-{i}", "prompt": f"Count: {i} {i} {i} {i} {i}"} for i in range(12)]
+    prompts = root / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return prompts, len(rows)
+
+
 @pytest.fixture(scope="session")
 def eagle_heads(tmp_path_factory):
     """EAGLE-1 and EAGLE-3 heads for the tiny target, trained by scripts/train_eagle.py (about 15 s).
@@ -94,14 +104,11 @@ def eagle_heads(tmp_path_factory):
     from scripts.train_eagle import main
 
     root = tmp_path_factory.mktemp("eagle_heads")
-    rows = [{"id": f"tiny-{copy}-{i}", "prompt": t} for copy in range(4) for i, t in enumerate(TINY_TEXTS)]
-    rows += [{"id": f"count-{i}", "prompt": f"Count: {i} {i} {i} {i} {i}"} for i in range(12)]
-    prompts = root / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    prompts, n_rows = tiny_training_prompts(root)
     runs = {}
     for variant in ("eagle", "eagle3"):
         args = ["--variant", variant, "--model", "tiny-llama", "--prompts-file", str(prompts),
-                "--prompts", str(len(rows)), "--gen-tokens", str(EAGLE_GEN_TOKENS), "--gen-batch", "8",
+                "--prompts", str(n_rows), "--gen-tokens", str(EAGLE_GEN_TOKENS), "--gen-batch", "8",
                 "--epochs", "12", "--batch", "4", "--lr", "4e-3",
                 "--draft-vocab", "64", "--holdout", "0.2", "--eval-prompts", "2", "--eval-tokens", "8",
                 "--threads", "1", "--work", str(root / "work"), "--out", str(root / variant)]
@@ -111,4 +118,30 @@ def eagle_heads(tmp_path_factory):
         finally:
             torch.set_num_threads(threads)
         runs[variant] = {"folder": root / variant, "args": args, "stats": stats, "work": root / "work"}
+    return runs
+
+
+@pytest.fixture(scope="session")
+def parallel_heads(eagle_heads):
+    """Medusa and Hydra heads for the tiny target, trained by scripts/train_medusa.py on the answers the
+    ``eagle_heads`` fixture cached (the trainers share that cache: no answer is generated twice).
+    Returns {variant: {"folder", "args", "stats"}}."""
+    from scripts.train_medusa import main
+
+    run = eagle_heads["eagle"]
+    args = dict(zip(run["args"][::2], run["args"][1::2]))
+    root = run["work"].parent
+    runs = {}
+    for variant in ("medusa", "hydra"):
+        argv = ["--variant", variant, "--model", "tiny-llama", "--prompts-file", args["--prompts-file"],
+                "--prompts", args["--prompts"], "--gen-tokens", args["--gen-tokens"], "--gen-batch", args["--gen-batch"],
+                "--heads", "4", "--epochs", "30", "--batch", "4", "--lr", "1e-2", "--draft-vocab", "64",
+                "--holdout", "0.2", "--eval-prompts", "2", "--eval-tokens", "8", "--threads", "1",
+                "--work", str(run["work"]), "--out", str(root / variant)]
+        threads = torch.get_num_threads()
+        try:
+            stats = main(argv)
+        finally:
+            torch.set_num_threads(threads)
+        runs[variant] = {"folder": root / variant, "args": argv, "stats": stats}
     return runs

@@ -96,7 +96,7 @@ def test_every_family_schema_accepts_its_yaml():
             registry.typed(node)
 
 
-# -- every option of the EAGLE and training-free methods ----------------------------------------------
+# -- every option of the head-based and training-free methods ----------------------------------------------
 
 OPTION_OVERRIDES = {
     # key -> (command-line value, value in the typed config)
@@ -120,6 +120,13 @@ OPTION_OVERRIDES = {
                   "guesses": ("7", 7), "seed": ("3", 3)},
     "layerskip": {"name": ("ls", "ls"), "rule": ("greedy", "greedy"), "exit_layer": ("8", 8), "k": ("4", 4),
                   "adapter": ("none", "none")},
+    "medusa": {"name": ("med", "med"), "rule": ("typical", "typical"), "head": ("FasterDecoding/medusa-x", "FasterDecoding/medusa-x"),
+               "dtype": ("float16", "float16"), "choices": ("medusa_mc_sim_7b_63", "medusa_mc_sim_7b_63"),
+               "vocab_size": ("null", None), "posterior_threshold": ("0.05", 0.05), "posterior_alpha": ("0.2", 0.2),
+               "typical_bonus": ("sample", "sample")},
+    "hydra": {"name": ("hyd", "hyd"), "rule": ("rejection", "rejection"), "head": ("/heads/hydra", "/heads/hydra"),
+              "dtype": ("bfloat16", "bfloat16"), "choices": ("chain4", "chain4"), "vocab_size": ("4096", 4096),
+              "posterior_threshold": ("0.09", 0.09), "posterior_alpha": ("0.5", 0.5), "typical_bonus": ("argmax", "argmax")},
 }
 
 

@@ -72,3 +72,13 @@ def test_retrieval_methods_with_the_committed_datastore_are_lossless(tmp_path):
     assert set(m.method) == {"rest", "recycling", "sam"} and m.equivalent.all()
     assert (m.groupby("method").drafted_tokens.sum() > 0).all()
     assert m[m.method == "rest"].steps_datastore.gt(0).all()
+
+
+def test_medusa_and_hydra_with_the_committed_heads_are_lossless(tmp_path):
+    """The committed heads for smollm2-135m load with no flags and draft through the engine, token-identical to ar."""
+    cfg = compose("method=medusa", "compare=[hydra]", "task.limit=1", "max_new_tokens=32", "engine.warmup=false")
+    cfg.out_dir = str(tmp_path)
+    df = run(cfg)
+    m = df[df.role == "method"]
+    assert set(m.method) == {"medusa", "hydra"} and m.equivalent.all() and m.lossless.all()
+    assert (m.groupby("method").accepted_tokens.sum() > 0).all()

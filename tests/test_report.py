@@ -52,7 +52,7 @@ def test_run_folder_tables_hold_summarize_numbers(pld_run, tmp_path):
     assert "speedup_bound" not in csv  # not measured in these rows
     overall = expected[expected.group == "overall"].iloc[0]
     md = (tmp_path / "summary.md").read_text()
-    assert f"| pld | overall | {overall.prompts} | {overall.speedup:.2f} | {overall.speedup_total:.2f} |" in md
+    assert f"| pld | overall | True | {overall.prompts} | {overall.speedup:.2f} | {overall.speedup_total:.2f} |" in md
     tex = (tmp_path / "summary.tex").read_text()
     assert r"\toprule" in tex and r"pld & mt\_bench &" in tex and "mt_bench" not in tex
     assert pd.read_parquet(tmp_path / "summary.parquet").shape[0] == len(expected)

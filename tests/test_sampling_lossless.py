@@ -431,3 +431,47 @@ def test_layerskip_drafts_reproduce_the_target(tiny_target, eagle_prefix, settin
     pvalue, tv, accepted = eagle_step_test(tiny_target, drafter, eagle_prefix, s)
     assert pvalue > ALPHA, f"layerskip/{setting}: p={pvalue:.2e}, TV={tv:.4f}"
     assert accepted > 0.1, "the early exit's drafts must be accepted for this test to mean anything"
+
+
+# -- Medusa / Hydra: deterministic top-k children of a static tree, verified as point masses --------------------------
+
+
+def parallel_drafter(tiny_target, parallel_heads: dict, method: str):
+    from .test_parallel_heads import build
+
+    return build(tiny_target, parallel_heads, method, choices=WIDE, vocab_size=64).drafter
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("method,setting", [("medusa", "t1_top4"), ("medusa", "t05"), ("hydra", "t1_top4"),
+                                            ("hydra", "t07_top_p06")])
+def test_parallel_head_trees_reproduce_the_target(tiny_target, parallel_heads, eagle_prefix, method, setting):
+    s = EAGLE_SETTINGS[setting]
+    drafter = parallel_drafter(tiny_target, parallel_heads, method)
+    pvalue, tv, per_step = eagle_step_test(tiny_target, drafter, eagle_prefix, s)
+    assert pvalue > ALPHA, f"{method}/{setting}: p={pvalue:.2e}, TV={tv:.4f}"
+    assert per_step > 0.5  # drafts are accepted: the test exercises acceptance, not only the residual
+
+
+def test_medusa_top_k_with_softmax_q_is_caught(tiny_target, parallel_heads, eagle_prefix):
+    """Wrong: Medusa's deterministic top-k children verified as if drawn from the head's softmax."""
+    s = EAGLE_SETTINGS["t1_top4"]
+    right = parallel_drafter(tiny_target, parallel_heads, "medusa")
+
+    class SoftmaxQ(type(right)):
+        def propose(self, state, max_depth):
+            proposal = super().propose(state, max_depth)
+            logits = self.heads.logits(self.h, self.heads.num_heads)
+            depth = T.depths(proposal.parents)
+            q = torch.zeros(len(proposal.tokens), tiny_target.vocab_size)
+            for i, d in enumerate(depth):
+                q[i, self.vocab_ids] = warp(logits[d - 1], self.sampling_for_test)
+            proposal.q = q
+            return proposal
+
+    wrong = SoftmaxQ(right.heads, right.choices)
+    wrong.set_vocab(right.vocab_ids)
+    wrong.sampling_for_test = s
+    with torch.no_grad():
+        pvalue, tv, _ = eagle_step_test(tiny_target, wrong, eagle_prefix, s, n=400)
+    assert pvalue < POWER, f"p={pvalue:.2e}, TV={tv:.4f}"

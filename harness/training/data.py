@@ -101,6 +101,48 @@ def head_answers(target: TargetModel, prompts_file: str | None, n_prompts: int, 
     return answer_shards(target, prompts, Path(work) if work else training_work_dir(target), spec, max_minutes)
 
 
+def add_head_trainer_arguments(p, prompts: int = 640, batch: int = 8, epochs: float = 4.0,
+                               train_minutes: float = 20.0) -> None:
+    """The options every head trainer on the shared answer cache takes (scripts/train_eagle.py, train_medusa.py):
+    the answers, the hold-out, the schedule, the held-out tau and where things go."""
+    p.add_argument("--model", default="smollm2-135m", help="smollm2-135m (the wheel), tiny-llama (tests) or an HF id/folder")
+    p.add_argument("--prompts-file", default=None, help="JSONL with 'id' and 'prompt' (default: $SPECLAB_DATA/train_prompts/prompts.jsonl)")
+    p.add_argument("--prompts", type=int, default=prompts, help="training prompts to answer")
+    p.add_argument("--gen-tokens", type=int, default=128, help="answer length per prompt")
+    p.add_argument("--max-prompt-tokens", type=int, default=256)
+    p.add_argument("--gen-batch", type=int, default=32)
+    p.add_argument("--gen-minutes", type=float, default=None,
+                   help="stop generating answers after this long and train on the shards so far (a rerun adds more)")
+    p.add_argument("--holdout", type=float, default=0.04, help="share of prompts held out to measure tau")
+    p.add_argument("--draft-vocab", type=int, default=8192, help="draft vocabulary: most frequent answer tokens")
+    p.add_argument("--batch", type=int, default=batch)
+    p.add_argument("--epochs", type=float, default=epochs)
+    p.add_argument("--train-minutes", type=float, default=train_minutes, help="stop training after this long")
+    p.add_argument("--max-len", type=int, default=512)
+    p.add_argument("--eval-every", type=int, default=0, help="measure held-out tau every N steps (0: at the end only)")
+    p.add_argument("--eval-prompts", type=int, default=8)
+    p.add_argument("--eval-tokens", type=int, default=64)
+    p.add_argument("--include-noncommercial", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--work", default=None, help="cache folder for answers and checkpoints")
+    p.add_argument("--out", required=True, help="output head folder")
+
+
+def answers_for(args) -> tuple[TargetModel, Path, list[dict], float]:
+    """(target, work folder, cached answers, minutes spent reading or making them) for a head trainer's options."""
+    from ..loading import load_named
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    t0 = time.time()
+    target = load_named(args.model)
+    work = Path(args.work) if args.work else training_work_dir(target)
+    samples = head_answers(target, args.prompts_file, args.prompts, work, args.seed, args.gen_tokens,
+                           args.max_prompt_tokens, args.gen_batch, args.gen_minutes, args.include_noncommercial)
+    return target, work, samples, (time.time() - t0) / 60
+
+
 def _save_atomic(obj, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)

@@ -1,0 +1,328 @@
+"""Medusa and Hydra on the tiny target: the trainer end to end, the official layouts, greedy identity, the
+typical rule, training = inference, and one clear line for every bad head or setting.
+
+The heads come from ``scripts/train_medusa.py`` (the ``parallel_heads`` fixture in conftest.py, trained on the
+answers the EAGLE fixture cached); they know the tiny prompts' continuations, so drafts are accepted.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from harness.config import EngineConfig
+from harness.errors import SpeclabError
+from harness.generator import METHODS, EngineGenerator, MethodContext
+from harness.heads import causal_mask
+from harness.parallel_checkpoints import load_parallel_heads
+from harness.parallel_heads import HydraHeads, MedusaHeads, ResBlock
+from harness.proposal import Proposal
+from harness.sampling import Sampling
+from harness.training.eagle import batches
+from harness.training.parallel import ParallelHeadsLoss
+from harness.trees import MEDUSA_MC_SIM_7B_63, resolve_choices
+from harness.verify import TypicalVerifier
+from methods.hydra import HydraConfig
+from methods.medusa import MedusaConfig
+
+from .conftest import EAGLE_GEN_TOKENS
+from .test_greedy_equivalence import hf_greedy
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SCHEMAS = {"medusa": MedusaConfig, "hydra": HydraConfig}
+MAX_NEW = EAGLE_GEN_TOKENS
+
+
+def build(target, heads: dict, method: str, sampling: Sampling = Sampling(), **overrides) -> EngineGenerator:
+    node = OmegaConf.structured(SCHEMAS[method])
+    node.head = str(heads[method]["folder"])
+    for key, value in overrides.items():
+        node[key] = value
+    return METHODS.build(node, MethodContext(target, sampling, EngineConfig(kernel="torch")))
+
+
+@pytest.fixture(scope="module")
+def references(tiny_target, tiny_prompts):
+    return [hf_greedy(tiny_target, p, MAX_NEW) for p in tiny_prompts]
+
+
+# -- the trainer and the layouts ----------------------------------------------------------------------------------
+
+def test_trainer_writes_official_layouts(parallel_heads, tiny_target):
+    for variant, run in parallel_heads.items():
+        folder = run["folder"]
+        config = json.loads((folder / "config.json").read_text())
+        state = torch.load(folder / f"{variant}_lm_head.pt", weights_only=True)
+        assert config["speclab_head"]["command"].startswith("python scripts/train_medusa.py")
+        assert (folder / "README.md").is_file() and (folder / "token_frequency.json").is_file()
+        if variant == "medusa":
+            assert config["medusa_num_heads"] == 4 and config["medusa_num_layers"] == 1
+            assert set(state) == {f"{k}.0.linear.{p}" for k in range(4) for p in ("weight", "bias")}
+        else:
+            assert config["hydra_head_arch"] == "prefix-mlp" and config["grounded_heads"] is True
+            assert config["hydra_num_heads"] == 4 and config["hydra_num_layers"] == 2
+            assert state["hydra_mlp.2.1.res_connection.weight"].shape == (64, 4 * 64)
+            assert "hydra_mlp.0.3.linear.weight" in state and "hydra_lm_head.3.1.bias" in state
+            assert "prefix_embeding_layer.layers.0.self_attn.q_proj.weight" in state
+            assert not any(k.endswith("lm_head.0.1.weight") or "rotary" in k for k in state)
+        heads = load_parallel_heads(str(folder), variant, tiny_target)
+        assert heads.num_heads == 4
+        assert run["stats"]["learning_curve"][-1]["tau"] == run["stats"]["heldout_tau"]
+
+
+def test_trainer_resumes_from_its_checkpoint(parallel_heads):
+    from scripts.train_medusa import main
+
+    run = parallel_heads["medusa"]
+    again = main(run["args"])  # the checkpoint says training is done: nothing is trained again
+    assert again["steps"] == run["stats"]["steps"]
+    assert again["heldout_tau"] == pytest.approx(run["stats"]["heldout_tau"])
+
+
+def _write(folder, name: str, state: dict, config: dict) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(state, folder / name)
+    (folder / "config.json").write_text(json.dumps(config))
+    return str(folder)
+
+
+def test_official_medusa1_layout_loads_with_its_own_output_layers(tmp_path, tiny_target):
+    """FasterDecoding's file: ResBlock + an own [V, H] output per head; its config understates the heads."""
+    torch.manual_seed(0)
+    h, v = tiny_target.config.hidden_size, tiny_target.vocab_size
+    state = {}
+    for k in range(3):
+        state[f"{k}.0.linear.weight"] = torch.randn(h, h) * 0.1
+        state[f"{k}.0.linear.bias"] = torch.randn(h) * 0.1
+        state[f"{k}.1.weight"] = torch.randn(v, h)
+    path = _write(tmp_path / "m", "medusa_lm_head.pt", state,
+                  {"medusa_num_heads": 2, "medusa_num_layers": 1, "base_model_name_or_path": "tiny"})
+    heads = load_parallel_heads(path, "medusa", tiny_target)
+    assert heads.num_heads == 3 and heads.own_lm_head
+    x = torch.randn(h)
+    res = x + torch.nn.functional.silu(state["2.0.linear.weight"] @ x + state["2.0.linear.bias"])
+    assert torch.allclose(heads.logits(x)[2], state["2.1.weight"] @ res, atol=1e-4)
+
+
+def test_official_hydra_layout_loads(tmp_path, tiny_target):
+    """ankner's file: shared later blocks saved as identical copies, full output layers, the prefix layer's
+    unused embedding, and keys the loader ignores."""
+    torch.manual_seed(0)
+    h, v = tiny_target.config.hidden_size, tiny_target.vocab_size
+    ref = HydraHeads(tiny_target.config.__class__(**{**tiny_target.config.to_dict(), "num_hidden_layers": 1}), 2, 3,
+                     tiny_target.model.get_input_embeddings(), tiny_target.lm_head, own_lm_head=True)
+    state = {k: torch.randn_like(t) * 0.1 for k, t in ref.own_state_dict().items()}
+    shared = {k: t for k, t in state.items() if ".3." in k}
+    for k, t in shared.items():  # the reference's list multiplication: blocks 3 and 5 are one module
+        state[k.replace(".3.", ".5.")] = t.clone()
+    state["prefix_embeding_layer.embed_tokens.weight"] = torch.randn(v, h)
+    path = _write(tmp_path / "h", "hydra_lm_head.pt", state,
+                  {"hydra_head_arch": "prefix-mlp", "grounded_heads": True, "hydra_num_heads": 2, "hydra_num_layers": 3})
+    heads = load_parallel_heads(path, "hydra", tiny_target)
+    assert heads.num_heads == 2 and heads.num_layers == 3 and heads.own_lm_head
+    assert torch.equal(heads.hydra_lm_head[1][1].weight, state["hydra_lm_head.1.1.weight"])
+
+
+@pytest.mark.parametrize("case,message", [
+    ("medusa_width", "shape"),
+    ("medusa_vocab", "vocabulary"),
+    ("hydra_width", "shape"),
+    ("hydra_arch", "prefix-mlp"),
+    ("wrong_kind", "use method=medusa"),
+    ("pickle", "weights_only"),
+    ("layers", "medusa_num_layers"),
+    ("no_blocks", "ResBlocks"),
+])
+def test_bad_heads_are_one_clear_line(tmp_path, tiny_target, case, message):
+    h, v = tiny_target.config.hidden_size, tiny_target.vocab_size
+    kind = "hydra" if case.startswith("hydra") else "medusa"
+    medusa = {"0.0.linear.weight": torch.zeros(h, h), "0.0.linear.bias": torch.zeros(h)}
+    cfg = {"medusa_num_heads": 1, "medusa_num_layers": 1}
+    folder = tmp_path / case
+    if case == "medusa_width":
+        _write(folder, "medusa_lm_head.pt", {"0.0.linear.weight": torch.zeros(h + 8, h + 8)}, cfg)
+    elif case == "medusa_vocab":
+        _write(folder, "medusa_lm_head.pt", {**medusa, "0.1.weight": torch.zeros(v + 5, h)}, cfg)
+    elif case in ("hydra_width", "hydra_arch"):
+        state = {"hydra_mlp.0.1.linear.weight": torch.zeros(h, 3 * h)}
+        arch = "prefix-mlp" if case == "hydra_width" else "cross-attn"
+        _write(folder, "hydra_lm_head.pt", state, {"hydra_head_arch": arch, "grounded_heads": True})
+    elif case == "wrong_kind":
+        _write(folder, "medusa_lm_head.pt", medusa, cfg)
+        kind = "hydra"
+    elif case == "pickle":
+        folder.mkdir()
+        torch.save({"0.0.linear.weight": torch.zeros(h, h), "extra": object()}, folder / "medusa_lm_head.pt")
+        (folder / "config.json").write_text(json.dumps(cfg))
+    elif case == "layers":
+        _write(folder, "medusa_lm_head.pt", medusa, {"medusa_num_layers": 3})
+    else:
+        _write(folder, "medusa_lm_head.pt", {"something": torch.zeros(2)}, cfg)
+    with pytest.raises(SpeclabError, match=message) as err:
+        load_parallel_heads(str(folder), kind, tiny_target)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("method,overrides,message", [
+    ("medusa", {"choices": [[0], [0, 0], [0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0, 0]]}, "depth 5"),
+    ("hydra", {"choices": [[1]]}, "lower-ranked sibling"),
+    ("medusa", {"dtype": "float8"}, "method.dtype"),
+    ("medusa", {"vocab_size": 0}, "vocab_size"),
+    ("medusa", {"rule": "typical"}, "temperature > 0"),
+    ("hydra", {"rule": "nonsense"}, "choose auto, greedy, rejection or typical"),
+])
+def test_bad_settings_are_one_clear_line(tiny_target, parallel_heads, method, overrides, message):
+    with pytest.raises(SpeclabError, match=message) as err:
+        build(tiny_target, parallel_heads, method, **overrides)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("overrides,message", [({"typical_bonus": "median"}, "argmax or sample"),
+                                               ({"posterior_threshold": 0.0}, "posterior_threshold > 0")])
+def test_bad_typical_settings_are_one_clear_line(tiny_target, parallel_heads, overrides, message):
+    with pytest.raises(SpeclabError, match=message):
+        build(tiny_target, parallel_heads, "medusa", Sampling(temperature=0.7), rule="typical", **overrides)
+
+
+def test_no_default_head_names_the_training_command(tiny_target):
+    node = OmegaConf.structured(MedusaConfig)
+    with pytest.raises(SpeclabError, match="scripts/train_medusa.py --variant medusa"):
+        METHODS.build(node, MethodContext(tiny_target, Sampling(), EngineConfig(kernel="torch")))
+
+
+# -- greedy identity ---------------------------------------------------------------------------------------------
+
+GREEDY_CASES = [
+    ("medusa", {"choices": "cpu8_d4", "vocab_size": 64}),
+    ("medusa", {"choices": "chain4", "vocab_size": None}),
+    ("medusa", {"choices": "medusa_mc_sim_7b_63", "vocab_size": 64}),
+    ("medusa", {"choices": [[0]], "vocab_size": 64, "dtype": "bfloat16"}),
+    ("hydra", {"choices": "cpu8_d4", "vocab_size": 64}),
+    ("hydra", {"choices": "chain4", "vocab_size": None}),
+    ("hydra", {"choices": "medusa_mc_sim_7b_63", "vocab_size": 64}),
+    ("hydra", {"choices": "cpu6", "vocab_size": 64, "dtype": "bfloat16"}),
+]
+
+
+@pytest.mark.parametrize("method,overrides", GREEDY_CASES,
+                         ids=lambda x: x if isinstance(x, str) else "-".join(f"{k}={v}" for k, v in x.items()))
+def test_greedy_output_is_plain_greedy(tiny_target, tiny_prompts, references, parallel_heads, method, overrides):
+    gen = build(tiny_target, parallel_heads, method, **overrides)
+    accepted = longest = 0
+    for prompt, ref in zip(tiny_prompts, references):
+        res = gen.generate(prompt, MAX_NEW, None)
+        assert res.token_ids == ref
+        assert res.steps == 1 + len(res.drafted) and sum(res.emitted) + 1 == len(ref)
+        accepted += sum(res.accepted)
+        longest = max(longest, *res.accepted)
+    assert accepted >= 20, f"accepted {accepted}"  # the heads know these continuations
+    if len(resolve_choices(overrides["choices"])) > 1:
+        assert longest >= 2
+
+
+def test_budget_and_eos_are_respected(tiny_target, tiny_prompts, references, parallel_heads):
+    for method in ("medusa", "hydra"):
+        gen = build(tiny_target, parallel_heads, method, choices="medusa_mc_sim_7b_63", vocab_size=64)
+        for n in (1, 2, 5):
+            res = gen.generate(tiny_prompts[0], n, None)
+            assert res.token_ids == references[0][:n]
+
+
+def test_medusa_children_ignore_their_parent(tiny_target, tiny_prompts, parallel_heads):
+    """Medusa's depth-d nodes are head d-1's top candidates whatever the parent (Hydra's read the parent)."""
+    from harness.drafter import DecodeState
+
+    prompt = tiny_prompts[1]
+    for method in ("medusa", "hydra"):
+        drafter = build(tiny_target, parallel_heads, method, choices=[[0], [1], [0, 0], [1, 0]], vocab_size=64).drafter
+        state = DecodeState(list(prompt), len(prompt), 8, tiny_target, Sampling(), None)
+        with torch.inference_mode():
+            prefill = tiny_target.forward(tiny_target.new_cache(len(prompt) + 8), prompt[:-1], hidden_layers=("final",))
+        drafter.begin(state, prefill)
+        proposal = drafter.propose(state, 4)
+        assert proposal.parents == [-1, -1, 0, 1] and proposal.q is None
+        if method == "medusa":
+            assert proposal.tokens[2] == proposal.tokens[3]
+        assert drafter.propose(state, 4).tokens == proposal.tokens  # nothing committed: the same tree
+
+
+# -- training = inference ------------------------------------------------------------------------------------------
+
+def test_hydra_training_inputs_equal_the_drafter_inputs(tiny_target, tiny_prompts, parallel_heads):
+    """The loss's teacher-forced head inputs at t are what the drafter builds at t for the same tokens: the prefix
+    layer run incrementally on its cache equals the causal run over the whole sequence, and the head logits agree."""
+    heads = load_parallel_heads(str(parallel_heads["hydra"]["folder"]), "hydra", tiny_target)
+    seq = tiny_prompts[1] + [5, 9, 11, 3, 7]
+    with torch.inference_mode():
+        out = tiny_target.forward(tiny_target.new_cache(len(seq) + 1), seq, hidden_layers=("final",))
+        final = out.hidden["final"].float()
+        full = heads.prefix(final[None], torch.arange(len(seq))[None])[0]
+        cache = heads.new_cache(len(seq) + 8)
+        cut = len(seq) - 4
+        first = heads.prefix(final[None, :cut], torch.arange(cut)[None], cache)[0]
+        rest = heads.prefix(final[None, cut:], torch.arange(cut, len(seq))[None], cache,
+                            causal_mask(cut, len(seq) - cut, torch.float32))[0]
+        assert torch.allclose(torch.cat([first, rest]), full, atol=1e-5)
+        t = len(seq) - 4
+        x = torch.cat([full[t], heads.embed(torch.tensor(seq[t + 1])), heads.embed(torch.tensor(seq[t + 2]))])
+        drafted = heads.head_logits(1, x)
+    sample = {"id": "x", "prompt": seq[:t], "answer": seq[t:], "hidden": {"final": final.half().float()}}
+    batch = next(batches([sample], 1, 0))
+    loss = ParallelHeadsLoss(heads, tiny_target.lm_head.weight, _full_vocab(tiny_target))
+    with torch.no_grad():
+        state: dict = {}
+        b, tt = torch.tensor([0]), torch.tensor([t])
+        trained = loss._logits(1, loss._inputs(batch, 1, b, tt, state))[0]
+    assert torch.allclose(trained, drafted, atol=1e-2)
+
+
+def _full_vocab(target):
+    from harness.heads import ReducedVocab
+
+    return ReducedVocab(torch.arange(target.vocab_size), target.vocab_size)
+
+
+def test_resblock_starts_as_identity():
+    block = ResBlock(8)
+    x = torch.randn(3, 8)
+    assert torch.allclose(block(x), x + torch.nn.functional.silu(block.linear.bias))
+    assert isinstance(MedusaHeads(8, 16, 2, 1, torch.nn.Linear(8, 16)).medusa_head[0][0], ResBlock)
+
+
+# -- typical acceptance ----------------------------------------------------------------------------------------------
+
+def test_typical_rule_takes_the_longest_passing_path():
+    """Root children 0 and 1 pass; under 1 a grandchild passes too: the path [1, 3] wins over [0]."""
+    v = 6
+    logits = torch.full((5, v), -10.0)
+    logits[0, [2, 4]] = 3.0  # after the root: tokens 2 and 4 likely
+    logits[2, 5] = 5.0  # after node 1 (token 4): token 5 very likely
+    logits[1, 1] = 5.0
+    logits[3, 0] = 5.0
+    proposal = Proposal([2, 4, 1, 5], [-1, -1, 0, 1])
+    verifier = TypicalVerifier(Sampling(temperature=1.0))
+    res = verifier.verify(logits, proposal)
+    assert res.accepted == [1, 3] and res.token == 0
+    proposal = Proposal([3, 3], [-1, 0])  # nothing passes: the target's argmax after the root
+    res = verifier.verify(logits, proposal)
+    assert res.accepted == [] and res.token in (2, 4)
+
+
+def test_typical_rows_are_labelled_lossy(tiny_target, tiny_prompts, parallel_heads):
+    gen = build(tiny_target, parallel_heads, "hydra", Sampling(temperature=0.7), rule="typical", vocab_size=64)
+    assert gen.lossless is False and gen.acceptance_rule == "typical"
+    res = gen.generate(tiny_prompts[0], 12, torch.Generator().manual_seed(0))
+    assert len(res.token_ids) == 12
+    lossless = build(tiny_target, parallel_heads, "hydra", Sampling(temperature=0.7), vocab_size=64)
+    assert lossless.lossless is True and lossless.acceptance_rule == "rejection"
+
+
+def test_medusa_tree_preset_is_the_reference_tree():
+    paths = resolve_choices("medusa_mc_sim_7b_63")
+    assert len(paths) == len(MEDUSA_MC_SIM_7B_63) == 63
+    assert [sum(len(c) == d for c in paths) for d in (1, 2, 3, 4)] == [10, 28, 23, 2]
+    assert max(len(c) for c in resolve_choices("cpu8_d4")) == 4 and len(resolve_choices("cpu8_d4")) == 7
