@@ -54,6 +54,9 @@ CHOICES: dict[str, list[list[int]]] = {
     "cpu8": [[0], [1], [0, 0], [0, 1], [0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0, 0]],
     # depth 4 for four Medusa/Hydra heads: more breadth near the root, where their guesses are surest
     "cpu8_d4": [[0], [1], [2], [0, 0], [1, 0], [0, 0, 0], [0, 0, 0, 0]],
+    # the reference tree's 8 likeliest nodes (depth 3): the Medusa/Hydra default, the fastest of the held-out
+    # sweep in BENCHMARKS.md section 6 (Hydra drafts one level fewer than with cpu8_d4, at a higher tau)
+    "medusa_mc8": MEDUSA_MC_SIM_7B_63[:8],
     "recycling_80": RECYCLING_80,
 }
 

@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dropout", type=float, default=0.0, help="Hydra: dropout before each block")
     p.add_argument("--decay", type=float, default=0.8, help="weight of head k's loss: decay^k")
     p.add_argument("--lr", type=float, default=None, help="default: medusa 1e-3 (the paper), hydra 5e-4")
-    p.add_argument("--tree", default="cpu8_d4", help="tree (choices preset) for the held-out tau")
+    p.add_argument("--tree", default="medusa_mc8", help="tree (choices preset) for the held-out tau")
     add_head_trainer_arguments(p, prompts=1280, train_minutes=15.0)
     return p.parse_args(argv)
 
