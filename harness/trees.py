@@ -54,8 +54,8 @@ CHOICES: dict[str, list[list[int]]] = {
     "cpu8": [[0], [1], [0, 0], [0, 1], [0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0, 0]],
     # depth 4 for four Medusa/Hydra heads: more breadth near the root, where their guesses are surest
     "cpu8_d4": [[0], [1], [2], [0, 0], [1, 0], [0, 0, 0], [0, 0, 0, 0]],
-    # the reference tree's 8 likeliest nodes (depth 3): the Medusa/Hydra default, the fastest of the held-out
-    # sweep in BENCHMARKS.md section 6 (Hydra drafts one level fewer than with cpu8_d4, at a higher tau)
+    # the reference tree's 8 likeliest nodes (depth 3): Hydra's default, its fastest in the held-out sweep of
+    # BENCHMARKS.md section 6 (Hydra pays a batched call per level; this tree has one level fewer than cpu8_d4)
     "medusa_mc8": MEDUSA_MC_SIM_7B_63[:8],
     "recycling_80": RECYCLING_80,
 }
@@ -71,11 +71,15 @@ def _rank_path(choice: object) -> tuple[int, ...]:
 
 
 def resolve_choices(choices: str | Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
-    """A named preset or a literal list, validated and sorted into feeding order (by depth, then ranks)."""
+    """A named preset, ``<preset>:<n>`` (its first n paths: the reference trees list their likeliest first) or a
+    literal list, validated and sorted into feeding order (by depth, then ranks)."""
     if isinstance(choices, str):
-        if choices not in CHOICES:
-            raise ValueError(f"unknown tree choices {choices!r}; presets: {', '.join(CHOICES)} (or give a list of rank paths)")
-        choices = CHOICES[choices]
+        name, _, count = choices.partition(":")
+        if name not in CHOICES:
+            raise ValueError(f"unknown tree choices {name!r}; presets: {', '.join(CHOICES)} (or give a list of rank paths)")
+        if count and not (count.isdigit() and int(count) > 0):
+            raise ValueError(f"tree choices {choices!r}: after ':' give how many of the preset's paths to keep, e.g. {name}:8")
+        choices = CHOICES[name][: int(count)] if count else CHOICES[name]
     try:
         if not isinstance(choices, Iterable):
             raise TypeError(choices)

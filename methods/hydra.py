@@ -9,6 +9,7 @@ and rules as ``medusa`` (greedy, lossless rejection with point-mass candidates, 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from hydra.core.config_store import ConfigStore
@@ -28,6 +29,7 @@ from .medusa import ParallelHeadsConfig, ParallelHeadsDrafter, build_parallel_ge
 class HydraConfig(ParallelHeadsConfig):
     name: str = "hydra"
     family: str = "hydra"
+    choices: Any = "medusa_mc8"  # one level fewer than Medusa's default: each level is a batched head call
 
 
 class HydraDrafter(ParallelHeadsDrafter):

@@ -39,7 +39,7 @@ class ParallelHeadsConfig(MethodConfig):
 
     head: Optional[str] = None  # HF id or folder; null = drafts/<model.name>/<family>/
     dtype: str = "float32"
-    choices: Any = "medusa_mc8"  # a preset name in harness/trees.py (depth <= the number of heads) or rank paths
+    choices: Any = "cpu6"  # a preset name in harness/trees.py (depth <= the number of heads) or rank paths
     vocab_size: Optional[int] = 8192  # draft over the most frequent answer tokens; null: the full vocabulary
     posterior_threshold: float = 0.09  # rule=typical: epsilon
     posterior_alpha: float = 0.3  # rule=typical: delta (about sqrt(epsilon))

@@ -153,6 +153,20 @@ def test_eagle_choices_take_a_literal_list():
 
     typed = METHODS.typed(compose("method=eagle", "method.choices=[[0],[1],[0,0],[0,0,0]]").method)
     assert resolve_choices(typed.choices) == [(0,), (1,), (0, 0), (0, 0, 0)]
+    prefix = METHODS.typed(compose("method=medusa", "method.choices=medusa_mc_sim_7b_63:8").method)
+    assert resolve_choices(prefix.choices) == resolve_choices("medusa_mc8")
+
+
+@pytest.mark.parametrize("choices,message", [
+    ("medusa_mc_sim_7b_63:0", "after ':' give how many"),
+    ("medusa_mc_sim_7b_63:x", "after ':' give how many"),
+    ("nope:4", "unknown tree choices 'nope'"),
+])
+def test_bad_tree_prefix_is_one_clear_error(choices, message):
+    from harness.trees import resolve_choices
+
+    with pytest.raises(ValueError, match=message):
+        resolve_choices(choices)
 
 
 @pytest.fixture(scope="module")

@@ -197,10 +197,12 @@ def test_no_default_head_names_the_training_command(tiny_target):
 # -- greedy identity ---------------------------------------------------------------------------------------------
 
 GREEDY_CASES = [
+    ("medusa", {"choices": "medusa_mc8", "vocab_size": 64}),
     ("medusa", {"choices": "cpu8_d4", "vocab_size": 64}),
     ("medusa", {"choices": "chain4", "vocab_size": None}),
     ("medusa", {"choices": "medusa_mc_sim_7b_63", "vocab_size": 64}),
     ("medusa", {"choices": [[0]], "vocab_size": 64, "dtype": "bfloat16"}),
+    ("hydra", {"choices": "medusa_mc8", "vocab_size": 64}),
     ("hydra", {"choices": "cpu8_d4", "vocab_size": 64}),
     ("hydra", {"choices": "chain4", "vocab_size": None}),
     ("hydra", {"choices": "medusa_mc_sim_7b_63", "vocab_size": 64}),
@@ -326,3 +328,20 @@ def test_medusa_tree_preset_is_the_reference_tree():
     assert len(paths) == len(MEDUSA_MC_SIM_7B_63) == 63
     assert [sum(len(c) == d for c in paths) for d in (1, 2, 3, 4)] == [10, 28, 23, 2]
     assert max(len(c) for c in resolve_choices("cpu8_d4")) == 4 and len(resolve_choices("cpu8_d4")) == 7
+    # the default: the reference tree's 8 likeliest nodes, a closed tree of depth 3
+    assert resolve_choices("medusa_mc8") == sorted(map(tuple, MEDUSA_MC_SIM_7B_63[:8]), key=lambda c: (len(c), c))
+    assert max(len(c) for c in resolve_choices("medusa_mc8")) == 3
+
+
+def test_tree_sweep_script_measures_each_tree_on_held_out_prompts(parallel_heads, tmp_path):
+    from scripts.sweep_trees import main
+
+    argv = parallel_heads["medusa"]["args"]
+    prompts_file = argv[argv.index("--prompts-file") + 1]
+    out = tmp_path / "sweep.jsonl"
+    rows = main(["--methods", "medusa", "--trees", "chain4,medusa_mc_sim_7b_63:8", "--model", "tiny-llama",
+                 "--prompts-file", prompts_file, "--holdout", "0.2", "--eval-prompts", "2", "--eval-tokens", "8",
+                 "--set", f"head={parallel_heads['medusa']['folder']}", "--set", "vocab_size=64", "--out", str(out)])
+    assert [(r["tree"], r["nodes"]) for r in rows] == [("chain4", 4), ("medusa_mc_sim_7b_63:8", 8)]
+    assert all(1.0 <= r["tau"] <= 5.0 and r["prompts"] == 2 for r in rows)
+    assert len(out.read_text().splitlines()) == 2

@@ -1,0 +1,89 @@
+#!/usr/bin/env python
+"""Held-out tau and wall time of a method under several draft trees: how a tree default is chosen.
+
+    python scripts/sweep_trees.py --methods medusa,hydra \\
+        --trees chain4,cpu6,cpu8_d4,medusa_mc_sim_7b_63:8,medusa_mc_sim_7b_63:12,medusa_mc_sim_7b_63:16,medusa_mc_sim_7b_63
+
+The prompts are the trainers' held-out training prompts (the same hash split as ``--holdout``), never an
+evaluation prompt, so choosing a default here does not tune on the benchmark. Each method is built from its
+conf/method YAML with ``choices=<tree>``, exactly as ``run.py method=<m> method.choices=<tree>`` would, and
+decodes greedily. Seconds come from one process running the trees one after another on the same prompts: a
+guide to the cost of a shape, not a speedup (``run.py`` with ``compare`` measures those, interleaved).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+import methods  # noqa: E402,F401  (registers the methods)
+from harness.config import EngineConfig  # noqa: E402
+from harness.errors import SpeclabError  # noqa: E402
+from harness.generator import METHODS, MethodContext  # noqa: E402
+from harness.kernels import apply_kernel, resolve_kernel  # noqa: E402
+from harness.loading import load_named  # noqa: E402
+from harness.runner import method_node  # noqa: E402
+from harness.sampling import Sampling  # noqa: E402
+from harness.training.data import prompts_path, split_holdout, training_prompts  # noqa: E402
+from harness.training.loop import heldout_tau  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", required=True, help="comma-separated conf/method options with a 'choices' key")
+    p.add_argument("--trees", required=True, help="comma-separated presets, <preset>:<n> prefixes of them")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a method override applied to every method, e.g. --set head=<folder> (repeatable)")
+    p.add_argument("--prompts-file", default=None)
+    p.add_argument("--holdout", type=float, default=0.04, help="as the trainers' --holdout")
+    p.add_argument("--seed", type=int, default=0, help="as the trainers' --seed")
+    p.add_argument("--eval-prompts", type=int, default=24)
+    p.add_argument("--eval-tokens", type=int, default=64)
+    p.add_argument("--max-prompt-tokens", type=int, default=256)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (the engine's default is 1)")
+    p.add_argument("--out", default=None, help="also write the rows as JSON lines here")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    target = load_named(args.model)
+    rows = training_prompts(prompts_path(args.prompts_file), 10**9, args.seed)
+    held, _ = split_holdout(rows, args.holdout, args.seed)
+    if not held:
+        raise SpeclabError("no held-out training prompts; raise --holdout")
+    prompts = [target.encode_chat([{"role": "user", "content": r["prompt"]}])[-args.max_prompt_tokens :]
+               for r in held[: args.eval_prompts]]
+    engine = EngineConfig(threads=args.threads)
+    apply_kernel(target.model, resolve_kernel(engine.kernel, target.dtype))  # as run.py prepares the target
+    ctx = MethodContext(target, Sampling(), engine)
+    results = []
+    for method in args.methods.split(","):
+        for tree in args.trees.split(","):
+            generator = METHODS.build(method_node(" ".join([method, f"choices={tree}", *args.set])), ctx)
+            start = time.perf_counter()
+            tau = heldout_tau(target, lambda: generator.drafter, prompts, args.eval_tokens)
+            row = {"method": method, "tree": tree, "nodes": len(getattr(generator.drafter, "choices", ())), "tau": round(tau, 3),
+                   "seconds": round(time.perf_counter() - start, 1), "prompts": len(prompts)}
+            print(json.dumps(row), flush=True)
+            results.append(row)
+            if args.out:
+                with open(args.out, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except SpeclabError as e:
+        raise SystemExit(f"error: {e}")
