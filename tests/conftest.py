@@ -145,3 +145,18 @@ def parallel_heads(eagle_heads):
             torch.set_num_threads(threads)
         runs[variant] = {"folder": root / variant, "args": argv, "stats": stats}
     return runs
+
+
+def build_with_head(target, schema: type, head, sampling=None, **overrides):
+    """A head-based method's engine generator, built from its config schema as run.py would (torch kernels, fp32)."""
+    from omegaconf import OmegaConf
+
+    from harness.config import EngineConfig
+    from harness.generator import METHODS, MethodContext
+    from harness.sampling import Sampling
+
+    node = OmegaConf.structured(schema)
+    node.head = str(head)
+    for key, value in overrides.items():
+        node[key] = value
+    return METHODS.build(node, MethodContext(target, sampling or Sampling(), EngineConfig(kernel="torch")))

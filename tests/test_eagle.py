@@ -12,12 +12,10 @@ import random
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from harness.checkpoints import load_head
-from harness.config import EngineConfig
 from harness.decoder import Decoder
-from harness.generator import METHODS, EngineGenerator, MethodContext
+from harness.generator import EngineGenerator
 from harness.head_drafter import HeadDrafter, TreeShape
 from harness.heads import causal_mask
 from harness.sampling import Sampling
@@ -28,7 +26,7 @@ from methods.eagle import EagleConfig
 from methods.eagle2 import Eagle2Config
 from methods.eagle3 import Eagle3Config
 
-from .conftest import EAGLE_GEN_TOKENS
+from .conftest import EAGLE_GEN_TOKENS, build_with_head
 from .test_greedy_equivalence import hf_greedy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -41,12 +39,7 @@ BRANCHY = [[0], [1], [0, 0], [1, 0], [0, 1], [0, 0, 0], [0, 0, 1], [0, 0, 0, 0]]
 
 
 def build(target, eagle_heads: dict, method: str, sampling: Sampling = Sampling(), **overrides) -> EngineGenerator:
-    """The method's engine generator, built from its config schema as run.py would (torch kernels, fp32)."""
-    node = OmegaConf.structured(SCHEMAS[method])
-    node.head = str(eagle_heads[HEAD_OF[method]]["folder"])
-    for key, value in overrides.items():
-        node[key] = value
-    return METHODS.build(node, MethodContext(target, sampling, EngineConfig(kernel="torch")))
+    return build_with_head(target, SCHEMAS[method], eagle_heads[HEAD_OF[method]]["folder"], sampling, **overrides)
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from harness.verify import TypicalVerifier
 from methods.hydra import HydraConfig
 from methods.medusa import MedusaConfig
 
-from .conftest import EAGLE_GEN_TOKENS
+from .conftest import EAGLE_GEN_TOKENS, build_with_head
 from .test_greedy_equivalence import hf_greedy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -38,11 +38,7 @@ MAX_NEW = EAGLE_GEN_TOKENS
 
 
 def build(target, heads: dict, method: str, sampling: Sampling = Sampling(), **overrides) -> EngineGenerator:
-    node = OmegaConf.structured(SCHEMAS[method])
-    node.head = str(heads[method]["folder"])
-    for key, value in overrides.items():
-        node[key] = value
-    return METHODS.build(node, MethodContext(target, sampling, EngineConfig(kernel="torch")))
+    return build_with_head(target, SCHEMAS[method], heads[method]["folder"], sampling, **overrides)
 
 
 @pytest.fixture(scope="module")
