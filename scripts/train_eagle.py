@@ -76,9 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
     ckpt = work / f"{args.variant}-v{args.draft_vocab}-s{args.steps}-lr{args.lr:g}-e{args.epochs:g}-seed{args.seed}.pt"
     trainer = Trainer(head, args.lr, per_epoch * args.epochs, args.train_minutes, ckpt)
     stats = trainer.run(lambda seed: batches(train_set, args.batch, seed, args.max_len), loss, evaluate, args.eval_every)
-    final_eval = evaluate(trainer.step)
-    if not trainer.history or trainer.history[-1]["step"] != trainer.step:
-        trainer.history.append({"step": trainer.step, "minutes": trainer.spent / 60, **final_eval})
+    final_eval = trainer.final_evaluation(evaluate)
     command = "python scripts/train_eagle.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     stats.update(
         heldout_tau=final_eval["tau"],

@@ -91,9 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = Trainer(heads, lr, per_epoch * args.epochs, args.train_minutes, ckpt)
     before = evaluate(0)["tau"] if trainer.step == 0 else None
     stats = trainer.run(lambda seed: batches(train_set, args.batch, seed, args.max_len), loss, evaluate, args.eval_every)
-    final_eval = evaluate(trainer.step)
-    if not trainer.history or trainer.history[-1]["step"] != trainer.step:
-        trainer.history.append({"step": trainer.step, "minutes": trainer.spent / 60, **final_eval})
+    final_eval = trainer.final_evaluation(evaluate)
     command = "python scripts/train_medusa.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     stats.update(
         heldout_tau=final_eval["tau"], heldout_tau_untrained=before, heldout_tree=args.tree,

@@ -103,6 +103,13 @@ class Trainer:
         self.save()
         return {"steps": self.step, "minutes": self.spent / 60}
 
+    def final_evaluation(self, on_eval: Callable[[int], dict]) -> dict:
+        """``on_eval`` at the last step, recorded as the learning curve's last point unless it already is."""
+        result = on_eval(self.step)
+        if not self.history or self.history[-1]["step"] != self.step:
+            self.history.append({"step": self.step, "minutes": self.spent / 60, **result})
+        return result
+
 
 def heldout_tau(target, drafter_factory: Callable[[], object], prompts: Sequence[list[int]], max_new_tokens: int) -> float:
     """Mean accepted length (new tokens / target forwards) of the engine on held-out training prompts."""
