@@ -23,7 +23,7 @@ CONF_DIR = REPO / "conf"
 @dataclass
 class ModelConfig:
     name: str = MISSING  # label in results rows
-    source: str = "hf"  # hf (Hub id or folder in `path`) | smollm2_wheel | tiny
+    source: str = "hf"  # hf (Hub id or folder in `path`) | smollm2_wheel | gemma3_package | tiny
     path: Optional[str] = None
     dtype: str = "float32"
     attention: str = "speclab"  # speclab (engine kernel) | sdpa | eager
@@ -51,7 +51,7 @@ class TaskConfig:
     groups: list[str] = field(default_factory=list)
     categories: list[str] = field(default_factory=list)
     max_turns: Optional[int] = None
-    chat: bool = True  # false: raw text, for base models without a chat template
+    chat: Optional[bool] = None  # null: the chat template when the tokenizer has one, else raw text; false: raw text
     system_prompt: Optional[str] = None  # null: the template's default; "": no system message
     score: bool = False  # task-specific scoring (exact match, pass@1) where the task has one
 

@@ -30,7 +30,8 @@ def default_draft(model_name: str) -> Path:
         known = sorted(p.name for p in DRAFTS_DIR.glob("*") if (p / "config.json").is_file()) if DRAFTS_DIR.is_dir() else []
         raise SpeclabError(
             f"no default draft for model {model_name!r} (have: {', '.join(known) or 'none'}); "
-            "set method.draft.path=<HF id or folder of a draft sharing the target's tokenizer>"
+            "set method.draft.path=<HF id or folder of a draft sharing the target's tokenizer>, or distil one: "
+            f"python scripts/distill_draft.py --model {model_name} --out {path}"
         )
     return path
 

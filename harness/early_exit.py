@@ -43,8 +43,8 @@ def load_adapter(folder: str | Path, target: Any) -> EarlyExitAdapter:
     """The adapter in ``folder``, checked to have been trained for ``target`` (a TargetModel)."""
     folder = Path(folder)
     if not (folder / "config.json").is_file():
-        raise SpeclabError(f"no early-exit adapter in {folder}; train one with `python scripts/train_early_exit.py`, "
-                           "or set method.adapter=none for the plain early exit")
+        raise SpeclabError(f"no early-exit adapter in {folder}; train one with `python scripts/train_early_exit.py "
+                           f"--model {target.info.name} --out {folder}`, or set method.adapter=none for the plain early exit")
     config = json.loads((folder / "config.json").read_text())
     hidden, num_layers, name = int(target.config.hidden_size), target.num_layers, target.info.name
     if config.get("model") not in (None, name) or config["hidden_size"] != hidden or not 1 <= config["exit_layer"] < num_layers:

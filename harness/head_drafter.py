@@ -231,7 +231,7 @@ def head_path(cfg, ctx, default_head: str, train_command: str) -> str:
     if not (folder / "config.json").is_file():
         raise SpeclabError(
             f"no default {default_head} head for model {ctx.target.info.name!r}; set method.head=<HF id or folder>, "
-            f"or train one: {train_command} --model <model> --out {folder}"
+            f"or train one: {train_command} --model {ctx.target.info.name} --out {folder}"
         )
     return str(folder)
 

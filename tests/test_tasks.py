@@ -188,13 +188,18 @@ def test_empty_system_prompt_with_a_template_that_has_no_default():
     assert plain.decode(ids) == TURN1  # no empty system block where the template adds none
 
 
-def test_render_without_chat_template_asks_for_raw_mode(tok):
+def test_base_model_without_chat_template_gets_raw_text(tok, caplog):
     from harness.tiny import byte_tokenizer
 
     bare = byte_tokenizer()
     bare.chat_template = None
-    with pytest.raises(SpeclabError, match="task.chat=false"):
-        task_of("task=demo").render(SAMPLE, 0, [], bare)
+    with caplog.at_level("INFO", logger="tasks.base"):
+        ids = task_of("task=demo").render(SAMPLE, 0, [], bare)  # task.chat=null: raw text, said once
+        task_of("task=demo").render(SAMPLE, 1, ["Hi!"], bare)
+    assert bare.decode(ids) == "Hello there"
+    assert sum("no chat template" in r.message for r in caplog.records) == 1
+    with pytest.raises(SpeclabError, match="task.chat=false"):  # asking for the template explicitly is an error
+        task_of("task=demo", "task.chat=true").render(SAMPLE, 0, [], bare)
 
 
 # -- bad data: one clear error naming the fix ----------------------------------------------------------

@@ -105,7 +105,7 @@ def add_head_trainer_arguments(p, prompts: int = 640, batch: int = 8, epochs: fl
                                train_minutes: float = 20.0) -> None:
     """The options every head trainer on the shared answer cache takes (scripts/train_eagle.py, train_medusa.py):
     the answers, the hold-out, the schedule, the held-out tau and where things go."""
-    p.add_argument("--model", default="smollm2-135m", help="smollm2-135m (the wheel), tiny-llama (tests) or an HF id/folder")
+    p.add_argument("--model", default="smollm2-135m", help="smollm2-135m or gemma3-270m (the packaged models), tiny-llama (tests) or an HF id/folder")
     p.add_argument("--prompts-file", default=None, help="JSONL with 'id' and 'prompt' (default: $SPECLAB_DATA/train_prompts/prompts.jsonl)")
     p.add_argument("--prompts", type=int, default=prompts, help="training prompts to answer")
     p.add_argument("--gen-tokens", type=int, default=128, help="answer length per prompt")
