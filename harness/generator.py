@@ -71,3 +71,18 @@ class MethodContext:
 
 
 METHODS: Registry = Registry("method", "method")
+
+
+def inner_drafter(spec: str, ctx: MethodContext, owner: str) -> Drafter:
+    """The drafter of the engine method ``spec`` (a conf/method preset with optional overrides, ``"recycling
+    total_tokens=8"``), for a method that wraps another (``sam``'s aux, ``adaptive``'s inner)."""
+    from .runner import method_node
+
+    node = method_node(spec)
+    if node.family == owner:
+        raise SpeclabError(f"{owner} cannot wrap itself; choose another method (pld, recycling, eagle2, ...)")
+    built = METHODS.build(node, ctx)
+    if not isinstance(built, EngineGenerator):
+        raise SpeclabError(f"{spec!r} is not an engine method (peers draft inside generate()); "
+                           "choose pld, recycling, eagle2, ...")
+    return built.drafter

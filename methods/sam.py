@@ -25,7 +25,7 @@ from hydra.core.config_store import ConfigStore
 from harness.config import MethodConfig
 from harness.drafter import DecodeState, Drafter
 from harness.errors import SpeclabError
-from harness.generator import METHODS, EngineGenerator, MethodContext
+from harness.generator import METHODS, EngineGenerator, MethodContext, inner_drafter
 from harness.model import ForwardOutput
 from harness.proposal import Proposal
 from harness.suffix_automaton import Matcher, SuffixAutomaton
@@ -145,18 +145,7 @@ def static_automaton(target: Any, path: str | None) -> SuffixAutomaton:
 
 @METHODS.register("sam", SAMConfig)
 def build(cfg: SAMConfig, ctx: MethodContext) -> EngineGenerator:
-    aux = None
-    if cfg.aux and cfg.aux != "none":
-        from harness.runner import method_node
-
-        node = method_node(cfg.aux)
-        if node.family == "sam":
-            raise SpeclabError("method.aux cannot be sam itself; choose pld, recycling, eagle2, ... or none")
-        inner = METHODS.build(node, ctx)
-        if not isinstance(inner, EngineGenerator):
-            raise SpeclabError(f"method.aux={cfg.aux!r} is not an engine method (peers draft inside generate()); "
-                               "choose pld, recycling, eagle2, ...")
-        aux = inner.drafter
+    aux = inner_drafter(cfg.aux, ctx, "sam") if cfg.aux and cfg.aux != "none" else None
     static = static_automaton(ctx.target, cfg.datastore) if cfg.static else None
     cost = ctx.verify_cost() if cfg.max_tokens == "auto" else None
     return EngineGenerator(cfg.name, ctx.target, SuffixAutomatonDrafter(cfg, aux, static, cost), ctx.sampling, cfg.rule)

@@ -401,11 +401,15 @@ def retrieval_drafter(case: str):
         from methods.lookahead import Lookahead, LookaheadConfig
 
         return Lookahead(LookaheadConfig(ngram=3, window=2, guesses=2))
+    if case == "adaptive":  # the depth it asks for changes as its estimates move: lossless whatever it picks
+        from methods.adaptive import AdaptiveDrafter
+
+        return AdaptiveDrafter(recycling(), 3, lambda k: 1.0 + 0.02 * (k - 1))
     return SuffixAutomatonDrafter(SAMConfig(threshold=1, max_tokens=3), recycling(), None, None)
 
 
 @pytest.mark.parametrize("setting", sorted(SETTINGS))
-@pytest.mark.parametrize("case", ["rest", "recycling", "sam_recycling", "lookahead"])
+@pytest.mark.parametrize("case", ["rest", "recycling", "sam_recycling", "lookahead", "adaptive"])
 def test_training_free_drafts_reproduce_the_target(case, setting):
     s = SETTINGS[setting]
     drafter = retrieval_drafter(case)

@@ -156,6 +156,8 @@ CASES = {
     "lookahead_bigram": ["method=lookahead", "method.ngram=2", "method.window=1", "method.guesses=0"],
     "layerskip": ["method=layerskip", "method.adapter=none", "method.exit_layer=1", "method.k=3"],
     "layerskip_adapter": ["method=layerskip", "method.adapter={adapter}", "method.exit_layer=1"],
+    "adaptive": ["method=adaptive"],
+    "adaptive_recycling": ["method=adaptive", "method.inner='recycling total_tokens=8'", "method.max_depth=3"],
 }
 
 
@@ -249,7 +251,7 @@ def test_recycling_keeps_its_matrix_across_prompts_only_when_asked(tiny_target, 
     (["method=rest"], "no default datastore for model 'tiny-llama'"),
     (["method=rest", "method.total_tokens=0"], "total_tokens"),
     (["method=recycling", "method.top_k=2"], "top_k"),
-    (["method=sam", "method.aux=sam"], "cannot be sam"),
+    (["method=sam", "method.aux=sam"], "sam cannot wrap itself"),
     (["method=sam", "method.aux=hf_generate"], "not an engine method"),
     (["method=sam", "method.threshold=0"], "threshold"),
     (["method=lookahead", "method.ngram=1"], "ngram >= 2"),
