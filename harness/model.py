@@ -33,6 +33,8 @@ def speclab_attention(module, query, key, value, attention_mask, scaling=None, d
     """
     if kwargs.get("softcap") is not None:
         raise NotImplementedError("the speclab attention kernel does not implement softcap; set model.attention=sdpa")
+    if getattr(module, "sinks", None) is not None:  # GPT-OSS: a learned logit per head joins every softmax
+        raise NotImplementedError("the speclab attention kernel does not implement attention sinks; set model.attention=eager")
     b, h, q, d = query.shape
     kvh, kv = key.shape[1], key.shape[2]
     window = kwargs.get("sliding_window")
@@ -51,7 +53,8 @@ def speclab_attention(module, query, key, value, attention_mask, scaling=None, d
         if groups > 1:
             mask = mask.unsqueeze(2).expand(mask.shape[0], 1, groups, q, kv).reshape(mask.shape[0], 1, groups * q, kv)
     out = F.scaled_dot_product_attention(folded, key, value, attn_mask=mask, scale=scaling)
-    return out.reshape(b, h, q, d).transpose(1, 2).contiguous(), None
+    # values may be narrower than queries and keys (DeepSeek's MLA)
+    return out.reshape(b, h, q, value.shape[-1]).transpose(1, 2).contiguous(), None
 
 
 AttentionInterface.register(ATTENTION, speclab_attention)
@@ -153,7 +156,8 @@ class TargetModel:
         n = positions.numel()
         if n == 1:
             tree = None
-        elif tree is None and cache_len > 0:
+        elif tree is None and (cache_len > 0 or self.config._attn_implementation == "eager"):
+            # the engine kernel and SDPA read no mask as causal; eager attention reads it as no mask at all
             tree = torch.ones(n, n, dtype=torch.bool).tril_()
         full = None if tree is None else additive_mask(cache_len, tree, self.dtype)
         if not self.sliding_window:
