@@ -15,6 +15,7 @@ import torch
 from . import tree as T
 from .drafter import DecodeState, Drafter
 from .errors import SpeclabError
+from .experts import summarize
 from .model import TargetModel
 from .proposal import Proposal
 from .verify import Verifier
@@ -90,6 +91,7 @@ class Decoder:
         result = PromptResult(len(prompt_ids), [], "", steps=1, prefill_time=t_prefill - t_start)
         drafter.begin(state, out)
         result.draft_time += time.perf_counter() - t_prefill
+        experts: list[float] = []  # MoE targets: distinct experts per layer in each verification
 
         while stop is None:
             t0 = time.perf_counter()
@@ -101,6 +103,8 @@ class Decoder:
 
             start = cache.length
             inputs = [state.ids[-1]] + proposal.tokens
+            if target.experts is not None:  # count the verification's experts only, not a drafter's own forwards
+                target.experts.reset()
             if proposal.tokens:
                 out = target.forward(
                     cache,
@@ -111,6 +115,8 @@ class Decoder:
                 )
             else:
                 out = target.forward(cache, inputs, hidden_layers=hidden)
+            if target.experts is not None:
+                experts.append(target.experts.mean_distinct())
             vr = self.verifier.verify(out.logits, proposal, generator)
             cache.keep(start, [0] + [i + 1 for i in vr.accepted])
             emitted, stop = self._commit(state, [proposal.tokens[i] for i in vr.accepted] + [vr.token])
@@ -130,6 +136,8 @@ class Decoder:
             result.verify_time += t2 - t1
 
         result.wall_time = time.perf_counter() - t_start
+        if experts:
+            result.extra.update(summarize([1 + d for d in result.drafted], experts))
         result.token_ids = state.ids[state.prompt_len :]
         result.stop_reason = stop
         return result

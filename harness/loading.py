@@ -30,7 +30,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 @dataclass
 class TinySpec:
-    family: str = "llama"  # llama | gemma3 (sliding-window layers)
+    family: str = "llama"  # llama | gemma3 (sliding-window layers) | mixtral (MoE, 8 experts, top-2)
     sliding_window: int = 8  # gemma3 only
     seed: int = 0
     layers: int = 2

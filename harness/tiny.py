@@ -14,12 +14,14 @@ from transformers import (
     Gemma3TextConfig,
     LlamaConfig,
     LlamaForCausalLM,
+    MixtralConfig,
+    MixtralForCausalLM,
     PreTrainedModel,
     PreTrainedTokenizerFast,
 )
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-TINY_FAMILIES = ("llama", "gemma3")
+TINY_FAMILIES = ("llama", "gemma3", "mixtral")
 CHAT_TEMPLATE = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
     "{{ '<|im_start|>system\nYou are a tiny test model.<|im_end|>\n' }}{% endif %}"
@@ -63,7 +65,7 @@ def tiny_model(
     sliding_window: int = 8,
     eos_token_id: int | None = None,
 ) -> PreTrainedModel:
-    """A Llama or Gemma 3 with seeded random weights; a wide init makes its next-token distributions peaked.
+    """A Llama, Gemma 3 or Mixtral with seeded random weights; a wide init makes its next-token distributions peaked.
 
     Gemma 3: every third layer global, the others in a ``sliding_window`` window (the real model's 5:1 pattern,
     shortened so a test crosses the window within a few dozen tokens).
@@ -81,6 +83,8 @@ def tiny_model(
         layer_types = ["full_attention" if i % 3 == 2 else "sliding_attention" for i in range(layers)]
         cls, config = Gemma3ForCausalLM, Gemma3TextConfig(**common, head_dim=head_dim, query_pre_attn_scalar=head_dim,
                                                           sliding_window=sliding_window, layer_types=layer_types)
+    elif family == "mixtral":  # MoE: 8 experts, top-2 (expert accounting, the MoE verify cost)
+        cls, config = MixtralForCausalLM, MixtralConfig(**common, num_local_experts=8, num_experts_per_tok=2)
     else:
         raise ValueError(f"unknown tiny model family {family!r}; choose one of {', '.join(TINY_FAMILIES)}")
     return _seeded(cls, config, seed, init_std, eos_token_id)

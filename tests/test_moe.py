@@ -1,12 +1,14 @@
 """Mixture-of-Experts targets through the engine: tiny seeded configs of each MoE family transformers ships here,
 greedy-identical to plain ``generate()`` with ``ar``, ``pld``, tree drafts, a draft model, a Medusa head and
-self-speculation.
+self-speculation; and the expert accounting of verifications.
 
 The reference is ``generate()`` on a second copy with transformers' own attention (SDPA, or eager where the
 family needs it) and its own cache: nothing of the engine's KV buffers, masks or kernels.
 """
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -103,3 +105,34 @@ def test_kernel_refuses_attention_sinks():
     target = tiny_moe("gpt_oss", "speclab")
     with pytest.raises(NotImplementedError, match="sinks"):
         decode(target, NoDraft(), target.encode_chat([{"role": "user", "content": "hi"}]))
+
+
+def test_verifications_count_their_distinct_experts():
+    from harness.experts import uniform_distinct
+
+    target = tiny_moe("mixtral", "speclab")
+    assert target.experts is not None and len(target.experts.routers) == 2
+    prompt = target.encode_chat([{"role": "user", "content": TINY_TEXTS[1]}])
+    res = decode(target, PromptLookup(PLDConfig(num_draft=6), target.stop_ids), prompt)
+    by_width = {int(w): e for w, e in json.loads(res.extra["experts_by_width"]).items()}
+    assert by_width[1] == 2.0  # one token, top-2: exactly two experts per layer
+    assert len(by_width) > 1 and all(2.0 <= e <= min(8, 2 * w) for w, e in by_width.items())
+    assert max(by_width) > 2 and by_width[max(by_width)] > 2.0  # wider verifications load more experts
+    assert uniform_distinct(8, 2, 1) == pytest.approx(2.0) and uniform_distinct(8, 2, 64) == pytest.approx(8.0, abs=1e-6)
+
+
+def test_dense_models_have_no_expert_counter(tiny_target):
+    assert tiny_target.experts is None
+
+
+def test_run_rows_carry_experts_per_step(tmp_path):
+    from harness.runner import run
+
+    from .conftest import compose
+
+    cfg = compose("model=tiny-llama", "model.name=tiny-mixtral", "model.tiny.family=mixtral", "method=pld", "task.limit=1",
+                  "max_new_tokens=16", "engine.warmup=false", "progress=false", "engine.verify_cost=off")
+    cfg.out_dir = str(tmp_path)
+    df = run(cfg)
+    assert df.experts_per_step.between(2.0, 8.0).all() and df.experts_by_width.str.startswith("{").all()
+    assert (df[df.role == "baseline"].experts_per_step == 2.0).all()  # ar verifies one token a step
