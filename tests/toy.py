@@ -42,6 +42,7 @@ class TableLM:
         self.vocab_size = vocab
         self.max_positions = 1 << 20
         self.stop_ids = set(stop_ids or ())
+        self.experts = None  # a dense model: no expert accounting
 
     def new_cache(self, capacity: int) -> ToyCache:
         return ToyCache()
