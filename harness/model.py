@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from transformers import AttentionInterface, PreTrainedModel, PreTrainedTokenizerBase
 
 from .cache import KVCache
+from .experts import expert_counter
 
 ATTENTION = "speclab"
 
@@ -127,8 +128,6 @@ class TargetModel:
         window = int(getattr(self.config, "sliding_window", 0) or 0)
         self.hybrid = layer_types is not None
         self.sliding_window = window if not self.hybrid or "sliding_attention" in layer_types else 0
-        from .experts import expert_counter
-
         self.experts = expert_counter(model)  # None for a dense model
 
     @property
