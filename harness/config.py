@@ -23,7 +23,7 @@ CONF_DIR = REPO / "conf"
 @dataclass
 class ModelConfig:
     name: str = MISSING  # label in results rows
-    source: str = "hf"  # hf (Hub id or folder in `path`) | smollm2_wheel | gemma3_package | tiny
+    source: str = "hf"  # hf (Hub id or folder in `path`) | smollm2_wheel | gemma3_package | smollm2_moe | digits_ar | tiny
     path: Optional[str] = None
     dtype: str = "float32"
     attention: str = "speclab"  # speclab (engine kernel) | sdpa | eager

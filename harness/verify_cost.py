@@ -61,29 +61,47 @@ def _path(key: dict[str, Any]) -> Path:
 
 @torch.inference_mode()
 def measure(target: TargetModel, ks: Sequence[int] = tuple(range(1, 33)), cache_len: int = CACHE_LEN, repeats: int = 10,
-            warmup: int = 2, seed: int = 0) -> dict[int, float]:
+            warmup: int = 2, seed: int = 0, text: Sequence[int] | None = None,
+            experts: dict[int, float] | None = None) -> dict[int, float]:
     """Median milliseconds of one verification forward over k tokens, for each k.
 
     Rounds visit every k once, so drift on a shared machine spreads over all k instead of biasing some.
+    Tokens are random unless ``text`` (token ids) is given: then the cache holds its first ``cache_len`` tokens
+    and each round verifies the next k tokens from a different offset, as a draft of real text would be (an
+    MoE target routes real text less diversely than random ids). On an MoE target ``experts``, if given, gets
+    the mean distinct experts per layer of the k-token forwards.
     """
     g = torch.Generator().manual_seed(seed)
     vocab = target.vocab_size
+    rounds = warmup + repeats
+    if text is not None and len(text) < cache_len + max(ks) + rounds:
+        raise ValueError(f"text has {len(text)} tokens; measuring needs {cache_len + max(ks) + rounds}")
     cache = target.new_cache(cache_len + max(ks) + 1)
-    target.forward(cache, torch.randint(0, vocab, (cache_len,), generator=g).tolist(), logits_rows=[-1])
-    inputs = {k: torch.randint(0, vocab, (k,), generator=g).tolist() for k in ks}
+    prefix = list(text[:cache_len]) if text is not None else torch.randint(0, vocab, (cache_len,), generator=g).tolist()
+    target.forward(cache, prefix, logits_rows=[-1])
+    random_inputs = {k: torch.randint(0, vocab, (k,), generator=g).tolist() for k in ks}
     times: dict[int, list[float]] = {k: [] for k in ks}
-    for round_ in range(warmup + repeats):
+    seen: dict[int, list[float]] = {k: [] for k in ks}
+    counter = target.experts if experts is not None else None
+    for round_ in range(rounds):
         for k in ks:
+            inputs = random_inputs[k] if text is None else list(text[cache_len + round_ : cache_len + round_ + k])
             parents = T.chain_parents(k - 1)
+            if counter is not None:
+                counter.reset()
             t0 = time.perf_counter()
             if k == 1:
-                target.forward(cache, inputs[k])
+                target.forward(cache, inputs)
             else:
-                target.forward(cache, inputs[k], positions=T.positions(parents, cache_len), tree=T.ancestor_mask(parents))
+                target.forward(cache, inputs, positions=T.positions(parents, cache_len), tree=T.ancestor_mask(parents))
             dt = time.perf_counter() - t0
             cache.truncate(cache_len)
             if round_ >= warmup:
                 times[k].append(dt)
+                if counter is not None:
+                    seen[k].append(counter.mean_distinct())
+    if counter is not None:
+        experts.update({k: statistics.mean(v) for k, v in seen.items()})
     return {k: 1e3 * statistics.median(v) for k, v in times.items()}
 
 

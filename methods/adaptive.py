@@ -12,11 +12,24 @@ verification:
 - s_d as a product of conditional rates P(accept depth d | accepted d - 1 and asked for d), each a running
   count with a prior worth ``PRIOR_WEIGHT`` steps: ``PRIOR_RATE`` at depth 1, the estimate of the depth above
   it further down (so the level past the deepest tried looks like the last tried one, and gets explored);
+- the rates are kept per context, the outcome of the previous step (nothing accepted, part of the draft, all
+  of it), each shrunk toward the pooled rate: acceptance comes in runs (a copied span is accepted whole, free
+  text is not), so the step after a fully accepted draft deserves a deeper draft than the step after a miss.
+  A context whose best depth is 0 would never be left, so after ``EXPLORE_EVERY`` undrafted steps in a row one
+  step drafts a single token;
 - the width the inner drafter produces when capped at L (a chain's is 1 + its length; a tree's what it was);
 - the seconds of a verification of each width, measured between the end of ``propose`` and the start of
   ``observe``; widths not yet measured are priced by the machine's c(k) curve, corrected by its ratio to the
   nearest measured widths;
 - the inner drafter's own seconds per step at each depth (propose plus observe).
+
+On a Mixture-of-Experts target (``moe_aware``: ``expert_term``, on by default there) a width not yet timed is
+priced by the experts it would activate instead of by the dense-style curve: verifying more tokens costs what
+the union of their experts costs, and that union saturates at E. The distinct experts per layer of each
+verification are read from the router hooks (``harness/experts.py``); a width not yet seen is given the
+uniform-routing form E (1 - (1 - p)^w) with p fitted to the widths seen (correlated routing gives p under
+top_k / E), and its time is interpolated between the timed widths by their experts, extrapolated past them
+at the slope of the last two.
 
 At temperature 1.0 prompt lookup's 10-token drafts are rarely accepted past the first token while verifying
 11 tokens costs about 1.35 plain steps here: ``pld`` runs below ``ar`` (BENCHMARKS.md); wrapped it drafts
@@ -35,6 +48,7 @@ from hydra.core.config_store import ConfigStore
 from harness.config import MethodConfig
 from harness.drafter import DecodeState, Drafter
 from harness.errors import SpeclabError
+from harness.experts import ExpertCounter
 from harness.generator import METHODS, EngineGenerator, MethodContext, inner_drafter
 from harness.model import ForwardOutput
 from harness.proposal import Proposal
@@ -42,6 +56,12 @@ from harness.verify import VerifyResult
 
 PRIOR_RATE, PRIOR_WEIGHT = 0.6, 4.0  # depth 1's acceptance before it is tried, worth 4 steps
 EMA = 0.1  # weight of a new timing in the running means (a few dozen steps of memory)
+MISS, PART, ALL = range(3)  # the previous step's outcome: nothing accepted, part of its draft, all of it
+EXPLORE_EVERY = 8
+
+
+def outcome(drafted: int, accepted: int) -> int:
+    return MISS if accepted == 0 else ALL if accepted == drafted else PART
 
 
 @dataclass
@@ -50,6 +70,7 @@ class AdaptiveConfig(MethodConfig):
     family: str = "adaptive"
     inner: str = "pld"  # the wrapped engine method: a conf/method preset with optional overrides ("pld num_draft=16")
     max_depth: int = 16  # the deepest draft it may ask for (the inner drafter may cap it lower)
+    expert_term: bool | None = None  # price widths by the experts they activate; None: on for MoE targets
 
 
 class Running:
@@ -67,14 +88,20 @@ class Running:
 class AdaptiveDrafter(Drafter):
     name = "adaptive"
 
-    def __init__(self, inner: Drafter, max_depth: int, curve: Callable[[int], float]) -> None:
+    def __init__(self, inner: Drafter, max_depth: int, curve: Callable[[int], float], experts: ExpertCounter | None = None) -> None:
         self.inner = inner
+        self.experts = experts  # the target's router hooks: the expert term is on
+        self.experts_at: dict[int, Running] = {}  # distinct experts per layer of a verification of each width
         self.max_depth = max_depth
         self.curve = curve
         self.hidden_layers = inner.hidden_layers
         self.lossless = getattr(inner, "lossless", True)
         self.tried = [0.0] * (max_depth + 1)  # steps that asked for depth d and accepted depth d - 1
         self.passed = [0.0] * (max_depth + 1)  # ... and depth d accepted
+        self.tried_in = [[0.0] * (max_depth + 1) for _ in range(3)]  # the same, per previous outcome
+        self.passed_in = [[0.0] * (max_depth + 1) for _ in range(3)]
+        self.context = MISS
+        self._idle = 0  # undrafted steps in a row
         self.width = [Running() for _ in range(max_depth + 1)]  # verification width when asked for depth L
         self.draft_s = [Running() for _ in range(max_depth + 1)]  # inner drafter's seconds per step at depth L
         self.verify_s: dict[int, Running] = {}  # seconds of a verification of each width
@@ -83,14 +110,17 @@ class AdaptiveDrafter(Drafter):
         self._t_draft = 0.0
 
     # -- estimates -------------------------------------------------------------------------------
-    def reach(self) -> list[float]:
-        """s_d for d = 0..max_depth (s_0 = 1: the target's own token)."""
+    def reach(self, context: int | None = None) -> list[float]:
+        """s_d for d = 0..max_depth (s_0 = 1: the target's own token), pooled or after a given outcome."""
         s, rate = [1.0], PRIOR_RATE
         for d in range(1, self.max_depth + 1):
             # a depth's prior is the rate of the depth above it: acceptance rates along a draft change slowly,
             # so one level past what was tried looks about as good as the last tried level and gets explored
             rate = (self.passed[d] + rate * PRIOR_WEIGHT) / (self.tried[d] + PRIOR_WEIGHT)
-            s.append(s[-1] * rate)
+            here = rate
+            if context is not None:
+                here = (self.passed_in[context][d] + rate * PRIOR_WEIGHT) / (self.tried_in[context][d] + PRIOR_WEIGHT)
+            s.append(s[-1] * here)
         return s
 
     def verify_seconds(self, width: float) -> float:
@@ -104,16 +134,42 @@ class AdaptiveDrafter(Drafter):
         measured = sorted((k, r.value / self.curve(k)) for k, r in self.verify_s.items() if r.count >= 3)
         if not measured:
             return self.curve(width)  # before any timing: relative units
+        if self.experts is not None:
+            return self.seconds_by_experts(width)
         ks, ratios = zip(*measured)
         return float(np.interp(width, ks, ratios)) * self.curve(width)
+
+    def distinct_experts(self, width: float) -> float:
+        """Distinct experts per layer a verification of ``width`` tokens activates: measured, else the uniform
+        form E (1 - (1 - p)^w) with p fitted to the measured widths."""
+        seen = self.experts_at.get(round(width))
+        if seen is not None and seen.count >= 3:
+            return seen.value
+        E = self.experts.num_experts
+        fits = [(r.count, 1 - (1 - min(r.value, E - 1e-6) / E) ** (1 / w)) for w, r in self.experts_at.items() if r.count]
+        p = sum(n * q for n, q in fits) / sum(n for n, _ in fits) if fits else self.experts.top_k / E
+        return E * (1 - (1 - p) ** width)
+
+    def seconds_by_experts(self, width: float) -> float:
+        """A verification's seconds interpolated between timed widths by the experts they activate."""
+        timed = sorted((self.distinct_experts(w), r.value) for w, r in self.verify_s.items() if r.count >= 3)
+        e = self.distinct_experts(width)
+        if len(timed) == 1:  # one timed width: scale it by the curve
+            (w0,) = [w for w, r in self.verify_s.items() if r.count >= 3]
+            return timed[0][1] * self.curve(width) / self.curve(w0)
+        xs, ts = zip(*timed)
+        if e <= xs[-1]:
+            return float(np.interp(e, xs, ts))
+        slope = max(0.0, (ts[-1] - ts[-2]) / max(xs[-1] - xs[-2], 1e-6))
+        return ts[-1] + slope * (e - xs[-1])
 
     def step_seconds(self, depth: int) -> float:
         width = self.width[depth].value if self.width[depth].count else 1.0 + depth
         draft = self.draft_s[depth].value if self.draft_s[depth].count else 0.0
         return draft + self.verify_seconds(width)
 
-    def best_depth(self, cap: int) -> int:
-        s = self.reach()
+    def best_depth(self, cap: int, context: int | None = None) -> int:
+        s = self.reach(context)
         best, best_rate, tokens = 0, 1.0 / self.step_seconds(0), 1.0
         for depth in range(1, min(cap, self.max_depth) + 1):
             tokens += s[depth]
@@ -128,7 +184,10 @@ class AdaptiveDrafter(Drafter):
 
     def propose(self, state: DecodeState, max_depth: int) -> Proposal:
         t0 = time.perf_counter()
-        self._asked = self.best_depth(max_depth)
+        self._asked = self.best_depth(max_depth, self.context)
+        self._idle = self._idle + 1 if self._asked == 0 else 0
+        if self._idle > EXPLORE_EVERY and max_depth > 0:
+            self._asked, self._idle = 1, 0
         proposal = self.inner.propose(state, self._asked) if self._asked else Proposal()
         self._t_proposed = time.perf_counter()
         self._t_draft = self._t_proposed - t0
@@ -138,6 +197,8 @@ class AdaptiveDrafter(Drafter):
         t0 = time.perf_counter()
         width = 1 + len(proposal.tokens)
         self.verify_s.setdefault(width, Running()).add(t0 - self._t_proposed)
+        if self.experts is not None:
+            self.experts_at.setdefault(width, Running()).add(self.experts.mean_distinct())
         self.width[self._asked].add(width)
         accepted = len(result.accepted)
         # counted against the depth asked for, not drafted: a drafter that often has nothing (prompt lookup
@@ -145,8 +206,11 @@ class AdaptiveDrafter(Drafter):
         for d in range(1, self._asked + 1):
             if accepted < d - 1:
                 break
-            self.tried[d] += 1
-            self.passed[d] += accepted >= d
+            for tried, passed in ((self.tried, self.passed), (self.tried_in[self.context], self.passed_in[self.context])):
+                tried[d] += 1
+                passed[d] += accepted >= d
+        if self._asked:  # an undrafted step says nothing new about acceptance: the context stays
+            self.context = outcome(len(proposal.tokens), accepted)
         self.inner.observe(state, proposal, result, out)
         self.draft_s[self._asked].add(self._t_draft + time.perf_counter() - t0)
 
@@ -155,8 +219,13 @@ class AdaptiveDrafter(Drafter):
 def build(cfg: AdaptiveConfig, ctx: MethodContext) -> EngineGenerator:
     if cfg.max_depth < 1:
         raise SpeclabError(f"method.max_depth must be >= 1, got {cfg.max_depth}")
+    experts = ctx.target.experts
+    if cfg.expert_term and experts is None:
+        raise SpeclabError(f"method {cfg.name!r} prices drafts by the experts they activate, but {ctx.target.info.name!r} "
+                           "is not a Mixture-of-Experts model; use method=adaptive (or method.expert_term=false)")
     inner = inner_drafter(cfg.inner, ctx, "adaptive")
-    return EngineGenerator(cfg.name, ctx.target, AdaptiveDrafter(inner, cfg.max_depth, ctx.verify_cost()), ctx.sampling, cfg.rule)
+    use = experts if cfg.expert_term is not False else None
+    return EngineGenerator(cfg.name, ctx.target, AdaptiveDrafter(inner, cfg.max_depth, ctx.verify_cost(), use), ctx.sampling, cfg.rule)
 
 
 ConfigStore.instance().store(group="schema/method", name="adaptive", node=AdaptiveConfig)

@@ -5,6 +5,8 @@
     python scripts/verify_cost.py engine.kernel=torch engine.threads=1
     python scripts/verify_cost.py --compare-kernels                # torch vs onednn, 1 and 2 threads
     python scripts/verify_cost.py --bound-runs results/runs/...    # add the bound to runs timed before a curve existed
+    python scripts/verify_cost.py --moe-table model=smollm2-moe    # MoE c(k) beside the dense model's and the
+                                                                   # distinct experts beside the uniform estimate
 
 Overrides use the same Hydra syntax as run.py (model=, engine.kernel=, engine.threads=, model.dtype=).
 Run it on an idle machine: under concurrent load multi-row kernels slow down far more than 1-row ones.
@@ -22,13 +24,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def measure_config(overrides: list[str], cache_len: int, repeats: int, ks: list[int], save: bool = True) -> tuple[dict, dict[int, float]]:
+def load_config_target(overrides: list[str]):
+    """(config, target with the run's kernel applied, kernel) for run.py-style overrides."""
     import torch
     from hydra import compose, initialize_config_dir
 
     import methods  # noqa: F401
     import tasks  # noqa: F401
-    from harness import verify_cost as vc
     from harness.config import CONF_DIR
     from harness.kernels import apply_kernel, resolve_kernel
     from harness.loading import TinySpec, load_target
@@ -40,6 +42,43 @@ def measure_config(overrides: list[str], cache_len: int, repeats: int, ks: list[
     target = load_target(m.name, m.source, m.path, m.dtype, m.attention, m.revision, m.trust_remote_code, TinySpec(**m.tiny))
     kernel = resolve_kernel(cfg.engine.kernel, target.dtype)
     apply_kernel(target.model, kernel)
+    return cfg, target, kernel
+
+
+def moe_table(moe_overrides: list[str], dense_overrides: list[str], cache_len: int, repeats: int, ks: list[int]) -> str:
+    """Markdown: the MoE target's c(k) beside the dense model's, and its distinct experts per layer beside the
+    uniform-routing estimate E (1 - (1 - top_k/E)^k), both verifying real text (this repository's README)."""
+    from harness import verify_cost as vc
+    from harness.experts import uniform_distinct
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    curves, experts = {}, {}
+    for label, overrides in (("dense", dense_overrides), ("moe", moe_overrides)):
+        _, target, _ = load_config_target(overrides)
+        ids = target.tokenizer(text)["input_ids"]
+        seen: dict[int, float] = {}
+        curves[label] = (target.info.name, vc.measure(target, ks, cache_len, repeats, text=ids, experts=seen))
+        if label == "moe":
+            if target.experts is None:
+                raise SystemExit(f"error: {target.info.name} is not a Mixture-of-Experts model; pass an MoE model=")
+            experts = (target.experts.num_experts, target.experts.top_k, seen)
+        del target
+    (dname, dense), (mname, moe) = curves["dense"], curves["moe"]
+    E, top_k, seen = experts
+    lines = [f"verify cost on real text, cache {cache_len}, median of {repeats}; experts: distinct per MoE layer (of {E}, top-{top_k})",
+             "", f"| k | {dname} ms | {dname} c(k) | {mname} ms | {mname} c(k) | MoE / dense c(k) | experts measured | uniform estimate |",
+             "|---|---|---|---|---|---|---|---|"]
+    for k in ks:
+        cd, cm = dense[k] / dense[1], moe[k] / moe[1]
+        lines.append(f"| {k} | {dense[k]:.1f} | {cd:.2f} | {moe[k]:.1f} | {cm:.2f} | {cm / cd:.2f} | {seen[k]:.2f} | "
+                     f"{uniform_distinct(E, top_k, k):.2f} |")
+    return "\n".join(lines)
+
+
+def measure_config(overrides: list[str], cache_len: int, repeats: int, ks: list[int], save: bool = True) -> tuple[dict, dict[int, float]]:
+    from harness import verify_cost as vc
+
+    cfg, target, kernel = load_config_target(overrides)
     key = vc.curve_key(target, kernel, int(cfg.engine.threads), cache_len)
     ms = vc.measure(target, ks, cache_len=cache_len, repeats=repeats)
     if save:
@@ -60,7 +99,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--bound-runs", nargs="+", default=None, metavar="RUN_DIR",
                    help="instead of measuring: fill the speedup-bound columns of finished runs from the cached curve "
                         "of their model and engine settings, and rewrite their reports")
+    p.add_argument("--moe-table", action="store_true",
+                   help="print the MoE model's c(k) (overrides; default model=smollm2-moe) beside the dense one's "
+                        "(--dense) and its distinct experts beside the uniform-routing estimate, on real text")
+    p.add_argument("--dense", default="model=smollm2-135m", help="the dense model for --moe-table (space-separated overrides)")
     args = p.parse_args(argv)
+    if args.moe_table:
+        ks = [int(k) for k in args.ks.split(",")] if "," in args.ks else [1, 2, 3, 4, 6, 8, 12, 16, 24, 32]
+        table = moe_table(args.overrides or ["model=smollm2-moe"], args.dense.split(), args.cache_len, args.repeats,
+                          sorted({1, *ks}))
+        print(table)
+        if args.json:
+            Path(args.json).write_text(table + "\n")
+        return
     if args.bound_runs:
         for run_dir in args.bound_runs:
             bound_run(Path(run_dir), args.cache_len)

@@ -1,5 +1,7 @@
 """adaptive: the depth it asks its inner drafter for follows the acceptance and the cost it measures."""
 
+import time
+
 import pytest
 import torch
 
@@ -8,7 +10,7 @@ from harness.errors import SpeclabError
 from harness.proposal import Proposal
 from harness.sampling import Sampling
 from harness.verify import VerifyResult
-from methods.adaptive import PRIOR_RATE, AdaptiveDrafter
+from methods.adaptive import ALL, EXPLORE_EVERY, MISS, PRIOR_RATE, AdaptiveDrafter
 
 from .test_training_free import build_method
 
@@ -44,7 +46,7 @@ def test_untried_depths_start_at_the_prior_and_unaccepted_drafts_stop():
     d = AdaptiveDrafter(Chain(), 8, linear)
     assert d.reach()[:3] == pytest.approx([1.0, PRIOR_RATE, PRIOR_RATE**2])  # untried: each level the one above
     steps(d, lambda depth: 0, 40, verify_s=lambda w: 0.05 * linear(w))
-    assert d.inner.asked[0] > 1 and d.best_depth(64) == 0  # explored, learned that nothing is accepted, stopped
+    assert d.inner.asked[0] > 1 and d.best_depth(64, d.context) == 0  # explored, learned that nothing is accepted, stopped
 
 
 def test_accepted_drafts_go_as_deep_as_allowed():
@@ -74,3 +76,70 @@ def test_reach_is_a_product_of_conditional_rates():
     d.tried[1], d.passed[1] = 96, 96
     assert d.reach()[1] == pytest.approx((96 + PRIOR_RATE * 4) / 100)
     assert torch.tensor(d.reach()).diff().le(0).all()
+
+
+def test_acceptance_in_runs_gets_deeper_drafts_after_a_full_accept():
+    """Copied spans are accepted whole and free text not at all: after a fully accepted draft it drafts deep,
+    after a miss it drafts little or nothing."""
+    d = AdaptiveDrafter(Chain(), 8, linear)
+
+    def accept(depth):  # runs: accepted whole after a whole accept but every eleventh step; every fifth starts one
+        step = len(d.inner.asked)
+        return depth if (d.context == ALL and step % 11) or step % 5 == 0 else 0
+
+    steps(d, accept, 300, verify_s=lambda w: 0.05 * (1 + 0.3 * (w - 1)))
+    assert d.best_depth(64, ALL) >= 4 > d.best_depth(64, MISS)
+    assert d.reach(ALL)[2] > 2 * d.reach(MISS)[2]
+
+
+def test_a_context_that_stopped_drafting_explores_again():
+    d = AdaptiveDrafter(Chain(), 8, linear)
+    steps(d, lambda depth: 0, 60, verify_s=lambda w: 0.05 * linear(w))
+    asked = []
+    for _ in range(3 * EXPLORE_EVERY):
+        steps(d, lambda depth: 0, 1, verify_s=lambda w: 0.05 * linear(w))
+        asked.append(d._asked)
+    assert 1 in asked and set(asked) == {0, 1}  # a one-token probe now and then, nothing deeper
+
+
+class Experts:
+    """A stand-in for the router hooks: the distinct experts of the last verification, as the test sets them."""
+
+    num_experts, top_k = 8, 2
+
+    def __init__(self):
+        self.value = 2.0
+
+    def mean_distinct(self):
+        return self.value
+
+
+def test_expert_term_prices_untimed_widths_by_the_experts_they_activate():
+    counter = Experts()
+    d = AdaptiveDrafter(Chain(), 16, linear, counter)
+    state = DecodeState([1, 2, 3], 3, 10_000, None, Sampling(), None)
+    # widths 1 and 2 timed: 2 and 4 experts, 1.0 and 2.0 seconds (0.5 s per expert)
+    for width, experts, seconds in [(1, 2.0, 1.0), (2, 4.0, 2.0)] * 4:
+        d._asked, d._t_draft = width - 1, 0.0
+        d._t_proposed = time.perf_counter() - seconds
+        counter.value = experts
+        proposal = Proposal.chain(list(range(width - 1))) if width > 1 else Proposal()
+        d.observe(state, proposal, VerifyResult([], 0, 0), None)
+    e9 = d.distinct_experts(9)
+    assert 6.5 < e9 < 8.0  # the uniform form fitted to 2 of 8 at width 1 and 4 at width 2: saturating
+    assert d.verify_seconds(9) == pytest.approx(2.0 + 0.5 * (e9 - 4.0), rel=0.02)  # by experts, not 9x width 1
+    assert d.verify_seconds(1) == pytest.approx(1.0, rel=0.02)
+
+
+def test_expert_term_needs_an_moe_target(tiny_target):
+    with pytest.raises(SpeclabError, match="not a Mixture-of-Experts"):
+        build_method(tiny_target, "method=moe_aware")
+    assert build_method(tiny_target, "method=adaptive").drafter.experts is None
+
+
+def test_adaptive_turns_the_expert_term_on_for_moe_targets():
+    from .test_moe import tiny_moe
+
+    target = tiny_moe("mixtral", "speclab")
+    assert build_method(target, "method=adaptive").drafter.experts is target.experts
+    assert build_method(target, "method=adaptive", "method.expert_term=false").drafter.experts is None

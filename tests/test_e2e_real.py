@@ -96,3 +96,17 @@ def test_gemma3_base_model_runs_pld_identical_to_ar_and_generate(tmp_path, caplo
     assert (df.prompt_tokens > 512).all()
     m = df[df.role == "method"]
     assert set(m.method) == {"pld", "hf_generate"} and m.equivalent.all()
+
+
+def test_moe_testbed_runs_moe_aware_identical_to_ar_and_generate(tmp_path):
+    """smollm2-moe, rebuilt from the SmolLM2 wheel and the committed routers: moe_aware (the default inner pld)
+    and transformers' generate() both give ar's tokens, and the rows carry the experts of every verification."""
+    cfg = compose("model=smollm2-moe", "task=spec_bench", "task.groups=[summarization]", "task.limit=1",
+                  "method=moe_aware", "compare=[hf_generate]", "max_new_tokens=32", "engine.warmup=false")
+    cfg.out_dir = str(tmp_path)
+    df = run(cfg)
+    m = df[df.role == "method"]
+    assert set(m.method) == {"moe_aware", "hf_generate"} and m.equivalent.all()
+    engine = df[df.method.isin(["ar", "moe_aware"])]
+    assert engine.experts_per_step.between(2.0, 8.0).all()
+    assert (df[df.method == "ar"].experts_per_step == 2.0).all()  # top-2: one token, two experts per layer

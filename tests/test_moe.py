@@ -20,6 +20,7 @@ from harness.model import ModelInfo, TargetModel
 from harness.sampling import Sampling
 from harness.tiny import _seeded, byte_tokenizer
 from harness.verify import make_verifier
+from methods.adaptive import AdaptiveDrafter
 from methods.layerskip import EarlyExitDrafter, LayerSkipConfig
 from methods.pld import PLDConfig, PromptLookup
 from methods.sps import DraftModel, SpSConfig
@@ -89,6 +90,8 @@ def test_engine_methods_match_generate(moe, tiny_target, parallel_heads):
         "tree": lambda i, ref: OracleTree(ref, seed=i),
         "sps": lambda i, ref: DraftModel(tiny_target, Sampling(), SpSConfig(k=3), None),  # a dense draft, same tokenizer
         "medusa": lambda i, ref: build(target, parallel_heads, "medusa").drafter,
+        "moe_aware": lambda i, ref: AdaptiveDrafter(PromptLookup(PLDConfig(num_draft=8), target.stop_ids), 8,
+                                                    lambda k: 1 + 0.05 * k, target.experts),
         "layerskip": lambda i, ref: EarlyExitDrafter(LayerSkipConfig(exit_layer=1, k=2, adapter="none"), target, None,
                                                      Sampling()),
     }

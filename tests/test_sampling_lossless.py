@@ -126,10 +126,10 @@ class PerPathSampling(RejectionVerifier):
         return VerifyResult(best[0], best[1], len(best[0]))
 
 
-def run_case(drafter, sampling, verifier=None, n=N, seed=0):
+def run_case(drafter, sampling, verifier=None, n=N, seed=0, length=LENGTH):
     verifier = verifier or make_verifier(sampling)
-    counts = sample_outputs(Decoder(TARGET, verifier), drafter, PROMPT, LENGTH, n, seed)
-    return chi_square(counts, TARGET.law(PROMPT, LENGTH, sampling))
+    counts = sample_outputs(Decoder(TARGET, verifier), drafter, PROMPT, length, n, seed)
+    return chi_square(counts, TARGET.law(PROMPT, length, sampling))
 
 
 def sps(sampling, k):
@@ -401,6 +401,10 @@ def retrieval_drafter(case: str):
         from methods.lookahead import Lookahead, LookaheadConfig
 
         return Lookahead(LookaheadConfig(ngram=3, window=2, guesses=2))
+    if case in ("sjd", "sjd_coupled"):
+        from methods.sjd import JacobiWindow, SJDConfig
+
+        return JacobiWindow(SJDConfig(window=3, coupled=case == "sjd_coupled"), SETTINGS_OF_CASE[0])
     if case == "adaptive":  # the depth it asks for changes as its estimates move: lossless whatever it picks
         from methods.adaptive import AdaptiveDrafter
 
@@ -408,13 +412,31 @@ def retrieval_drafter(case: str):
     return SuffixAutomatonDrafter(SAMConfig(threshold=1, max_tokens=3), recycling(), None, None)
 
 
+SETTINGS_OF_CASE: list = [None]  # the sampling settings a drafter that samples its own drafts (sjd) needs
+
+
 @pytest.mark.parametrize("setting", sorted(SETTINGS))
-@pytest.mark.parametrize("case", ["rest", "recycling", "sam_recycling", "lookahead", "adaptive"])
+@pytest.mark.parametrize("case", ["rest", "recycling", "sam_recycling", "lookahead", "adaptive", "sjd", "sjd_coupled"])
 def test_training_free_drafts_reproduce_the_target(case, setting):
     s = SETTINGS[setting]
+    SETTINGS_OF_CASE[0] = s
     drafter = retrieval_drafter(case)
-    pvalue, tv = run_case(drafter, s, n=8000)
+    # Jacobi windows verify redrawn drafts only from the third token on: 5 tokens, so they are on the path
+    pvalue, tv = run_case(drafter, s, n=10000 if case.startswith("sjd") else 8000, length=5 if case.startswith("sjd") else LENGTH)
     assert pvalue > ALPHA, f"{case}/{setting}: p={pvalue:.2e}, TV={tv:.4f}"
+
+
+def test_jacobi_drafts_kept_without_coupling_are_caught():
+    """Wrong: redrawn positions keep their previous draft but report the new distribution as its q."""
+    from methods.sjd import JacobiWindow, SJDConfig
+
+    class KeepsOldDrafts(JacobiWindow):
+        def _draw(self, p, old, q_old, generator):
+            return old if old is not None else super()._draw(p, old, q_old, generator)
+
+    s = SETTINGS["t1"]
+    pvalue, tv = run_case(KeepsOldDrafts(SJDConfig(window=3, coupled=True), s), s, n=10000, length=5)
+    assert pvalue < POWER, f"p={pvalue:.2e}, TV={tv:.4f}"
 
 
 def test_rest_tree_counted_once_per_path_is_caught():

@@ -156,6 +156,8 @@ CASES = {
     "lookahead_bigram": ["method=lookahead", "method.ngram=2", "method.window=1", "method.guesses=0"],
     "layerskip": ["method=layerskip", "method.adapter=none", "method.exit_layer=1", "method.k=3"],
     "layerskip_adapter": ["method=layerskip", "method.adapter={adapter}", "method.exit_layer=1"],
+    "sjd": ["method=sjd", "method.window=4"],
+    "sjd_coupled": ["method=sjd_coupled"],
     "adaptive": ["method=adaptive"],
     "adaptive_recycling": ["method=adaptive", "method.inner='recycling total_tokens=8'", "method.max_depth=3"],
 }
