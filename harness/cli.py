@@ -53,6 +53,10 @@ def _main(cfg: DictConfig) -> None:
         from .report import write_reports
 
         report = write_reports(df, summary, Path(out_dir), cfg)
+        if cfg.task.family == "digits":  # image runs: sample quality beside speed (issue 17)
+            from .image_quality import image_report
+
+            print(image_report([Path(out_dir)]))
         if cfg.logger.name == "wandb":
             from .wandb_log import log_run
 

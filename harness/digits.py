@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .errors import SpeclabError
 
@@ -71,10 +70,12 @@ def decode(token_ids: list[int]) -> np.ndarray | None:
     return np.array(pixels, dtype=np.int64).reshape(SIDE, SIDE) if len(pixels) == PIXELS else None
 
 
-def level_of(token_ids: torch.Tensor) -> torch.Tensor:
-    """Grey level of each token id, -1 for tokens that are not pixels (the code neighbourhoods use this)."""
-    lv = token_ids - PIXEL0
-    return torch.where((lv >= 0) & (lv < LEVELS), lv, torch.full_like(lv, -1))
+def parse(text: str) -> np.ndarray | None:
+    """The 8x8 image of a decoded answer (``"p0 p3 ..."``), None unless it is exactly 64 pixels."""
+    words = text.split()
+    if len(words) != PIXELS or not all(w[:1] == "p" and w[1:].isdigit() and int(w[1:]) < LEVELS for w in words):
+        return None
+    return np.array([int(w[1:]) for w in words]).reshape(SIDE, SIDE)
 
 
 def tokenizer():

@@ -8,14 +8,16 @@ samples for every method and for plain ``ar`` sampling:
   samples and of the held-out real images (FID's formula on a digits feature space);
 - ``precision`` / ``recall``: Kynkäänniemi et al. (2019), k-nearest-neighbour manifolds (k = 3) in that space:
   the share of samples inside the real manifold, and of real images inside the samples';
-- the target's log-likelihood of the samples, from the results rows (``sample_logp``).
+- ``logp_per_image``: the target's log-likelihood of the samples given their class (``sample_logp``).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -115,6 +117,83 @@ def save_grid(images: np.ndarray, labels: np.ndarray, path: Path, per_class: int
     fig.tight_layout(pad=0.1)
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def sample_logp(model, images: np.ndarray, asked: np.ndarray) -> np.ndarray:
+    """The target's log-likelihood of each image given its class (pixels and the end token)."""
+    from .digits import encode
+
+    ids = torch.tensor([encode(im, int(c)) for im, c in zip(images, asked)])
+    with torch.no_grad():
+        logp = model(input_ids=ids).logits[:, 1:-1].log_softmax(-1)
+    return logp.gather(-1, ids[:, 2:, None])[..., 0].sum(-1).numpy()
+
+
+def run_quality(run_dir: Path, model, classifier, real) -> pd.DataFrame:
+    from .digits import parse
+    from .results import read_results
+
+    texts = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_results(run_dir)
+    out = []
+    for method, group in pd.DataFrame(texts).groupby("method"):
+        asked = np.array([int(p.split("-")[0][1:]) for p in group.prompt_id])
+        images = [parse(t) for t in group.text]
+        valid = np.array([im is not None for im in images])
+        imgs = np.stack([im for im in images if im is not None]) if valid.any() else np.zeros((0, 8, 8), int)
+        q = image_quality(imgs, asked[valid], real, classifier) if valid.sum() > 2 else {}
+        q["class_accuracy_all"] = float((classifier.predict(imgs) == asked[valid]).sum() / len(images)) if valid.any() else 0.0
+        r = rows[rows.method == method]
+        speed = r.speedup.dropna()
+        rule = r.acceptance_rule.iloc[0] if "acceptance_rule" in r.columns and len(r) else ""
+        out.append({
+            "run": run_dir.name, "method": method, "rule": rule, "images": len(images), "valid": float(valid.mean()),
+            **q, "logp_per_image": float(sample_logp(model, imgs, asked[valid]).mean()) if valid.any() else None,
+            "speedup": float(np.exp(np.log(speed).mean())) if len(speed) else 1.0,
+            "forwards_per_image": float(r.steps.mean()), "tau": float(r.tau.mean()) if "tau" in r.columns else None,
+        })
+        save_grid(imgs, asked[valid], run_dir / f"samples_{method}.png")
+    return pd.DataFrame(out)
+
+
+def speed_quality_plot(df: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ["frechet", "class_accuracy"]):
+        for _, r in df.iterrows():
+            ax.scatter(r[metric], r["speedup"], color="black" if r["method"] == "ar" else None)
+            ax.annotate(r["method"], (r[metric], r["speedup"]), fontsize=7)
+        ax.set_xlabel(metric + (" (lower is better)" if metric == "frechet" else ""))
+        ax.set_ylabel("speedup over ar")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def image_report(runs: list[Path], out: Path | None = None) -> str:
+    """The quality table of image runs (``image_quality.md`` / ``.csv`` in ``out``, default the first run), a
+    grid picture per method in each run, and with more than two rows the speed-quality plot; returns the table."""
+    from transformers import AutoModelForCausalLM
+
+    from .digits import digits_split, testbed_folder
+    from .report import to_markdown
+
+    folder = testbed_folder()
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    classifier = load_classifier(folder)
+    _, real = digits_split()
+    df = pd.concat([run_quality(Path(r), model, classifier, real) for r in runs], ignore_index=True)
+    out = Path(out or runs[0])
+    df.to_csv(out / "image_quality.csv", index=False)
+    table = to_markdown(df, digits=3)
+    (out / "image_quality.md").write_text(table + "\n")
+    if len(df) > 2:
+        speed_quality_plot(df, out / "speed_quality.png")
+    return table
 
 
 _CLASSIFIERS: dict[str, DigitClassifier] = {}

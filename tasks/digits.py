@@ -15,7 +15,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 
 from harness.config import TaskConfig
-from harness.digits import CLASSES
+from harness.digits import CLASSES, parse
 
 from .base import TASKS, Sample, Task
 
@@ -39,18 +39,6 @@ class Digits(Task):
 
         image = parse(text)
         return {"valid": float(image is not None), "class_correct": judge(image, int(sample.reference))}
-
-
-def parse(text: str):
-    """The 8x8 image of a decoded answer (``"p0 p3 ..."``), None unless it is exactly 64 pixels."""
-    import numpy as np
-
-    from harness.digits import LEVELS, PIXELS, SIDE
-
-    words = text.split()
-    if len(words) != PIXELS or not all(w[:1] == "p" and w[1:].isdigit() and int(w[1:]) < LEVELS for w in words):
-        return None
-    return np.array([int(w[1:]) for w in words]).reshape(SIDE, SIDE)
 
 
 TASKS.register("digits", DigitsConfig)(Digits)
