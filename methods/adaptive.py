@@ -12,6 +12,9 @@ verification:
 - s_d as a product of conditional rates P(accept depth d | accepted d - 1 and asked for d), each a running
   count with a prior worth ``PRIOR_WEIGHT`` steps: ``PRIOR_RATE`` at depth 1, the estimate of the depth above
   it further down (so the level past the deepest tried looks like the last tried one, and gets explored);
+- the counts fade by ``FADE`` per drafted step in their context (a memory of about 50 steps, under half a typical answer), so the
+  rates follow the prompt at hand: a run moves between chat, where drafts die early, and summarization, where
+  whole copied spans pass, and counts pooled since the first prompt would keep the first regime's depth;
 - the rates are kept per context, the outcome of the previous step (nothing accepted, part of the draft, all
   of it), each shrunk toward the pooled rate: acceptance comes in runs (a copied span is accepted whole, free
   text is not), so the step after a fully accepted draft deserves a deeper draft than the step after a miss.
@@ -58,6 +61,7 @@ PRIOR_RATE, PRIOR_WEIGHT = 0.6, 4.0  # depth 1's acceptance before it is tried, 
 EMA = 0.1  # weight of a new timing in the running means (a few dozen steps of memory)
 MISS, PART, ALL = range(3)  # the previous step's outcome: nothing accepted, part of its draft, all of it
 EXPLORE_EVERY = 8
+FADE = 0.02  # share of every acceptance count forgotten per drafted step: a memory of about 50 steps
 
 
 def outcome(drafted: int, accepted: int) -> int:
@@ -201,6 +205,11 @@ class AdaptiveDrafter(Drafter):
             self.experts_at.setdefault(width, Running()).add(self.experts.mean_distinct())
         self.width[self._asked].add(width)
         accepted = len(result.accepted)
+        if self._asked:  # acceptance counts fade, so a run that moves from chat to copying (or back) follows;
+            # a context's own counts fade only when it is visited, so a rare context keeps what it learned
+            for counts in (self.tried, self.passed, self.tried_in[self.context], self.passed_in[self.context]):
+                for d in range(len(counts)):
+                    counts[d] *= 1 - FADE
         # counted against the depth asked for, not drafted: a drafter that often has nothing (prompt lookup
         # without a match) is worth that much less per depth, as its mean width is that much smaller
         for d in range(1, self._asked + 1):
@@ -209,7 +218,7 @@ class AdaptiveDrafter(Drafter):
             for tried, passed in ((self.tried, self.passed), (self.tried_in[self.context], self.passed_in[self.context])):
                 tried[d] += 1
                 passed[d] += accepted >= d
-        if self._asked:  # an undrafted step says nothing new about acceptance: the context stays
+        if proposal.tokens:  # an undrafted step (none asked, or the inner drafter had none) says nothing new
             self.context = outcome(len(proposal.tokens), accepted)
         self.inner.observe(state, proposal, result, out)
         self.draft_s[self._asked].add(self._t_draft + time.perf_counter() - t0)

@@ -87,7 +87,7 @@ def test_acceptance_in_runs_gets_deeper_drafts_after_a_full_accept():
         step = len(d.inner.asked)
         return depth if (d.context == ALL and step % 11) or step % 5 == 0 else 0
 
-    steps(d, accept, 300, verify_s=lambda w: 0.05 * (1 + 0.3 * (w - 1)))
+    steps(d, accept, 300, verify_s=lambda w: 0.05 * (1 + 0.5 * (w - 1)))
     assert d.best_depth(64, ALL) >= 4 > d.best_depth(64, MISS)
     assert d.reach(ALL)[2] > 2 * d.reach(MISS)[2]
 
@@ -143,3 +143,12 @@ def test_adaptive_turns_the_expert_term_on_for_moe_targets():
     target = tiny_moe("mixtral", "speclab")
     assert build_method(target, "method=adaptive").drafter.experts is target.experts
     assert build_method(target, "method=adaptive", "method.expert_term=false").drafter.experts is None
+
+
+def test_counts_fade_so_a_change_of_regime_is_followed():
+    """After 150 steps where every draft passes, drafts stop passing: the depth comes down within 60 steps."""
+    d = AdaptiveDrafter(Chain(), 8, linear)
+    steps(d, lambda depth: depth, 150, verify_s=lambda w: 0.05 * linear(w))
+    assert d.best_depth(64, d.context) == 8
+    steps(d, lambda depth: 0, 60, verify_s=lambda w: 0.05 * linear(w))
+    assert d.best_depth(64, d.context) == 0
