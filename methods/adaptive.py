@@ -116,15 +116,17 @@ class AdaptiveDrafter(Drafter):
     # -- estimates -------------------------------------------------------------------------------
     def reach(self, context: int | None = None) -> list[float]:
         """s_d for d = 0..max_depth (s_0 = 1: the target's own token), pooled or after a given outcome."""
-        s, rate = [1.0], PRIOR_RATE
+        s, rate, here = [1.0], PRIOR_RATE, None
         for d in range(1, self.max_depth + 1):
             # a depth's prior is the rate of the depth above it: acceptance rates along a draft change slowly,
             # so one level past what was tried looks about as good as the last tried level and gets explored
             rate = (self.passed[d] + rate * PRIOR_WEIGHT) / (self.tried[d] + PRIOR_WEIGHT)
-            here = rate
             if context is not None:
-                here = (self.passed_in[context][d] + rate * PRIOR_WEIGHT) / (self.tried_in[context][d] + PRIOR_WEIGHT)
-            s.append(s[-1] * here)
+                # in a context: depth 1 leans on the pooled rate, deeper levels on this context's level above,
+                # so after a fully accepted draft (copying) the untried depths look as good as the tried ones
+                prior = rate if here is None else here
+                here = (self.passed_in[context][d] + prior * PRIOR_WEIGHT) / (self.tried_in[context][d] + PRIOR_WEIGHT)
+            s.append(s[-1] * (rate if context is None else here))
         return s
 
     def verify_seconds(self, width: float) -> float:
