@@ -169,7 +169,7 @@ def test_bad_heads_are_one_clear_line(tmp_path, tiny_target, case, message):
     ("medusa", {"dtype": "float8"}, "method.dtype"),
     ("medusa", {"vocab_size": 0}, "vocab_size"),
     ("medusa", {"rule": "typical"}, "temperature > 0"),
-    ("hydra", {"rule": "nonsense"}, "choose auto, greedy, rejection or typical"),
+    ("hydra", {"rule": "nonsense"}, "choose auto, greedy, rejection, typical"),
 ])
 def test_bad_settings_are_one_clear_line(tiny_target, parallel_heads, method, overrides, message):
     with pytest.raises(SpeclabError, match=message) as err:
