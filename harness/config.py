@@ -95,6 +95,7 @@ class RunConfig:
     temperature: float = 0.0
     top_k: int = 0
     top_p: float = 1.0
+    guidance: float = 1.0  # classifier-free guidance scale (1 = off); needs a model with an unconditional prompt
     seed: int = 0
     repeats: int = 1
     compare: list[str] = field(default_factory=list)  # more conf/method options timed in the same interleaved run

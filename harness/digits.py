@@ -122,3 +122,16 @@ def testbed_folder() -> Path:
     if not (TESTBED / "config.json").is_file():
         raise SpeclabError(f"{TESTBED} holds no model; train it: python scripts/train_image_ar.py")
     return TESTBED
+
+
+def unconditional_prompt(tok) -> Callable[[list[int]], list[int]] | None:
+    """For the testbed's tokenizer: the prompt with its class token replaced by ``<null>`` (the unconditional row of
+    classifier-free guidance, as training dropped the class); None for any other tokenizer."""
+    vocab = tok.get_vocab() if hasattr(tok, "get_vocab") else {}
+    if vocab != {t: i for i, t in enumerate(VOCAB)}:
+        return None
+
+    def drop_class(ids: list[int]) -> list[int]:
+        return [NULL if CLASS0 <= t < CLASS0 + CLASSES else t for t in ids]
+
+    return drop_class

@@ -8,7 +8,8 @@ samples for every method and for plain ``ar`` sampling:
   samples and of the held-out real images (FID's formula on a digits feature space);
 - ``precision`` / ``recall``: Kynkäänniemi et al. (2019), k-nearest-neighbour manifolds (k = 3) in that space:
   the share of samples inside the real manifold, and of real images inside the samples';
-- ``logp_per_image``: the target's log-likelihood of the samples given their class (``sample_logp``).
+- ``logp_per_image``: the unguided conditional model's log-likelihood of the samples given their class (``sample_logp``),
+  the same yardstick for guided and unguided runs.
 """
 
 from __future__ import annotations
@@ -147,7 +148,9 @@ def run_quality(run_dir: Path, model, classifier, real) -> pd.DataFrame:
         speed = r.speedup.dropna()
         rule = r.acceptance_rule.iloc[0] if "acceptance_rule" in r.columns and len(r) else ""
         out.append({
-            "run": run_dir.name, "method": method, "rule": rule, "images": len(images), "valid": float(valid.mean()),
+            "run": run_dir.name, "method": method, "rule": rule,
+            "guidance": float(r.guidance.iloc[0]) if "guidance" in r.columns and len(r) else 1.0,
+            "images": len(images), "valid": float(valid.mean()),
             **q, "logp_per_image": float(sample_logp(model, imgs, asked[valid]).mean()) if valid.any() else None,
             "speedup": float(np.exp(np.log(speed).mean())) if len(speed) else 1.0,
             "forwards_per_image": float(r.steps.mean()), "tau": float(r.tau.mean()) if "tau" in r.columns else None,

@@ -31,7 +31,7 @@ TITLES = {
     "math_reasoning": "Math reasoning", "rag": "RAG", "tau": "Mean accepted tokens", "overall": "Overall",
 }
 # Settings that make two runs of one method different experiments (joined to the label when they vary).
-RUN_SETTINGS = ("model", "task", "dtype", "temperature", "top_k", "top_p", "max_new_tokens", "kernel", "threads")
+RUN_SETTINGS = ("model", "task", "dtype", "temperature", "top_k", "top_p", "guidance", "max_new_tokens", "kernel", "threads")
 SUMMARY_COLUMNS = (
     "method", "group", "lossless", "prompts", "speedup", "speedup_total", "speedup_geomean", "speedup_ci_low", "speedup_ci_high",
     "speedup_bound", "tau", "acceptance_rate", "equivalence_rate", "near_ties", "tokens_per_s", "baseline_tokens_per_s",

@@ -31,6 +31,8 @@ from .errors import SpeclabError
 # Keys that change neither what is generated nor how it is timed, nor which prompts a run covers: a run
 # may be resumed with other values. (task.limit and repeats select prompts: they are the run's identity.)
 NON_SEMANTIC = {"out_dir", "progress", "logger", ("baseline", "cache_dir")}
+# Keys added after runs were recorded: at these values they leave a run's identity (and its folder) as it was.
+LATER_DEFAULTS = {"guidance": 1.0}
 RESULTS = "results.parquet"
 SAMPLES = "samples.jsonl"
 PARTS = "parts"
@@ -50,6 +52,9 @@ def semantic_config(cfg: Any) -> dict[str, Any]:
             d.get(key[0], {}).pop(key[1], None)
         else:
             d.pop(key, None)
+    for key, default in LATER_DEFAULTS.items():
+        if d.get(key) == default:
+            d.pop(key)
     return d
 
 

@@ -153,6 +153,7 @@ class Runner:
         self.target = load_target(
             m.name, m.source, m.path, m.dtype, m.attention, m.revision, m.trust_remote_code, TinySpec(**m.tiny)
         )
+        self._set_guidance(float(cfg.guidance))
         self.kernel = resolve_kernel(cfg.engine.kernel, self.target.dtype)
         apply_kernel(self.target.model, self.kernel)
         from tasks.base import build_task
@@ -168,6 +169,10 @@ class Runner:
         names = [g.name for _, g in self.methods]
         if len(set(names)) != len(names):
             raise SpeclabError(f"methods in one run need distinct names, got {names}; set method.name or use other presets")
+        if self.target.guided:
+            for gen in (g for _, g in self.methods if not g.uses_engine):
+                raise SpeclabError(f"guidance={cfg.guidance}: {gen.name} decodes with transformers' generate(), which "
+                                   "runs no unconditional row; remove it from the run or set guidance=1")
         self.method = self.methods[0][1]
         self.baseline = None
         if cfg.baseline.mode != "none":
@@ -181,6 +186,19 @@ class Runner:
         self._check_context()
 
     # -- helpers -------------------------------------------------------------------------------
+    def _set_guidance(self, scale: float) -> None:
+        if scale == 1.0:
+            return
+        from .digits import unconditional_prompt
+
+        if scale < 0:
+            raise SpeclabError(f"guidance must be >= 0 (1 = off, 0 = unconditional), got {scale}")
+        rule = unconditional_prompt(self.target.tokenizer)
+        if rule is None:
+            raise SpeclabError(f"guidance={scale}: model {self.cfg.model.name!r} has no unconditional prompt; classifier-"
+                               "free guidance needs a model trained with its condition dropped (model=digits-ar), or guidance=1")
+        self.target.set_guidance(scale, rule)
+
     def _verify_cost_curve(self) -> vc.Curve | None:
         mode = self.cfg.engine.verify_cost
         if mode not in ("cached", "measure", "off"):
@@ -226,6 +244,7 @@ class Runner:
             "temperature": float(cfg.temperature),
             "top_k": int(cfg.top_k),
             "top_p": float(cfg.top_p),
+            "guidance": float(cfg.guidance),
             "max_new_tokens": int(cfg.max_new_tokens),
             "threads": int(cfg.engine.threads),
             "kernel": self.kernel,
@@ -250,6 +269,7 @@ class Runner:
             "task": cfg.task.name, "prompt_id": sample_id, "turn": turn, "repeat": repeat,
             "prompt_sha": hashlib.sha256(json.dumps(prompt_ids).encode()).hexdigest()[:16],
             "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p,
+            **({"guidance": cfg.guidance} if cfg.guidance != 1.0 else {}),  # keys of unguided runs as before
             "seed": seed, "threads": cfg.engine.threads, "kernel": self.kernel,
             "engine": {k: v for k, v in OmegaConf.to_container(cfg.engine).items() if k not in UNTIMED_ENGINE_KEYS},
             "code_hash": hostinfo.source_hash(*ENGINE_SOURCES),

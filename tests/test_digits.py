@@ -102,3 +102,136 @@ def test_image_run_reports_quality_and_labels_lossy_rules(tmp_path):
 
     table = image_report([tmp_path])
     assert "frechet" in table and (tmp_path / "samples_sjd.png").is_file() and (tmp_path / "speed_quality.png").is_file()
+
+
+# -- classifier-free guidance ---------------------------------------------------------------------------------------
+GUIDANCE = 3.0
+
+
+@pytest.fixture
+def guided_target(digits_target, one_thread):
+    from harness.digits import unconditional_prompt
+
+    digits_target.set_guidance(GUIDANCE, unconditional_prompt(digits_target.tokenizer))
+    yield digits_target
+    digits_target.set_guidance(1.0, None)
+
+
+def mid_image_prompt(label: int = 3, pixels: int = 20) -> list[int]:
+    """A class token and the first pixels of a real image of it: the next pixels are uncertain, so sampling
+    tests have power (the first pixels of every digit are background)."""
+    train, _ = digits_split()
+    image = train.images[np.flatnonzero(train.labels == label)[0]]
+    return encode(image, label)[: 2 + pixels]
+
+
+def test_guided_forward_is_the_guidance_of_two_plain_forwards(guided_target):
+    """Both rows in one forward on a cache, tree tokens included, give u + s (c - u) of the conditional and the
+    unconditional prompt run separately without guidance; an accepted path kept by gather stays right."""
+    import torch
+
+    from harness import tree as T
+
+    t = guided_target
+    prompt = mid_image_prompt()
+    tokens, parents = [PIXEL0 + 5, PIXEL0 + 9, PIXEL0 + 0, PIXEL0 + 16], [-1, 0, 0, 2]
+
+    def plain(ids):
+        with torch.inference_mode():
+            return t.model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+
+    def guided_ref(ids):
+        c, u = plain(ids), plain([NULL if i == 1 else x for i, x in enumerate(ids)])
+        return u + GUIDANCE * (c - u)
+
+    cache = t.new_cache(64)
+    out = t.forward(cache, prompt, logits_rows=[-1])
+    assert torch.allclose(out.logits[0], guided_ref(prompt), atol=1e-4)
+    start = cache.length
+    out = t.forward(cache, [PIXEL0 + 1] + tokens, positions=T.positions(parents, start), tree=T.ancestor_mask(parents))
+    base = prompt + [PIXEL0 + 1]
+    def path_to(node):
+        return [] if node < 0 else path_to(parents[node]) + [tokens[node]]
+
+    for row, node in enumerate([-1, 0, 1, 2, 3]):
+        ids = base + path_to(node)
+        assert torch.allclose(out.logits[row], guided_ref(ids), atol=1e-4), row
+    cache.keep(start, [0, 1, 3, 4])  # the path node 0 -> node 2 -> node 3 (slot 2, node 1, dropped)
+    out = t.forward(cache, [PIXEL0 + 7])
+    assert torch.allclose(out.logits[0], guided_ref(base + path_to(3) + [PIXEL0 + 7]), atol=1e-4)
+
+
+def test_guided_jacobi_decoding_samples_the_guided_distribution(guided_target):
+    """sjd under guidance reproduces the guided law of the next 3 pixels (chi-square against the exact law);
+    plain sampling of the unguided model, the same test's control, is rejected: the guidance is real."""
+    from harness.decoder import Decoder
+    from harness.drafter import NoDraft
+    from harness.sampling import Sampling
+    from harness.verify import make_verifier
+    from methods.sjd import JacobiWindow, SJDConfig
+
+    from .test_sampling_lossless import TargetLaw
+    from .toy import chi_square, sample_outputs
+
+    s, n, length = Sampling(1.0), 3000, 3
+    prompt = mid_image_prompt()
+    law = TargetLaw(guided_target, prompt, s, length, 5.0 / n)
+    decoder = Decoder(guided_target, make_verifier(s))
+
+    def cells(drafter, seed):
+        counts: dict[tuple, int] = {}
+        for seq, c in sample_outputs(decoder, drafter, prompt, length, n, seed).items():
+            counts[law.cell(seq)] = counts.get(law.cell(seq), 0) + c
+        return counts
+
+    pvalue, tv = chi_square(cells(JacobiWindow(SJDConfig(window=4), s), 0), law.cells)
+    assert pvalue > 1e-4, f"p={pvalue:.2e}, TV={tv:.4f}"
+    guided_target.set_guidance(1.0, None)
+    assert chi_square(cells(NoDraft(), 1), law.cells)[0] < 1e-8
+
+
+def test_guided_greedy_decoding_is_identical_for_every_drafter(guided_target):
+    import torch
+
+    from harness.decoder import Decoder
+    from harness.drafter import NoDraft
+    from harness.sampling import Sampling
+    from harness.verify import make_verifier
+    from methods.pld import PLDConfig, PromptLookup
+    from methods.sjd import JacobiWindow, SJDConfig
+
+    s = Sampling(0.0)
+    decoder = Decoder(guided_target, make_verifier(s))
+    for label in (0, 3, 8):
+        prompt = guided_target.tokenizer(f"c{label}")["input_ids"]
+        ref = decoder.generate(prompt, NoDraft(), 65).token_ids
+        for drafter in (JacobiWindow(SJDConfig(window=8), s), PromptLookup(PLDConfig(), guided_target.stop_ids)):
+            assert decoder.generate(prompt, drafter, 65).token_ids == ref, (label, type(drafter).__name__)
+    with torch.inference_mode():  # guidance changes the greedy image of some class
+        guided = [decoder.generate(guided_target.tokenizer(f"c{c}")["input_ids"], NoDraft(), 65).token_ids for c in range(10)]
+        guided_target.set_guidance(1.0, None)
+        plain = [decoder.generate(guided_target.tokenizer(f"c{c}")["input_ids"], NoDraft(), 65).token_ids for c in range(10)]
+    assert guided != plain
+
+
+def test_guided_run_records_its_scale_and_refuses_what_it_cannot_guide(tmp_path):
+    from harness.errors import SpeclabError
+    from harness.runner import Runner, run
+
+    from .conftest import compose
+
+    base = ("experiment=digits", "task.limit=1", "task.groups=[c3]", "engine.warmup=false", "progress=false")
+    cfg = compose(*base, "method=sjd", "guidance=2.5")
+    cfg.out_dir = str(tmp_path)
+    df = run(cfg)
+    assert set(df.guidance) == {2.5} and set(df.role) == {"method", "baseline"}
+    bad = {
+        ("guidance=2", "compare=[hf_generate]"): "hf_generate decodes with transformers' generate()",
+        ("guidance=2", "model=tiny-llama"): "model 'tiny-llama' has no unconditional prompt",
+        ("guidance=-1",): "guidance must be >= 0",
+    }
+    for extra, message in bad.items():
+        cfg = compose(*base, "method=sjd", *extra)
+        cfg.out_dir = str(tmp_path / "bad")
+        with pytest.raises(SpeclabError, match=message):
+            Runner(cfg)
