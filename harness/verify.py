@@ -18,6 +18,8 @@ correction or bonus).
   exp(-H(p))); the longest root path of passing nodes wins (ties: the largest sum of log p), and the token
   after it is the target's argmax (``bonus=argmax``, the reference's ``fast`` path, which makes the output a
   function of the prompt) or a draw from p (``bonus=sample``).
+* ``lantern``, ``gsd``, ``mars`` (lossy): relaxed rules, below. ``mars`` at temperature 0 relaxes greedy matching
+  (the target's close second choice counts as its first); sampled, it relaxes the rejection rule.
 """
 
 from __future__ import annotations
@@ -56,6 +58,10 @@ class Verifier:
 class GreedyVerifier(Verifier):
     name = "greedy"
 
+    def alternative(self, logits: torch.Tensor) -> int | None:
+        """A token accepted where the argmax is not drafted (relaxed greedy rules); None for exact greedy."""
+        return None
+
     def verify(self, logits, proposal, generator=None):
         pred = logits.argmax(-1).tolist()
         if not proposal.tokens:
@@ -67,6 +73,8 @@ class GreedyVerifier(Verifier):
         while kids[row]:
             reached += 1
             nxt = next((c for c in kids[row] if proposal.tokens[c] == pred[row]), None)
+            if nxt is None and (alt := self.alternative(logits[row])) is not None:
+                nxt = next((c for c in kids[row] if proposal.tokens[c] == alt), None)
             if nxt is None:
                 break
             path.append(nxt)
@@ -240,6 +248,23 @@ class MarginVerifier(RejectionVerifier):
         return super().accept_probability(p, q, x)
 
 
+class GreedyMarginVerifier(GreedyVerifier):
+    """MARS at temperature 0 (lossy), its setting in the paper: a drafted token that is the target's second choice
+    is accepted when the target's own softmax puts at least ``ratio`` times the first choice's probability on it
+    (a logit margin under -ln ratio); the token after the path is still the target's argmax."""
+
+    name = "mars"
+    lossless = False
+
+    def __init__(self, sampling: Sampling, ratio: float = 0.5) -> None:
+        super().__init__(sampling)
+        self.ratio = MarginVerifier(sampling, ratio).ratio  # one place checks the option
+
+    def alternative(self, logits):
+        top = torch.topk(logits.float(), 2)
+        return int(top.indices[1]) if float(top.values[1] - top.values[0]) >= math.log(self.ratio) else None
+
+
 RULE_OPTIONS = {"lantern": ("k", "delta"), "gsd": ("radius",), "mars": ("ratio",), "typical": ("threshold", "alpha")}
 
 
@@ -283,7 +308,7 @@ def make_verifier(sampling: Sampling, rule: str = "auto", neighbours=None, **opt
                              "similarity have (model=digits-ar); for text use rule=mars")
         return (LanternVerifier if rule == "lantern" else GroupedVerifier)(sampling, neighbours, **options)
     if rule == "mars":
-        return MarginVerifier(sampling, **options)
+        return (GreedyMarginVerifier if sampling.greedy else MarginVerifier)(sampling, **options)
     if rule == "auto":
         rule = "greedy" if sampling.greedy else "rejection"
     if rule == "greedy":

@@ -27,7 +27,12 @@ class GSM8K(GenericTask):
     def score(self, sample: Sample, turn: int, text: str) -> dict[str, Any] | None:
         if sample.reference is None:
             return None
-        gold = final_number(str(sample.reference))
+        reference = sample.reference
+        if isinstance(reference, (list, tuple)) or hasattr(reference, "tolist"):  # one reference per turn (Spec-Bench)
+            reference = list(reference)[turn] if len(reference) > turn else None
+        if reference is None:
+            return None
+        gold = final_number(str(reference))
         return {"exact_match": float(gold is not None and final_number(text) == gold)}
 
 

@@ -73,3 +73,23 @@ def test_positional_rule_strings_fit_in_compare_entries():
     assert parse_rule("mars:0.6") == ("mars", {"ratio": 0.6})
     with pytest.raises(ValueError, match="positional"):
         parse_rule("gsd:1:2")
+
+
+def test_greedy_margin_rule_accepts_the_close_second_choice_only():
+    """MARS at temperature 0: a drafted second choice passes when the target's softmax gives it at least ratio
+    times the first's probability; the argmax child still wins among siblings, and the emitted token is the argmax."""
+    from harness.proposal import Proposal
+    from harness.verify import GreedyVerifier
+
+    g = Sampling(0.0)
+    rule = make_verifier(g, "mars:0.7")
+    assert rule.name == "mars" and not rule.lossless
+    torn = torch.log(dist({3: 0.5, 4: 0.4, 5: 0.1}))  # 0.4 / 0.5 = 0.8
+    sure = torch.log(dist({3: 0.9, 4: 0.1}))
+    logits = torch.stack([torn, sure, torn])
+    chain = Proposal(tokens=[4, 4], parents=[-1, 0])  # second choice at the root (torn), then at a sure row
+    assert rule.verify(logits, chain).accepted == [0] and rule.verify(logits, chain).token == 3
+    assert GreedyVerifier(g).verify(logits, chain).accepted == []
+    assert make_verifier(g, "mars:0.9").verify(logits, chain).accepted == []  # 0.8 < 0.9: not torn enough
+    siblings = Proposal(tokens=[4, 3], parents=[-1, -1])
+    assert rule.verify(torch.stack([torn, sure, sure]), siblings).accepted == [1]  # the argmax child first

@@ -85,6 +85,17 @@ def test_gsm8k_upstream_format():
     assert s[0].reference.endswith("#### 10")
 
 
+def test_gsm8k_from_spec_bench_math_rows():
+    """The GSM8K problems inside Spec-Bench (its math_reasoning group) with their references: offline GSM8K."""
+    task = task_of("task=gsm8k_spec_bench", "task.score=true")
+    s = task.samples()
+    assert len(s) == 80 and {x.category for x in s} == {"math_reasoning"} and len(s[0].turns) == 1
+    assert s[0].turns[0].startswith("Solve the following math problem")
+    gold = final_number(s[0].reference[0])
+    assert task.score(s[0], 0, f"so the answer is {gold}") == {"exact_match": 1.0}
+    assert task.score(s[0], 0, "no idea") == {"exact_match": 0.0}
+
+
 def test_cnndm_upstream_format():
     s = task_of("task=cnndm", f"task.path={FIX / 'cnndm_test.jsonl'}").samples()
     assert [x.id for x in s] == ["0a1b2c3d4e5f60718293a4b5c6d7e8f901234567", "1b2c3d4e5f60718293a4b5c6d7e8f9012345678a"]
