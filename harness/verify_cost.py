@@ -40,7 +40,13 @@ def curve_key(target: TargetModel, kernel: str, threads: int, cache_len: int) ->
         "attention": target.model.config._attn_implementation, "kernel": kernel, "threads": threads,
         "host": hostinfo.hardware()["host"], "cpu": hostinfo.cpu_model(), "torch": hostinfo.versions().get("torch"),
         "omp_wait_policy": hostinfo.hardware()["omp_wait_policy"], "cache_len": cache_len,
+        **({"rows": 2} if target.guided else {}),  # classifier-free guidance runs two rows a forward
     }
+
+
+def _guided(row: Any) -> bool:
+    g = row.get("guidance") if hasattr(row, "get") else None
+    return g is not None and g == g and float(g) != 1.0  # absent, NaN (rows from before the column) or 1: unguided
 
 
 def curve_key_fields(row: Any, attention: str, cache_len: int = CACHE_LEN) -> dict[str, Any]:
@@ -51,6 +57,7 @@ def curve_key_fields(row: Any, attention: str, cache_len: int = CACHE_LEN) -> di
         "model": row["model"], "weights_hash": row["weights_hash"], "dtype": row["dtype"], "attention": attention,
         "kernel": row["kernel"], "threads": int(row["threads"]), "host": row["host"], "cpu": row["cpu"],
         "torch": versions.get("torch"), "omp_wait_policy": row["omp_wait_policy"], "cache_len": cache_len,
+        **({"rows": 2} if _guided(row) else {}),
     }
 
 
