@@ -169,10 +169,10 @@ class Runner:
         names = [g.name for _, g in self.methods]
         if len(set(names)) != len(names):
             raise SpeclabError(f"methods in one run need distinct names, got {names}; set method.name or use other presets")
-        if self.target.guided:
-            for gen in (g for _, g in self.methods if not g.uses_engine):
-                raise SpeclabError(f"guidance={cfg.guidance}: {gen.name} decodes with transformers' generate(), which "
-                                   "runs no unconditional row; remove it from the run or set guidance=1")
+        peers = [g.name for _, g in self.methods if not g.uses_engine]
+        if self.target.guided and peers:
+            raise SpeclabError(f"guidance={cfg.guidance}: {', '.join(peers)} decode with transformers' generate(), which "
+                               "runs no unconditional row; remove them from the run or set guidance=1")
         self.method = self.methods[0][1]
         self.baseline = None
         if cfg.baseline.mode != "none":

@@ -226,7 +226,7 @@ def test_guided_run_records_its_scale_and_refuses_what_it_cannot_guide(tmp_path)
     df = run(cfg)
     assert set(df.guidance) == {2.5} and set(df.role) == {"method", "baseline"}
     bad = {
-        ("guidance=2", "compare=[hf_generate]"): "hf_generate decodes with transformers' generate()",
+        ("guidance=2", "compare=[hf_generate]"): "hf_generate decode with transformers' generate()",
         ("guidance=2", "model=tiny-llama"): "model 'tiny-llama' has no unconditional prompt",
         ("guidance=-1",): "guidance must be >= 0",
     }
