@@ -226,6 +226,13 @@ class GroupedVerifier(RelaxedVerifier):
         return min(1.0, float(p[group].sum()) / qg) if qg > 0 else 0.0
 
 
+def margin_ratio(ratio: float) -> float:
+    """MARS's option, checked once for both of its forms."""
+    if not 0 < ratio <= 1:
+        raise ValueError(f"mars needs 0 < ratio <= 1, got {ratio}")
+    return float(ratio)
+
+
 class MarginVerifier(RejectionVerifier):
     """MARS (Song et al., 2026), margin-aware verification (lossy): where the target is torn between its two
     best tokens (top-2 probability over top-1 at least ``ratio``), a draft of its second choice counts as its
@@ -236,9 +243,7 @@ class MarginVerifier(RejectionVerifier):
 
     def __init__(self, sampling: Sampling, ratio: float = 0.5) -> None:
         super().__init__(sampling)
-        if not 0 < ratio <= 1:
-            raise ValueError(f"mars needs 0 < ratio <= 1, got {ratio}")
-        self.ratio = float(ratio)
+        self.ratio = margin_ratio(ratio)
 
     def accept_probability(self, p, q, x):
         top = torch.topk(p, 2)
@@ -258,7 +263,7 @@ class GreedyMarginVerifier(GreedyVerifier):
 
     def __init__(self, sampling: Sampling, ratio: float = 0.5) -> None:
         super().__init__(sampling)
-        self.ratio = MarginVerifier(sampling, ratio).ratio  # one place checks the option
+        self.ratio = margin_ratio(ratio)
 
     def alternative(self, logits):
         top = torch.topk(logits.float(), 2)

@@ -25,8 +25,6 @@ def final_number(text: str) -> str | None:
 
 class GSM8K(GenericTask):
     def score(self, sample: Sample, turn: int, text: str) -> dict[str, Any] | None:
-        if sample.reference is None:
-            return None
         reference = sample.reference
         if isinstance(reference, (list, tuple)) or hasattr(reference, "tolist"):  # one reference per turn (Spec-Bench)
             reference = list(reference)[turn] if len(reference) > turn else None
