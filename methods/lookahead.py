@@ -45,6 +45,7 @@ class LookaheadConfig(MethodConfig):
     window: int = 3  # W: future positions guessed in parallel
     guesses: int = 2  # G: pool continuations kept per token, all verified when the root matches
     seed: int = 10  # initial window: random prompt tokens
+    pool_from_prompt: bool = False  # also pool the n-grams of the prompt and of the committed text (the reference's POOL_FROM_PROMPT)
 
 
 class Lookahead(Drafter):
@@ -61,6 +62,17 @@ class Lookahead(Drafter):
         prompt = state.ids[: state.prompt_len]
         self.levels: list[list[int]] = [[rng.choice(prompt) for _ in range(self.cfg.window)]]
         self.pool: dict[int, OrderedDict[tuple[int, ...], None]] = {}
+        self._pooled_upto = self.cfg.ngram - 1  # text n-grams ending before this position are pooled
+        self._pool_text(state.ids)
+
+    def _pool_text(self, ids: list[int]) -> None:
+        """Pool every n-gram of the prompt and committed text not pooled yet, oldest first (so the newest is kept)."""
+        if not self.cfg.pool_from_prompt:
+            return
+        n = self.cfg.ngram
+        for end in range(self._pooled_upto, len(ids)):
+            self._remember(ids[end - n + 1], tuple(ids[end - n + 2: end + 1]))
+        self._pooled_upto = max(self._pooled_upto, len(ids))
 
     def _column_path(self, j: int, level: int) -> tuple[int, ...]:
         """Tokens from the root down to column j (0-based) at ``level``."""
@@ -76,6 +88,7 @@ class Lookahead(Drafter):
         return Proposal(tree.tokens, tree.parents, meta={"paths": tree.index})
 
     def observe(self, state: DecodeState, proposal: Proposal, result: VerifyResult, out: ForwardOutput) -> None:
+        self._pool_text(state.ids)
         if "paths" not in proposal.meta:
             return  # another drafter proposed this step (SAM's auxiliary use): no Jacobi step was computed
         c = self.cfg

@@ -38,6 +38,7 @@ from harness.verify import VerifyResult
 from .rest import check_budget
 
 PRIOR_WEIGHT = 2.0  # pseudo-observations behind a node's prior acceptance rate
+MAX_CONTEXT = 4
 
 
 @dataclass
@@ -49,6 +50,7 @@ class RecyclingConfig(MethodConfig):
     total_tokens: Any = "auto"  # tokens verified per step, root included: an int, or auto (by the verify-cost curve)
     max_tokens: int = 32  # cap on auto
     persist: bool = True  # keep the successor matrix across prompts (the paper's protocol)
+    context: int = 1  # tokens a successor list is keyed by: 1 = the paper's matrix; n > 1 also keys by the last n tokens, longest match first
 
 
 class TokenRecycling(Drafter):
@@ -57,6 +59,9 @@ class TokenRecycling(Drafter):
     def __init__(self, cfg: RecyclingConfig, vocab_size: int, cost: Callable[[int], float] | None) -> None:
         if cfg.top_k < 1:
             raise SpeclabError(f"method.top_k must be >= 1, got {cfg.top_k}")
+        if not 1 <= cfg.context <= MAX_CONTEXT:
+            raise SpeclabError(f"method.context must be 1 (the paper's successor matrix) to {MAX_CONTEXT} (keyed by the last "
+                               f"n tokens), got {cfg.context}")
         check_budget(cfg.total_tokens, cfg.max_tokens)
         try:
             self.paths = trees.resolve_choices(cfg.template)
@@ -75,6 +80,8 @@ class TokenRecycling(Drafter):
 
     def reset(self) -> None:
         self.successors = torch.full((self.vocab_size, self.cfg.top_k), -1, dtype=torch.long)
+        # successors keyed by the last n tokens, n = 2..context: what the target ranked after that exact context
+        self.keyed: dict[tuple[int, ...], list[int]] = {}
         self.seen = np.zeros(len(self.paths))
         self.accepted = np.zeros(len(self.paths))
 
@@ -84,7 +91,22 @@ class TokenRecycling(Drafter):
     def begin(self, state: DecodeState, prefill: ForwardOutput) -> None:
         if not self.cfg.persist:
             self.reset()
-        self.successors[state.ids[-2]] = prefill.logits[-1].topk(self.cfg.top_k).indices  # what followed the prompt
+        top = prefill.logits[-1].topk(self.cfg.top_k).indices  # what followed the prompt
+        self.successors[state.ids[-2]] = top
+        self._record([tuple(state.ids[-self.cfg.context - 1:-1])], [top.tolist()])
+
+    def _record(self, tails: list[tuple[int, ...]], tops: list[list[int]]) -> None:
+        for tail, top in zip(tails, tops):
+            for n in range(2, len(tail) + 1):
+                self.keyed[tail[-n:]] = top
+
+    def successor(self, tail: tuple[int, ...], rank: int) -> int:
+        """The ``rank``-th recorded successor of the context ending ``tail``, longest recorded context first; -1 if none."""
+        for n in range(len(tail), 1, -1):
+            top = self.keyed.get(tail[-n:])
+            if top is not None:
+                return top[rank]
+        return int(self.successors[tail[-1], rank])
 
     def propose(self, state: DecodeState, max_depth: int) -> Proposal:
         p = self.acceptance()
@@ -98,28 +120,32 @@ class TokenRecycling(Drafter):
         nodes: list[int] = []  # template node of each draft node
         slot: dict[int, int] = {}  # template node -> draft node
         taken: set[tuple[int, int]] = set()  # (draft parent, token): siblings are distinct
-        succ = self.successors
         root = state.ids[-1]
+        root_tail = tuple(state.ids[-self.cfg.context:])
+        tails: list[tuple[int, ...]] = []  # last `context` tokens ending at each draft node
         for i in sorted(order[:n]):
             par = self.parents[i]
             if par >= 0 and par not in slot:
                 continue  # its parent had no recorded successor or repeated a sibling
-            parent_token = root if par < 0 else tokens[slot[par]]
-            tok = int(succ[parent_token, self.ranks[i]])
             draft_parent = -1 if par < 0 else slot[par]
+            parent_tail = root_tail if par < 0 else tails[draft_parent]
+            tok = self.successor(parent_tail, int(self.ranks[i]))
             if tok < 0 or (draft_parent, tok) in taken:
                 continue
             taken.add((draft_parent, tok))
             slot[i] = len(tokens)
             tokens.append(tok)
+            tails.append((parent_tail + (tok,))[-self.cfg.context:])
             parents.append(draft_parent)
             nodes.append(i)
-        return Proposal(tokens, parents, meta={"template_nodes": nodes, "root": root})
+        return Proposal(tokens, parents, meta={"template_nodes": nodes, "root": root, "tails": [root_tail] + tails})
 
     def observe(self, state: DecodeState, proposal: Proposal, result: VerifyResult, out: ForwardOutput) -> None:
         root = proposal.meta.get("root", state.ids[len(state.ids) - len(result.accepted) - 2])
-        inputs = torch.tensor([root] + proposal.tokens)
-        self.successors[inputs] = out.logits.topk(self.cfg.top_k, dim=-1).indices
+        top = out.logits.topk(self.cfg.top_k, dim=-1).indices
+        self.successors[torch.tensor([root] + proposal.tokens)] = top
+        if self.cfg.context > 1 and "tails" in proposal.meta:
+            self._record(proposal.meta["tails"], top.tolist())
         nodes = proposal.meta.get("template_nodes", [])
         if nodes:
             np.add.at(self.seen, nodes, 1.0)

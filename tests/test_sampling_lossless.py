@@ -390,8 +390,9 @@ def retrieval_drafter(case: str):
     from methods.rest import RESTConfig, RetrievalDrafter
     from methods.sam import SAMConfig, SuffixAutomatonDrafter
 
-    def recycling():
-        return TokenRecycling(RecyclingConfig(top_k=3, template=[[0], [1], [2], [0, 0], [1, 0], [0, 1]], total_tokens=6), V, None)
+    def recycling(context: int = 1):
+        return TokenRecycling(RecyclingConfig(top_k=3, template=[[0], [1], [2], [0, 0], [1, 0], [0, 1]], total_tokens=6,
+                                              context=context), V, None)
 
     if case == "rest":
         return RetrievalDrafter(RESTConfig(min_suffix=1, max_suffix=3, length=3, total_tokens=6), toy_datastore(), None)
@@ -400,7 +401,7 @@ def retrieval_drafter(case: str):
     if case == "lookahead":
         from methods.lookahead import Lookahead, LookaheadConfig
 
-        return Lookahead(LookaheadConfig(ngram=3, window=2, guesses=2))
+        return Lookahead(LookaheadConfig(ngram=3, window=2, guesses=2, pool_from_prompt=True))
     if case in ("sjd", "sjd_coupled"):
         from methods.sjd import JacobiWindow, SJDConfig
 
@@ -409,7 +410,7 @@ def retrieval_drafter(case: str):
         from methods.adaptive import AdaptiveDrafter
 
         return AdaptiveDrafter(recycling(), 3, lambda k: 1.0 + 0.02 * (k - 1))
-    return SuffixAutomatonDrafter(SAMConfig(threshold=1, max_tokens=3), recycling(), None, None)
+    return SuffixAutomatonDrafter(SAMConfig(threshold=1, max_tokens=3), recycling(context=2), None, None)
 
 
 SETTINGS_OF_CASE: list = [None]  # the sampling settings a drafter that samples its own drafts (sjd) needs

@@ -7,8 +7,10 @@ import random
 
 import numpy as np
 import pytest
+import torch
 
 from harness import datastore as ds
+from harness.drafter import DecodeState
 from harness.errors import SpeclabError
 from harness.generator import METHODS, MethodContext
 from harness.sampling import Sampling
@@ -146,6 +148,8 @@ CASES = {
     "rest_auto": ["method=rest"],
     "recycling": ["method=recycling", "method.total_tokens=10"],
     "recycling_per_prompt": ["method=recycling", "method.total_tokens=6", "method.persist=false"],
+    "recycling_context": ["method=recycling", "method.total_tokens=10", "method.context=2"],
+    "recycling_context3_auto": ["method=recycling", "method.context=3"],
     "sam": ["method=sam", "method.threshold=1", "method.max_tokens=8"],
     "sam_pld": ["method=sam", "method.aux=pld"],
     "sam_recycling": ["method=sam_recycling", "method.aux='recycling total_tokens=8'"],
@@ -154,6 +158,7 @@ CASES = {
     "lookahead": ["method=lookahead"],
     "lookahead_wide": ["method=lookahead", "method.ngram=5", "method.window=7", "method.guesses=7"],
     "lookahead_bigram": ["method=lookahead", "method.ngram=2", "method.window=1", "method.guesses=0"],
+    "lookahead_pool_from_prompt": ["method=lookahead", "method.pool_from_prompt=true", "method.window=2"],
     "layerskip": ["method=layerskip", "method.adapter=none", "method.exit_layer=1", "method.k=3"],
     "layerskip_adapter": ["method=layerskip", "method.adapter={adapter}", "method.exit_layer=1"],
     "sjd": ["method=sjd", "method.window=4"],
@@ -248,11 +253,37 @@ def test_recycling_keeps_its_matrix_across_prompts_only_when_asked(tiny_target, 
     assert fresh.known_after[1] < kept.known_after[1]  # started over
 
 
+def test_recycling_context_prefers_the_successors_of_the_last_two_tokens(tiny_target):
+    """With context=2 a token's successors after a given previous token win over its last-seen successors."""
+    d = build_method(tiny_target, "method=recycling", "method.total_tokens=2", "method.context=2", "method.top_k=2",
+                     "method.template=[[0],[1]]").drafter
+    d.successors[7] = torch.tensor([1, 2])  # what followed 7 most recently, in some other context
+    d.keyed[(5, 7)] = [3, 4]  # what followed "5 7"
+    assert d.successor((5, 7), 0) == 3 and d.successor((6, 7), 0) == 1 and d.successor((7,), 1) == 2
+    state = DecodeState(ids=[9, 5, 7], prompt_len=2, max_new_tokens=4, target=tiny_target, sampling=Sampling(), generator=None)
+    assert d.propose(state, 3).tokens == [3]
+    state.ids[1] = 6  # an unseen pair falls back to the matrix
+    assert d.propose(state, 3).tokens == [1]
+
+
+def test_lookahead_pools_the_text_only_when_asked(tiny_target):
+    from harness.model import ForwardOutput
+
+    ids = [3, 4, 5, 3, 4, 6]
+    prefill = ForwardOutput(logits=torch.zeros(1, tiny_target.vocab_size), hidden={})
+    for flag, expected in ((True, {4: [(5,), (6,)], 5: [(3,)], 3: [(4,)]}), (False, {})):
+        d = build_method(tiny_target, "method=lookahead", "method.ngram=2", f"method.pool_from_prompt={flag}").drafter
+        d.begin(DecodeState(ids=list(ids), prompt_len=5, max_new_tokens=4, target=tiny_target, sampling=Sampling(),
+                            generator=None), prefill)
+        assert {k: list(v) for k, v in d.pool.items()} == expected
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["method=rest", "method.datastore=/nonexistent/d.npz"], "build_datastore.py"),
     (["method=rest"], "no default datastore for model 'tiny-llama'"),
     (["method=rest", "method.total_tokens=0"], "total_tokens"),
     (["method=recycling", "method.top_k=2"], "top_k"),
+    (["method=recycling", "method.context=0"], "method.context must be 1"),
     (["method=sam", "method.aux=sam"], "sam cannot wrap itself"),
     (["method=sam", "method.aux=hf_generate"], "not an engine method"),
     (["method=sam", "method.threshold=0"], "threshold"),
