@@ -10,7 +10,9 @@ random prompt tokens) and a pool mapping a token to at most ``guesses`` (ngram -
   and positions compute it exactly. The target's argmax at each column's deepest level is that column's
   next level (one Jacobi step); once ``ngram - 1`` levels exist, every column yields an n-gram
   (its levels + the new token) keyed by its first token, and the oldest level is dropped.
-* verification branch: the pool's continuations of the root token.
+* verification branch: the pool's continuations of the root token. With ``pool_from_prompt`` (the reference's
+  POOL_FROM_PROMPT) the pool also receives every n-gram of the prompt at the start and of the text as it is
+  committed, so the branch copies spans of the prompt and the answer, as prompt lookup does.
 
 Both branches are merged into one prefix tree of deterministic nodes, so the lookahead tokens are verified
 too (a free chance), greedy output matches ``ar``, and sampled verification (one-hot q, every node once) is

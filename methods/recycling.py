@@ -6,6 +6,8 @@ is the i_d-th recorded successor of its parent's token. After the verification f
 target saw (root and all draft nodes, accepted or not) overwrites its token's successors with that row's
 top-k. With ``persist=true`` (the paper's protocol) the matrix carries over between prompts within a run,
 warm-up included, so results depend on prompt order; ``persist=false`` starts every prompt empty.
+``context=n`` (n > 1, not in the paper) also records each row's top-k under the last n tokens it saw; a draft
+node then takes the successors of its longest recorded context, so "of the" and "in the" stop sharing one list.
 
 The reference verifies all 80 template nodes each step, which costs 2-3 one-token forwards on this CPU. Here
 the template is cut: nodes go best-first by their observed acceptance rate (a Beta prior from their
@@ -50,6 +52,7 @@ class RecyclingConfig(MethodConfig):
     total_tokens: Any = "auto"  # tokens verified per step, root included: an int, or auto (by the verify-cost curve)
     max_tokens: int = 32  # cap on auto
     persist: bool = True  # keep the successor matrix across prompts (the paper's protocol)
+    recycle_prompt: bool = False  # also record the top-k of every prompt position of the prefill (not in the paper)
     context: int = 1  # tokens a successor list is keyed by: 1 = the paper's matrix; n > 1 also keys by the last n tokens, longest match first
 
 
@@ -71,6 +74,7 @@ class TokenRecycling(Drafter):
             raise SpeclabError(f"method.template uses successor ranks up to {max(max(p) for p in self.paths)} but "
                                f"method.top_k={cfg.top_k} records only ranks 0..{cfg.top_k - 1}; raise top_k or use a smaller template")
         self.cfg, self.cost, self.vocab_size = cfg, cost, vocab_size
+        self.hidden_layers = ("final",) if cfg.recycle_prompt else ()
         self.parents = trees.choices_parents(self.paths)
         ranks = [p[-1] for p in self.paths]
         # prior acceptance of a node: 1/(2 + rank) per level, so deeper and lower-ranked nodes come later
@@ -91,9 +95,23 @@ class TokenRecycling(Drafter):
     def begin(self, state: DecodeState, prefill: ForwardOutput) -> None:
         if not self.cfg.persist:
             self.reset()
+        if self.cfg.recycle_prompt:
+            self._recycle_prompt(state, prefill.hidden["final"])
         top = prefill.logits[-1].topk(self.cfg.top_k).indices  # what followed the prompt
         self.successors[state.ids[-2]] = top
         self._record([tuple(state.ids[-self.cfg.context - 1:-1])], [top.tolist()])
+
+    def _recycle_prompt(self, state: DecodeState, final: torch.Tensor, chunk: int = 256) -> None:
+        """The prefill computed the target's state at every prompt position: project them to the vocabulary and
+        record each position's top-k, in order (a later position overwrites an earlier one, as steps do)."""
+        ids, c = state.ids, self.cfg.context
+        for lo in range(0, state.prompt_len - 1, chunk):
+            hi = min(lo + chunk, state.prompt_len - 1)
+            top = state.target.lm_head(final[lo:hi]).float().topk(self.cfg.top_k, dim=-1).indices
+            for pos, row in zip(range(lo, hi), top):
+                self.successors[ids[pos]] = row
+            if c > 1:
+                self._record([tuple(ids[max(0, pos - c + 1): pos + 1]) for pos in range(lo, hi)], top.tolist())
 
     def _record(self, tails: list[tuple[int, ...]], tops: list[list[int]]) -> None:
         for tail, top in zip(tails, tops):

@@ -113,7 +113,7 @@ OPTION_OVERRIDES = {
              "total_tokens": ("64", 64), "max_tokens": ("16", 16)},
     "recycling": {"name": ("tr", "tr"), "rule": ("greedy", "greedy"), "top_k": ("4", 4), "template": ("cpu8", "cpu8"),
                   "total_tokens": ("auto", "auto"), "max_tokens": ("80", 80), "persist": ("false", False),
-                  "context": ("2", 2)},
+                  "context": ("2", 2), "recycle_prompt": ("true", True)},
     "sam": {"name": ("samd", "samd"), "rule": ("auto", "auto"), "n_predicts": ("20", 20), "alpha": ("2.5", 2.5),
             "threshold": ("3", 3), "len_bias": ("0", 0), "static": ("true", True), "datastore": ("/d/x.npz", "/d/x.npz"),
             "aux": ("eagle2", "eagle2"), "max_tokens": ("12", 12)},

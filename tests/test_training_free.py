@@ -150,6 +150,7 @@ CASES = {
     "recycling_per_prompt": ["method=recycling", "method.total_tokens=6", "method.persist=false"],
     "recycling_context": ["method=recycling", "method.total_tokens=10", "method.context=2"],
     "recycling_context3_auto": ["method=recycling", "method.context=3"],
+    "recycling_prompt": ["method=recycling", "method.total_tokens=8", "method.recycle_prompt=true", "method.context=2"],
     "sam": ["method=sam", "method.threshold=1", "method.max_tokens=8"],
     "sam_pld": ["method=sam", "method.aux=pld"],
     "sam_recycling": ["method=sam_recycling", "method.aux='recycling total_tokens=8'"],
@@ -264,6 +265,18 @@ def test_recycling_context_prefers_the_successors_of_the_last_two_tokens(tiny_ta
     assert d.propose(state, 3).tokens == [3]
     state.ids[1] = 6  # an unseen pair falls back to the matrix
     assert d.propose(state, 3).tokens == [1]
+
+
+def test_recycle_prompt_records_the_targets_top_k_at_every_prompt_position(tiny_target, tiny_prompts):
+    prompt = tiny_prompts[0]
+    full = tiny_target.forward(tiny_target.new_cache(len(prompt) + 8), prompt).logits  # every position's logits
+    # a repeated token keeps its last position's list; the prompt's last token gets the prefill's own last row
+    last = {tok: pos for pos, tok in enumerate(prompt[:-1]) if tok != prompt[-1]}
+    for flag in (True, False):
+        d = build_method(tiny_target, "method=recycling", "method.total_tokens=4", f"method.recycle_prompt={flag}").drafter
+        decode(tiny_target, d, prompt, max_new=1)  # the prefill, then begin
+        recorded = [d.successors[tok, :4].tolist() == full[pos].topk(4).indices.tolist() for tok, pos in last.items()]
+        assert len(recorded) > 3 and (all(recorded) if flag else not any(recorded))
 
 
 def test_lookahead_pools_the_text_only_when_asked(tiny_target):
