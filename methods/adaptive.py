@@ -29,10 +29,10 @@ verification:
 On a Mixture-of-Experts target (``moe_aware``: ``expert_term``, on by default there) a width not yet timed is
 priced by the experts it would activate instead of by the dense-style curve: verifying more tokens costs what
 the union of their experts costs, and that union saturates at E. The distinct experts per layer of each
-verification are read from the router hooks (``harness/experts.py``); a width not yet seen is given the
-uniform-routing form E (1 - (1 - p)^w) with p fitted to the widths seen (correlated routing gives p under
-top_k / E), and its time is interpolated between the timed widths by their experts, extrapolated past them
-at the slope of the last two.
+verification are read from the router hooks (``harness/experts.py``); a width not yet seen is interpolated
+between the widths seen, or past the widest one given the uniform-routing form E (1 - (1 - p)^w) with p fitted
+to it (correlated routing gives p under top_k / E), and its time read off the least-squares line of the timed
+widths' seconds against their experts.
 
 At temperature 1.0 prompt lookup's 10-token drafts are rarely accepted past the first token while verifying
 11 tokens costs about 1.35 plain steps here: ``pld`` runs below ``ar`` (BENCHMARKS.md); wrapped it drafts
@@ -61,6 +61,7 @@ PRIOR_RATE, PRIOR_WEIGHT = 0.6, 4.0  # depth 1's acceptance before it is tried, 
 EMA = 0.1  # weight of a new timing in the running means (a few dozen steps of memory)
 MISS, PART, ALL = range(3)  # the previous step's outcome: nothing accepted, part of its draft, all of it
 EXPLORE_EVERY = 8
+MIN_EXPERT_SPREAD = 0.1  # distinct experts a layer: timed widths closer than this give no slope
 FADE = 0.02  # share of every acceptance count forgotten per drafted step: a memory of about 50 steps
 
 
@@ -146,28 +147,44 @@ class AdaptiveDrafter(Drafter):
         return float(np.interp(width, ks, ratios)) * self.curve(width)
 
     def distinct_experts(self, width: float) -> float:
-        """Distinct experts per layer a verification of ``width`` tokens activates: measured, else the uniform
-        form E (1 - (1 - p)^w) with p fitted to the measured widths."""
+        """Distinct experts per layer a verification of ``width`` tokens activates: measured; else interpolated
+        between the measured widths around it; past the widest measured one, the uniform form E (1 - (1 - p)^w)
+        with p fitted to that widest width (so it saturates at E).
+
+        Not one p fitted to all widths: tokens of one text route alike, so the p implied by a wide verification is
+        far below top_k / E, and a p dominated by the many one-token steps would price every untried width at
+        nearly uniform routing: too dear to try, hence never measured."""
         seen = self.experts_at.get(round(width))
         if seen is not None and seen.count >= 3:
             return seen.value
         E = self.experts.num_experts
-        fits = [(r.count, 1 - (1 - min(r.value, E - 1e-6) / E) ** (1 / w)) for w, r in self.experts_at.items() if r.count]
-        p = sum(n * q for n, q in fits) / sum(n for n, _ in fits) if fits else self.experts.top_k / E
-        return E * (1 - (1 - p) ** width)
+        points = sorted((w, min(r.value, E - 1e-6)) for w, r in self.experts_at.items() if r.count)
+        if not points:
+            return E * (1 - (1 - self.experts.top_k / E) ** width)
+        ws, es = zip(*points)
+        es = np.maximum.accumulate(es)  # more tokens never read fewer experts: noise is not allowed to say so
+        if width <= ws[-1]:
+            return float(np.interp(width, ws, es))
+        p = 1 - (1 - es[-1] / E) ** (1 / ws[-1])
+        return float(E * (1 - (1 - p) ** width))
 
     def seconds_by_experts(self, width: float) -> float:
-        """A verification's seconds interpolated between timed widths by the experts they activate."""
-        timed = sorted((self.distinct_experts(w), r.value) for w, r in self.verify_s.items() if r.count >= 3)
-        e = self.distinct_experts(width)
-        if len(timed) == 1:  # one timed width: scale it by the curve
-            (w0,) = [w for w, r in self.verify_s.items() if r.count >= 3]
-            return timed[0][1] * self.curve(width) / self.curve(w0)
-        xs, ts = zip(*timed)
-        if e <= xs[-1]:
-            return float(np.interp(e, xs, ts))
-        slope = max(0.0, (ts[-1] - ts[-2]) / max(xs[-1] - xs[-2], 1e-6))
-        return ts[-1] + slope * (e - xs[-1])
+        """A verification's seconds from the experts it activates: the least-squares line of the timed widths'
+        seconds against their experts (weighted by timings), evaluated at this width's experts.
+
+        A line through all timed widths, not a segment through the last two: two widths a fraction of an expert
+        apart whose timings differ by noise would give a slope of seconds per hundredth of an expert, pricing every
+        wider verification at many plain steps, so the wide drafts that pay on copied text would never be tried."""
+        timed = [(self.distinct_experts(w), r.value, r.count, w) for w, r in self.verify_s.items() if r.count >= 3]
+        xs, ts, ns, ws = (np.array(v, dtype=float) for v in zip(*timed))
+        ns = np.minimum(ns, 1 / EMA)  # a running mean holds about 1 / EMA timings, however many it has seen
+        spread = float(np.average((xs - np.average(xs, weights=ns)) ** 2, weights=ns))
+        if spread < MIN_EXPERT_SPREAD ** 2:  # the timed widths all read about the same experts: scale by the curve
+            w0 = ws[int(np.argmax(ns))]
+            return float(ts[int(np.argmax(ns))]) * self.curve(width) / self.curve(w0)
+        x0, t0 = np.average(xs, weights=ns), np.average(ts, weights=ns)
+        slope = max(0.0, float(np.average((xs - x0) * (ts - t0), weights=ns)) / spread)
+        return float(t0 + slope * (self.distinct_experts(width) - x0))
 
     def step_seconds(self, depth: int) -> float:
         width = self.width[depth].value if self.width[depth].count else 1.0 + depth

@@ -8,6 +8,9 @@ top-k. With ``persist=true`` (the paper's protocol) the matrix carries over betw
 warm-up included, so results depend on prompt order; ``persist=false`` starts every prompt empty.
 ``context=n`` (n > 1, not in the paper) also records each row's top-k under the last n tokens it saw; a draft
 node then takes the successors of its longest recorded context, so "of the" and "in the" stop sharing one list.
+``recycle_prompt=true`` (not in the paper) also records the prefill's rows: the prefill computed the target's
+state at every prompt position, and projecting them once gives each prompt token's successors in context, so
+spans of the prompt are drafted as the answer copies them (``method=recycling_prompt`` sets both).
 
 The reference verifies all 80 template nodes each step, which costs 2-3 one-token forwards on this CPU. Here
 the template is cut: nodes go best-first by their observed acceptance rate (a Beta prior from their

@@ -126,9 +126,39 @@ def test_expert_term_prices_untimed_widths_by_the_experts_they_activate():
         proposal = Proposal.chain(list(range(width - 1))) if width > 1 else Proposal()
         d.observe(state, proposal, VerifyResult([], 0, 0), None)
     e9 = d.distinct_experts(9)
-    assert 6.5 < e9 < 8.0  # the uniform form fitted to 2 of 8 at width 1 and 4 at width 2: saturating
+    assert 6.5 < e9 < 8.0  # past the widest measured width (4 of 8 at width 2), the uniform form: saturating
     assert d.verify_seconds(9) == pytest.approx(2.0 + 0.5 * (e9 - 4.0), rel=0.02)  # by experts, not 9x width 1
     assert d.verify_seconds(1) == pytest.approx(1.0, rel=0.02)
+
+
+def test_expert_term_is_not_thrown_by_two_widths_with_about_the_same_experts():
+    """Widths 2 and 3 read 3.0 and 3.05 experts but differ by 0.1 s of noise: a slope through those two alone
+    (2 s per expert) would price width 9 at over 8 s; the line through all timed widths stays near 0.5 s per expert."""
+    counter = Experts()
+    d = AdaptiveDrafter(Chain(), 16, linear, counter)
+    state = DecodeState([1, 2, 3], 3, 10_000, None, Sampling(), None)
+    for width, experts, seconds in [(1, 2.0, 1.0), (2, 3.0, 1.5), (3, 3.05, 1.6)] * 4:
+        d._asked, d._t_draft = width - 1, 0.0
+        d._t_proposed = time.perf_counter() - seconds
+        counter.value = experts
+        d.observe(state, Proposal.chain(list(range(width - 1))) if width > 1 else Proposal(), VerifyResult([], 0, 0), None)
+    e9 = d.distinct_experts(9)
+    assert e9 > 4.5
+    assert d.verify_seconds(9) == pytest.approx(1.0 + 0.55 * (e9 - 2.0), rel=0.1)
+
+
+def test_untried_widths_between_measured_ones_read_interpolated_experts():
+    """Routing is correlated: 11 tokens read 4.5 experts where uniform routing would read 7.5. Width 5 lies
+    between the measured widths, so it reads about 3 experts, not the 6 of a p fitted to the one-token steps."""
+    counter = Experts()
+    d = AdaptiveDrafter(Chain(), 16, linear, counter)
+    state = DecodeState([1, 2, 3], 3, 10_000, None, Sampling(), None)
+    for width, experts in [(1, 2.0)] * 50 + [(11, 4.5)]:
+        d._asked, d._t_draft, d._t_proposed = width - 1, 0.0, time.perf_counter()
+        counter.value = experts
+        d.observe(state, Proposal.chain(list(range(width - 1))) if width > 1 else Proposal(), VerifyResult([], 0, 0), None)
+    assert d.distinct_experts(5) == pytest.approx(3.0)
+    assert 4.5 < d.distinct_experts(16) < 6.0  # past width 11: the uniform form through 4.5 experts at 11 tokens
 
 
 def test_expert_term_needs_an_moe_target(tiny_target):
