@@ -178,11 +178,11 @@ class AdaptiveDrafter(Drafter):
         timed = [(self.distinct_experts(w), r.value, r.count, w) for w, r in self.verify_s.items() if r.count >= 3]
         xs, ts, ns, ws = (np.array(v, dtype=float) for v in zip(*timed))
         ns = np.minimum(ns, 1 / EMA)  # a running mean holds about 1 / EMA timings, however many it has seen
-        spread = float(np.average((xs - np.average(xs, weights=ns)) ** 2, weights=ns))
-        if spread < MIN_EXPERT_SPREAD ** 2:  # the timed widths all read about the same experts: scale by the curve
-            w0 = ws[int(np.argmax(ns))]
-            return float(ts[int(np.argmax(ns))]) * self.curve(width) / self.curve(w0)
         x0, t0 = np.average(xs, weights=ns), np.average(ts, weights=ns)
+        spread = float(np.average((xs - x0) ** 2, weights=ns))
+        if spread < MIN_EXPERT_SPREAD ** 2:  # the timed widths all read about the same experts: scale by the curve
+            i = int(np.argmax(ns))
+            return float(ts[i]) * self.curve(width) / self.curve(ws[i])
         slope = max(0.0, float(np.average((xs - x0) * (ts - t0), weights=ns)) / spread)
         return float(t0 + slope * (self.distinct_experts(width) - x0))
 
