@@ -74,7 +74,7 @@ class Lookahead(Drafter):
         n = self.cfg.ngram
         for end in range(self._pooled_upto, len(ids)):
             self._remember(ids[end - n + 1], tuple(ids[end - n + 2: end + 1]))
-        self._pooled_upto = max(self._pooled_upto, len(ids))
+        self._pooled_upto = len(ids)
 
     def _column_path(self, j: int, level: int) -> tuple[int, ...]:
         """Tokens from the root down to column j (0-based) at ``level``."""

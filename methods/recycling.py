@@ -100,9 +100,8 @@ class TokenRecycling(Drafter):
             self.reset()
         if self.cfg.recycle_prompt:
             self._recycle_prompt(state, prefill.hidden["final"])
-        top = prefill.logits[-1].topk(self.cfg.top_k).indices  # what followed the prompt
-        self.successors[state.ids[-2]] = top
-        self._record([tuple(state.ids[-self.cfg.context - 1:-1])], [top.tolist()])
+        # what followed the prompt
+        self._recycle([tuple(state.ids[-self.cfg.context - 1:-1])], prefill.logits[-1:].topk(self.cfg.top_k, dim=-1).indices)
 
     def _recycle_prompt(self, state: DecodeState, final: torch.Tensor, chunk: int = 256) -> None:
         """The prefill computed the target's state at every prompt position: project them to the vocabulary and
@@ -111,15 +110,17 @@ class TokenRecycling(Drafter):
         for lo in range(0, state.prompt_len - 1, chunk):
             hi = min(lo + chunk, state.prompt_len - 1)
             top = state.target.lm_head(final[lo:hi]).float().topk(self.cfg.top_k, dim=-1).indices
-            for pos, row in zip(range(lo, hi), top):
-                self.successors[ids[pos]] = row
-            if c > 1:
-                self._record([tuple(ids[max(0, pos - c + 1): pos + 1]) for pos in range(lo, hi)], top.tolist())
+            self._recycle([tuple(ids[max(0, pos - c + 1): pos + 1]) for pos in range(lo, hi)], top)
 
-    def _record(self, tails: list[tuple[int, ...]], tops: list[list[int]]) -> None:
-        for tail, top in zip(tails, tops):
-            for n in range(2, len(tail) + 1):
-                self.keyed[tail[-n:]] = top
+    def _recycle(self, tails: list[tuple[int, ...]], top: torch.Tensor) -> None:
+        """Record each row's top-k as the successors of its input token (the last of its tail) and, with
+        ``context > 1``, of every longer suffix of its tail; rows in order, so a later row overwrites."""
+        for tail, row in zip(tails, top):
+            self.successors[tail[-1]] = row
+        if self.cfg.context > 1:
+            for tail, row in zip(tails, top.tolist()):
+                for n in range(2, len(tail) + 1):
+                    self.keyed[tail[-n:]] = row
 
     def successor(self, tail: tuple[int, ...], rank: int) -> int:
         """The ``rank``-th recorded successor of the context ending ``tail``, longest recorded context first; -1 if none."""
@@ -141,7 +142,6 @@ class TokenRecycling(Drafter):
         nodes: list[int] = []  # template node of each draft node
         slot: dict[int, int] = {}  # template node -> draft node
         taken: set[tuple[int, int]] = set()  # (draft parent, token): siblings are distinct
-        root = state.ids[-1]
         root_tail = tuple(state.ids[-self.cfg.context:])
         tails: list[tuple[int, ...]] = []  # last `context` tokens ending at each draft node
         for i in sorted(order[:n]):
@@ -159,14 +159,14 @@ class TokenRecycling(Drafter):
             tails.append((parent_tail + (tok,))[-self.cfg.context:])
             parents.append(draft_parent)
             nodes.append(i)
-        return Proposal(tokens, parents, meta={"template_nodes": nodes, "root": root, "tails": [root_tail] + tails})
+        return Proposal(tokens, parents, meta={"template_nodes": nodes, "tails": [root_tail] + tails})
 
     def observe(self, state: DecodeState, proposal: Proposal, result: VerifyResult, out: ForwardOutput) -> None:
-        root = proposal.meta.get("root", state.ids[len(state.ids) - len(result.accepted) - 2])
-        top = out.logits.topk(self.cfg.top_k, dim=-1).indices
-        self.successors[torch.tensor([root] + proposal.tokens)] = top
-        if self.cfg.context > 1 and "tails" in proposal.meta:
-            self._record(proposal.meta["tails"], top.tolist())
+        tails = proposal.meta.get("tails")
+        if tails is None:  # another drafter proposed this step (SAM's auxiliary use): its rows still teach the matrix
+            root = state.ids[len(state.ids) - len(result.accepted) - 2]
+            tails = [(token,) for token in [root] + proposal.tokens]
+        self._recycle(tails, out.logits.topk(self.cfg.top_k, dim=-1).indices)
         nodes = proposal.meta.get("template_nodes", [])
         if nodes:
             np.add.at(self.seen, nodes, 1.0)
