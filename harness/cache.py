@@ -22,6 +22,9 @@ class BufferLayer(DynamicLayer):
         self.length = 0
         self._k: torch.Tensor | None = None
         self._v: torch.Tensor | None = None
+        # static mode (harness/static_forward.py): new keys go to these slots and attention reads the whole
+        # buffer, so a forward has the same shapes and addresses every step (what a CUDA graph replays)
+        self.slots: torch.Tensor | None = None
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         b, h, _, d = key_states.shape
@@ -47,6 +50,10 @@ class BufferLayer(DynamicLayer):
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
+        if self.slots is not None:  # the caller masks the slots a token may not see and advances the length
+            self._k.index_copy_(2, self.slots, key_states)
+            self._v.index_copy_(2, self.slots, value_states)
+            return self._k, self._v
         n = key_states.shape[-2]
         self._reserve(self.length + n)
         self._k[:, :, self.length : self.length + n] = key_states
@@ -123,9 +130,28 @@ class KVCache(Cache):
             self.truncate(start + len(offsets))
             return
         idx = torch.tensor(offsets, dtype=torch.long)
+        on: dict[torch.device, torch.Tensor] = {}  # one copy per device (a model may be split over several)
         with torch.inference_mode():  # the buffers are inference tensors (filled by TargetModel.forward)
             for layer in self.layers:
-                layer.gather(start, idx)
+                if layer._k is not None:
+                    dev = layer._k.device
+                    layer.gather(start, on.setdefault(dev, idx.to(dev, non_blocking=True)))
+
+    def allocate(self, like: torch.Tensor, kv_heads: int, head_dim: int, value_dim: int | None = None) -> None:
+        """Allocate every layer's buffers now (static mode: their addresses must not change later)."""
+        for layer in self.layers:
+            # zeros, not garbage: a masked slot gets weight 0, and 0 x NaN would still be NaN
+            layer._k = like.new_zeros(1, kv_heads, layer.capacity, head_dim)
+            layer._v = like.new_zeros(1, kv_heads, layer.capacity, value_dim or head_dim)
+            layer.device, layer.length, layer.is_initialized = like.device, 0, True
+
+    def set_slots(self, slots: torch.Tensor | None) -> None:
+        for layer in self.layers:
+            layer.slots = slots
+
+    def set_length(self, length: int) -> None:
+        for layer in self.layers:
+            layer.length = int(length)
 
     def kv(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         lay = self.layers[layer]

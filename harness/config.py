@@ -25,7 +25,7 @@ class ModelConfig:
     name: str = MISSING  # label in results rows
     source: str = "hf"  # hf (Hub id or folder in `path`) | smollm2_wheel | gemma3_package | smollm2_moe | digits_ar | tiny
     path: Optional[str] = None
-    dtype: str = "float32"
+    dtype: str = "auto"  # auto (float32 on CPU, bfloat16 on CUDA) | float32 | bfloat16 | float16
     attention: str = "speclab"  # speclab (engine kernel) | sdpa | eager
     revision: Optional[str] = None
     trust_remote_code: bool = False
@@ -64,6 +64,11 @@ class BaselineConfig:
 
 @dataclass
 class EngineConfig:
+    device: str = "auto"  # auto (cuda when a GPU is visible) | cpu | cuda | cuda:N
+    # static-shape forwards replayed as CUDA graphs (harness/static_forward.py): auto = on CUDA; on = also on a
+    # CPU, uncaptured (tests); off = eager
+    cuda_graphs: str = "auto"
+    graph_widths: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
     # 1: on this 2-core CPU a second thread is ~15% faster when the machine is idle, but with one busy process
     # beside it OpenMP's spinning threads make every forward 2.5-4x slower (BENCHMARKS.md, "Threads")
     threads: int = 1
@@ -72,6 +77,16 @@ class EngineConfig:
     warmup_tokens: int = 16
     load_check: bool = True  # warn before timing when other processes keep the CPU busy
     verify_cost: str = "cached"  # c(k) for the speedup bound: cached (use a measurement if present) | measure | off
+
+
+@dataclass
+class SyntheticConfig:
+    """Synthetic acceptance (harness/synthetic.py): system speed where real acceptance cannot be measured."""
+
+    mode: str = "off"  # off | trace (replay a real run's per-step drafts and acceptances) | rates
+    trace: Optional[str] = None  # trace mode: the folder or results.parquet of a real run of the same methods and task
+    rates: list[float] = field(default_factory=list)  # rates mode: conditional acceptance per draft depth
+    seed: int = 0
 
 
 @dataclass
@@ -91,6 +106,7 @@ class RunConfig:
     baseline: BaselineConfig = MISSING
     logger: LoggerConfig = MISSING
     engine: EngineConfig = field(default_factory=EngineConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     max_new_tokens: int = 128
     temperature: float = 0.0
     top_k: int = 0

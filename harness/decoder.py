@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from . import tree as T
+from .device import synchronize
 from .drafter import DecodeState, Drafter
 from .errors import SpeclabError
 from .experts import summarize
@@ -50,6 +51,17 @@ class Decoder:
         self.target = target
         self.verifier = verifier
         self.stop_ids = target.stop_ids if stop_ids is None else set(stop_ids)
+        self.device = target.device
+
+    def _verify(self, logits: torch.Tensor, proposal: Proposal, generator: torch.Generator | None):
+        """Greedy rules read the argmax on the device (one transfer of a few ids); sampled rules walk the tree
+        token by token, so they get one host copy of the logits and q and draw with the run's host generator,
+        which also makes a seeded sampled run's draws independent of the device."""
+        if logits.device.type != "cpu" and not self.verifier.sampling.greedy:
+            logits = logits.cpu()
+            if proposal.q is not None:
+                proposal = Proposal(proposal.tokens, proposal.parents, proposal.q.cpu(), proposal.meta)
+        return self.verifier.verify(logits, proposal, generator)
 
     def _commit(self, state: DecodeState, tokens: list[int]) -> tuple[int, str | None]:
         """Append tokens up to the first stop token or the token budget; returns (count, stop reason)."""
@@ -80,16 +92,18 @@ class Decoder:
                 f"context of {target.max_positions}; lower max_new_tokens or shorten the prompt"
             )
         hidden = drafter.hidden_layers
+        synchronize(self.device)
         t_start = time.perf_counter()
         cache = target.new_cache(len(prompt_ids) + max_new_tokens + 64)
         state = DecodeState(list(prompt_ids), len(prompt_ids), max_new_tokens, target, self.verifier.sampling, generator,
                             cache=cache)
 
         out = target.forward(cache, prompt_ids, logits_rows=[-1], hidden_layers=hidden)
-        _, stop = self._commit(state, [self.verifier.verify(out.logits, Proposal(), generator).token])
+        _, stop = self._commit(state, [self._verify(out.logits, Proposal(), generator).token])
         t_prefill = time.perf_counter()
         result = PromptResult(len(prompt_ids), [], "", steps=1, prefill_time=t_prefill - t_start)
         drafter.begin(state, out)
+        synchronize(self.device)
         result.draft_time += time.perf_counter() - t_prefill
         experts: list[float] = []  # MoE targets: distinct experts per layer in each verification
 
@@ -99,6 +113,7 @@ class Decoder:
             proposal = drafter.propose(state, max_depth) if max_depth > 0 else Proposal()
             if proposal.tokens and max(T.depths(proposal.parents)) > max_depth:
                 proposal = proposal.restrict(T.prune_depth(proposal.parents, max_depth))
+            synchronize(self.device)  # the draft's queued kernels count as draft time
             t1 = time.perf_counter()
 
             start = cache.length
@@ -117,11 +132,12 @@ class Decoder:
                 out = target.forward(cache, inputs, hidden_layers=hidden)
             if target.experts is not None:
                 experts.append(target.experts.mean_distinct())
-            vr = self.verifier.verify(out.logits, proposal, generator)
+            vr = self._verify(out.logits, proposal, generator)
             cache.keep(start, [0] + [i + 1 for i in vr.accepted])
             emitted, stop = self._commit(state, [proposal.tokens[i] for i in vr.accepted] + [vr.token])
             t2 = time.perf_counter()
             drafter.observe(state, proposal, vr, out)
+            synchronize(self.device)
             t3 = time.perf_counter()
 
             result.steps += 1

@@ -83,10 +83,10 @@ def load_draft(path: str | None, target: TargetModel, dtype: str = "float32") ->
             f"{meta.get('target', target.info.name)}-draft", str(folder), files_hash([folder / "model.safetensors"]),
             dtype, sum(p.numel() for p in model.parameters()), {"shared_with_target": meta["shared"]},
         )
-        draft = TargetModel(model, target.tokenizer, info)
+        draft = TargetModel(model.to(target.device), target.tokenizer, info)
     else:
         draft = load_target(folder.name if folder.exists() else str(path), "hf", str(path if path else folder), dtype,
-                            target.model.config._attn_implementation)
+                            target.model.config._attn_implementation, device=target.device)
     check_compatible(draft, target)
     return draft
 

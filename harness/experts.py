@@ -32,20 +32,23 @@ class ExpertCounter:
         self.routers = [m for m in model.modules() if ROUTER.search(type(m).__name__)]
         self.num_experts = next((int(getattr(config, k)) for k in EXPERT_KEYS if getattr(config, k, None)), 0)
         self.top_k = int(getattr(config, "num_experts_per_tok", 0) or 0)
-        self._distinct: list[int] = []
+        self._distinct: list[torch.Tensor] = []
         for router in self.routers:
             router.register_forward_hook(self._hook)
 
     def _hook(self, module: nn.Module, args, output) -> None:
         indices = output[-1] if isinstance(output, tuple) else output
-        self._distinct.append(int(torch.unique(indices).numel()))
+        # counted on the device and read once in mean_distinct: no host sync per layer
+        size = self.num_experts or int(indices.max()) + 1  # configs name the count; a sync only where none does
+        used = torch.zeros(size, dtype=torch.bool, device=indices.device)
+        self._distinct.append(used.index_fill_(0, indices.reshape(-1).long(), True).sum())
 
     def reset(self) -> None:
         self._distinct = []
 
     def mean_distinct(self) -> float | None:
         """Distinct experts per MoE layer in the forwards since :meth:`reset`, averaged over layers."""
-        return sum(self._distinct) / len(self._distinct) if self._distinct else None
+        return float(torch.stack(self._distinct).float().mean()) if self._distinct else None
 
 
 def expert_counter(model: nn.Module) -> ExpertCounter | None:

@@ -69,7 +69,7 @@ class MethodContext:
         from . import verify_cost as vc
         from .kernels import resolve_kernel
 
-        kernel = resolve_kernel(self.engine.kernel, self.target.dtype)
+        kernel = resolve_kernel(self.engine.kernel, self.target.dtype, self.target.device)
         return vc.Curve(vc.cached_or_measured(self.target, kernel, int(self.engine.threads), logging.getLogger("speclab")))
 
 

@@ -92,7 +92,8 @@ class HeadDrafter(Drafter):
         self.sampling = sampling
         self.hidden_layers = head.target_layers
         self.static_parents = trees.choices_parents(shape.choices) if shape.kind == "static" else None
-        self.vocab_ids = head.vocab.ids if head.vocab is not None else None
+        self.device = head.fc.weight.device if hasattr(head, "fc") else next(head.parameters()).device
+        self.vocab_ids = head.vocab.ids.to(self.device) if head.vocab is not None else None
         self.cache = None
         self.pending: tuple[dict, list[int]] | None = None
 
@@ -118,9 +119,9 @@ class HeadDrafter(Drafter):
         n = len(tokens)
         h = self.head.features(hidden)
         dtype = h.dtype
-        out = self.head(
-            torch.tensor([tokens]), h[None], torch.arange(start, start + n)[None], self.cache, causal_mask(start, n, dtype)
-        )
+        dev = self.device
+        out = self.head(torch.tensor([tokens], device=dev), h[None], torch.arange(start, start + n, device=dev)[None],
+                        self.cache, causal_mask(start, n, dtype, dev))
         self.pending = None
         return out[0, -1]
 
@@ -141,9 +142,9 @@ class HeadDrafter(Drafter):
             seen = [tree.slot[a] for a in tree.ancestors(tree.parents[n])] + [start + j]
             rows.append(list(range(stable)) + seen)
             tree.slot[n] = start + j
-        positions = torch.tensor([[stable - 1 + tree.depth[n] for n in nodes]])
-        tokens = torch.tensor([[tree.tokens[n] for n in nodes]])
-        out = self.head(tokens, h[None], positions, self.cache, visible_mask(start, rows, h.dtype))[0]
+        positions = torch.tensor([[stable - 1 + tree.depth[n] for n in nodes]], device=self.device)
+        tokens = torch.tensor([[tree.tokens[n] for n in nodes]], device=self.device)
+        out = self.head(tokens, h[None], positions, self.cache, visible_mask(start, rows, h.dtype, self.device))[0]
         for j, n in enumerate(nodes):
             tree.out[n] = out[j]
         return out
@@ -157,7 +158,8 @@ class HeadDrafter(Drafter):
             top = torch.topk(logp, count)
             return self._target_ids(top.indices), top.values.tolist(), [None] * count
         q = warp(logits, self.sampling)
-        gumbel = -torch.log(-torch.log(torch.rand(q.shape, generator=generator).clamp_(1e-20, 1.0)))
+        # uniforms from the run's host generator, so a seeded run draws the same on every device
+        gumbel = -torch.log(-torch.log(torch.rand(q.shape, generator=generator).clamp_(1e-20, 1.0))).to(q.device)
         keys = torch.where(q > 0, q.log() + gumbel, torch.full_like(q, -float("inf")))
         draws = torch.topk(keys, min(count, int((q > 0).sum()))).indices
         qs, left = [], q.clone()
@@ -169,7 +171,7 @@ class HeadDrafter(Drafter):
     def _full(self, q: torch.Tensor) -> torch.Tensor:
         if self.vocab_ids is None:
             return q
-        full = torch.zeros(self.head.vocab.target_vocab, dtype=q.dtype)
+        full = torch.zeros(self.head.vocab.target_vocab, dtype=q.dtype, device=q.device)
         full[self.vocab_ids] = q
         return full
 
@@ -210,7 +212,7 @@ class HeadDrafter(Drafter):
             outs = self._feed(tree, frontier, stable)
             logp = self._distribution(outs)
             top = torch.topk(logp, min(k, logp.shape[-1]), dim=-1)
-            scores = torch.tensor([tree.score[n] for n in frontier])[:, None] + top.values
+            scores = torch.tensor([tree.score[n] for n in frontier], device=top.values.device)[:, None] + top.values
             children = []
             for j, n in enumerate(frontier):
                 for t, s in zip(self._target_ids(top.indices[j]), scores[j].tolist()):
@@ -271,6 +273,7 @@ def build_head_generator(cfg, ctx, default_head: str, shape: TreeShape):
     if cfg.dtype not in DTYPES:
         raise SpeclabError(f"unknown method.dtype {cfg.dtype!r}; choose one of {', '.join(DTYPES)}")
     head, _ = load_head(path, target, DTYPES[cfg.dtype])
+    head.to(target.device)
     if head.variant == "eagle":
         vocab = frequency_vocab(cfg, path, target.vocab_size)
         if vocab is not None:

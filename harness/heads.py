@@ -195,24 +195,26 @@ class EagleHead(nn.Module):
         return self.lm_head(self.norm(out)).float()
 
 
-def visible_mask(cache_len: int, rows: Sequence[Sequence[int]], dtype: torch.dtype) -> torch.Tensor:
+def visible_mask(cache_len: int, rows: Sequence[Sequence[int]], dtype: torch.dtype,
+                 device: torch.device | str = "cpu") -> torch.Tensor:
     """Additive mask for new tokens that each see the cache prefix ``0..cache_len-1``'s listed slots.
 
-    ``rows[i]`` lists the cache slots (and, for the new tokens, slots ``cache_len + j``) token i may see.
+    ``rows[i]`` lists the cache slots (and, for the new tokens, slots ``cache_len + j``) token i may see. Built on
+    the host, then copied to ``device`` once.
     """
     n = len(rows)
     visible = torch.zeros(n, cache_len + n, dtype=torch.bool)
     for i, slots in enumerate(rows):
         visible[i, list(slots)] = True
-    return to_additive(visible, dtype)
+    return to_additive(visible.to(device, non_blocking=True), dtype)
 
 
-def causal_mask(cache_len: int, n: int, dtype: torch.dtype) -> torch.Tensor | None:
+def causal_mask(cache_len: int, n: int, dtype: torch.dtype, device: torch.device | str = "cpu") -> torch.Tensor | None:
     """New tokens see the whole cache and the new tokens up to themselves (None when the kernel's causal path fits)."""
     if cache_len == 0:
         return None
-    visible = torch.ones(n, cache_len + n, dtype=torch.bool)
-    visible[:, cache_len:] = torch.ones(n, n, dtype=torch.bool).tril_()
+    visible = torch.ones(n, cache_len + n, dtype=torch.bool, device=device)
+    visible[:, cache_len:] = torch.ones(n, n, dtype=torch.bool, device=device).tril_()
     return to_additive(visible, dtype)
 
 

@@ -12,7 +12,7 @@ itself 17-22% faster than torch's. Every row of a 1..32-row input is computed by
 linear layers give the same values for a token whatever the draft size.
 
 ``auto`` (the default): ``onednn`` where oneDNN can pack the model's dtype on this CPU (fp32 everywhere,
-bf16 only with avx512bw/vl/dq or avx_ne_convert), else ``torch``. Rows record the kernel it resolved to.
+bf16 only with avx512bw/vl/dq or avx_ne_convert), else ``torch``; always ``torch`` on a GPU. Rows record the kernel it resolved to.
 """
 
 from __future__ import annotations
@@ -50,8 +50,10 @@ def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
 
 
-def onednn_problem(dtype: torch.dtype) -> str | None:
-    """Why oneDNN cannot run ``dtype`` weights here, or None when it can."""
+def onednn_problem(dtype: torch.dtype, device: torch.device | str = "cpu") -> str | None:
+    """Why oneDNN cannot run ``dtype`` weights on ``device`` here, or None when it can."""
+    if torch.device(device).type != "cpu":
+        return f"is a CPU kernel; the model is on {device}"
     if not onednn_available():
         return "needs a torch build with oneDNN (mkldnn)"
     if dtype not in (torch.float32, torch.bfloat16):
@@ -61,11 +63,11 @@ def onednn_problem(dtype: torch.dtype) -> str | None:
     return None
 
 
-def resolve_kernel(kernel: str, dtype: torch.dtype) -> str:
-    """The kernel ``kernel`` means for weights of ``dtype`` on this machine (``auto`` -> onednn or torch)."""
+def resolve_kernel(kernel: str, dtype: torch.dtype, device: torch.device | str = "cpu") -> str:
+    """The kernel ``kernel`` means for weights of ``dtype`` on ``device`` (``auto`` -> onednn or torch)."""
     if kernel not in KERNELS:
         raise SpeclabError(f"unknown engine.kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
-    problem = onednn_problem(dtype) if kernel != "torch" else None
+    problem = onednn_problem(dtype, device) if kernel != "torch" else None
     if kernel == "auto":
         return "torch" if problem else "onednn"
     if problem:
@@ -76,7 +78,7 @@ def resolve_kernel(kernel: str, dtype: torch.dtype) -> str:
 def apply_kernel(model: nn.Module, kernel: str) -> nn.Module:
     """Swap every ``nn.Linear`` in ``model`` (in place) for the chosen kernel."""
     weight = next(model.parameters(), None)
-    if resolve_kernel(kernel, weight.dtype if weight is not None else torch.float32) == "torch":
+    if weight is None or resolve_kernel(kernel, weight.dtype, weight.device) == "torch":
         return model
 
     def swap(module: nn.Module) -> None:

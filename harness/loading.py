@@ -17,6 +17,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -257,8 +258,27 @@ def load_target(
     revision: str | None = None,
     trust_remote_code: bool = False,
     tiny: TinySpec | None = None,
+    device: torch.device | str = "cpu",
 ) -> TargetModel:
-    """Load the target named by a model config (see ``conf/model/``)."""
+    """Load the target named by a model config (see ``conf/model/``), its weights on ``device``."""
+    target = _load_target(name, source, path, dtype, attention, revision, trust_remote_code, tiny)
+    if torch.device(device) != target.device:
+        target.model.to(device)
+        target.device = torch.device(device)
+    return target
+
+
+def load_configured(model: Any, device: str = "auto") -> TargetModel:
+    """The target of a ``model`` config node on ``engine.device`` (``model.dtype=auto``: the device's default)."""
+    from .device import resolve_device, resolve_dtype
+
+    where = resolve_device(device)
+    return load_target(model.name, model.source, model.path, resolve_dtype(model.dtype, where), model.attention,
+                       model.revision, model.trust_remote_code, TinySpec(**model.tiny), where)
+
+
+def _load_target(name: str, source: str, path: str | None, dtype: str, attention: str, revision: str | None,
+                 trust_remote_code: bool, tiny: TinySpec | None) -> TargetModel:
     if dtype not in DTYPES:
         raise SpeclabError(f"unknown model.dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     if source == "tiny" and path is None:

@@ -69,7 +69,7 @@ AttentionInterface.register(ATTENTION, speclab_attention)
 def visibility(cache_len: int, tree: torch.Tensor) -> torch.Tensor:
     """Boolean [n, cache_len + n]: every new token sees the whole cache, and ``tree`` among the new ones."""
     n = tree.shape[0]
-    full = torch.ones(n, cache_len + n, dtype=torch.bool)
+    full = torch.ones(n, cache_len + n, dtype=torch.bool, device=tree.device)
     full[:, cache_len:] = tree
     return full
 
@@ -85,13 +85,13 @@ def window_visibility(visible: torch.Tensor, positions: torch.Tensor, window: in
     Cache slot j holds position j (the engine compacts accepted paths); the new tokens hold ``positions``.
     """
     n = positions.numel()
-    key_pos = torch.cat([torch.arange(visible.shape[1] - n), positions.reshape(-1)])
+    key_pos = torch.cat([torch.arange(visible.shape[1] - n, device=positions.device), positions.reshape(-1)])
     return visible & (key_pos[None, :] > positions.reshape(-1, 1) - window)
 
 
 def to_additive(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A boolean [q, kv] visibility matrix as the [1, 1, q, kv] additive mask attention kernels take."""
-    additive = torch.zeros(visible.shape, dtype=dtype)
+    additive = torch.zeros(visible.shape, dtype=dtype, device=visible.device)
     additive.masked_fill_(~visible, torch.finfo(dtype).min)
     return additive[None, None]
 
@@ -127,6 +127,7 @@ class TargetModel:
         self.vocab_size = int(self.lm_head.weight.shape[0])
         self.max_positions = int(getattr(self.config, "max_position_embeddings", 0) or 1 << 30)
         self.dtype = next(model.parameters()).dtype
+        self.device = next(model.parameters()).device
         # hybrid models (Gemma 3: 5 sliding layers per full one) take a mask per layer type; configs without
         # layer types but with a window (Mistral) slide on every layer
         layer_types = getattr(self.config, "layer_types", None)
@@ -136,6 +137,7 @@ class TargetModel:
         self.experts = expert_counter(model)  # None for a dense model
         self.guidance = 1.0
         self.unconditional: Callable[[list[int]], list[int]] | None = None
+        self.static = None  # harness/static_forward.py: fixed-shape forwards (CUDA graphs), when the engine enables them
 
     def set_guidance(self, scale: float, unconditional: Callable[[list[int]], list[int]] | None) -> None:
         """Classifier-free guidance: logits ``u + scale * (c - u)`` of the conditional row c and the unconditional
@@ -165,14 +167,16 @@ class TargetModel:
         return ids
 
     def new_cache(self, capacity: int) -> KVCache:
+        if self.static is not None:
+            return self.static.new_cache(capacity)
         return KVCache(self.num_layers, capacity)
 
     def _mask(
-        self, cache_len: int, tree: torch.Tensor | None, positions: torch.Tensor
+        self, cache_len: int, tree: torch.Tensor | None, positions: torch.Tensor, last: int
     ) -> torch.Tensor | dict[str, torch.Tensor | None] | None:
         """The attention mask of a forward of ``positions`` on ``cache_len`` slots (None: causal, nothing cut).
 
-        ``tree`` None means causal among the new tokens. Hybrid models get a dict by layer type; a window mask
+        ``tree`` None means causal among the new tokens; ``last`` is the largest position. Hybrid models get a dict by layer type; a window mask
         is built only when the window cuts a key.
         """
         n = positions.numel()
@@ -180,13 +184,14 @@ class TargetModel:
             tree = None
         elif tree is None and (cache_len > 0 or self.config._attn_implementation == "eager"):
             # the engine kernel and SDPA read no mask as causal; eager attention reads it as no mask at all
-            tree = torch.ones(n, n, dtype=torch.bool).tril_()
+            tree = torch.ones(n, n, dtype=torch.bool, device=positions.device).tril_()
         full = None if tree is None else additive_mask(cache_len, tree, self.dtype)
         if not self.sliding_window:
             return full
         sliding = full
-        if int(positions.max()) >= self.sliding_window:
-            visible = visibility(cache_len, tree if tree is not None else torch.ones(n, n, dtype=torch.bool).tril_())
+        if last >= self.sliding_window:
+            causal = torch.ones(n, n, dtype=torch.bool, device=positions.device).tril_()
+            visible = visibility(cache_len, tree if tree is not None else causal)
             sliding = to_additive(window_visibility(visible, positions, self.sliding_window), self.dtype)
         return {"full_attention": full, "sliding_attention": sliding} if self.hybrid else sliding
 
@@ -221,18 +226,29 @@ class TargetModel:
                 return self.forward(cache, tokens, positions, tree, logits_rows, hidden_layers)
             finally:
                 config.num_hidden_layers = full
-        ids = torch.as_tensor(tokens, dtype=torch.long).reshape(1, -1)
+        width = self.static.width(cache, len(tokens), exit_layer) if self.static is not None else None
+        if width is not None:
+            start = cache.length
+            pos = torch.arange(start, start + len(tokens)) if positions is None else positions
+            logits, hidden = self.static.forward(cache, torch.as_tensor(tokens, dtype=torch.long), pos, tree, width,
+                                                 hidden_layers)
+            return ForwardOutput(logits if logits_rows is None else logits[logits_rows], hidden)
+        # the engine builds ids, positions and tree masks on the host; one copy each puts them on the model's device
+        device = self.device
+        ids = torch.as_tensor(tokens, dtype=torch.long).reshape(1, -1).to(device, non_blocking=True)
         n = ids.shape[1]
         start = cache.length
         if self.guided:
             # a prefill is the prompt: its unconditional row drops the condition; later tokens are the same in both
-            uncond = ids[0] if start else torch.as_tensor(self.unconditional(ids[0].tolist()), dtype=torch.long)
+            uncond = ids[0] if start else torch.as_tensor(self.unconditional(ids[0].tolist()), dtype=torch.long, device=device)
             if uncond.numel() != n:
                 raise ValueError(f"the unconditional prompt has {uncond.numel()} tokens, the prompt {n}; they must match")
             ids = torch.stack([ids[0], uncond])
-        if positions is None:
-            positions = torch.arange(start, start + n)
-        mask = self._mask(start, tree, positions)
+        last = start + n - 1 if positions is None else int(positions.max())  # read before the copy: no device sync
+        positions = torch.arange(start, start + n, device=device) if positions is None else positions.to(device, non_blocking=True)
+        if tree is not None:
+            tree = tree.to(device, non_blocking=True)
+        mask = self._mask(start, tree, positions, last)
         want_hidden = any(layer != "final" for layer in hidden_layers)
         out = self.backbone(
             input_ids=ids,

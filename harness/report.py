@@ -31,10 +31,11 @@ TITLES = {
     "math_reasoning": "Math reasoning", "rag": "RAG", "tau": "Mean accepted tokens", "overall": "Overall",
 }
 # Settings that make two runs of one method different experiments (joined to the label when they vary).
-RUN_SETTINGS = ("model", "task", "dtype", "temperature", "top_k", "top_p", "guidance", "max_new_tokens", "kernel", "threads")
+RUN_SETTINGS = ("synthetic", "model", "task", "device", "dtype", "temperature", "top_k", "top_p", "guidance", "max_new_tokens", "kernel", "threads")
 SUMMARY_COLUMNS = (
     "method", "group", "lossless", "prompts", "speedup", "speedup_total", "speedup_geomean", "speedup_ci_low", "speedup_ci_high",
-    "speedup_bound", "tau", "acceptance_rate", "equivalence_rate", "near_ties", "tokens_per_s", "baseline_tokens_per_s",
+    "speedup_bound", "speedup_vs_hf_compiled", "tau", "real_tau", "acceptance_rate", "equivalence_rate", "near_ties", "mismatches",
+    "tokens_per_s", "baseline_tokens_per_s",
 )
 TIME_PARTS = (
     ("prefill", "prefill_time_s"), ("draft", "draft_time_s"), ("verify", "verify_time_s"), ("other", "other_time_s"),
@@ -43,8 +44,9 @@ CAPTION = (
     "speedup: ratio of mean tokens/s (Spec-Bench); speedup_total: total tokens / total time over the baseline's; "
     "speedup_geomean: geometric mean of per-prompt speedups with a bootstrap 95% interval (ci_low, ci_high); "
     "speedup_bound: the speedup at the least time c(k) allows each engine method (README, Definitions), aggregated "
-    "as speedup_geomean; tau: new tokens per target forward; near_ties: mismatches at a near-zero top-1/top-2 "
-    "logit margin; lossless: false for lossy acceptance rules (typical acceptance), whose score_* columns (when "
+    "as speedup_geomean; speedup_vs_hf_compiled (runs that time hf_compiled): the same geometric mean over the "
+    "compiled stock baseline; tau: new tokens per target forward; near_ties: mismatches at a near-zero top-1/top-2 "
+    "logit margin (expected in bf16/fp16); mismatches: divergences at a clear margin (a bug); lossless: false for lossy acceptance rules (typical acceptance), whose score_* columns (when "
     "the task scores answers) sit beside the baseline's."
 )
 
@@ -65,14 +67,15 @@ def with_labels(df: pd.DataFrame) -> pd.DataFrame:
     if "label" in df:
         return df
     methods = df[df.role == "method"].drop_duplicates(["run_id", "method"])
-    varying = [c for c in RUN_SETTINGS if c in methods and methods[c].astype(str).nunique() > 1]
+    varying = [c for c in RUN_SETTINGS if c in methods and methods[c].map(_setting).nunique(dropna=False) > 1]
     labels: dict[tuple[str, str], str] = {}
     for method, r in methods.groupby("method", sort=False):
         configs = {rid: json.loads(mc) if isinstance(mc, str) else {} for rid, mc in zip(r.run_id, r.method_config)}
         keys = sorted({k for c in configs.values() for k in c
                        if len({json.dumps(x.get(k)) for x in configs.values()}) > 1})
         for _, row in r.iterrows():
-            parts = [f"{c}={row[c]}" for c in varying] + [f"{k}={configs[row.run_id].get(k)}" for k in keys]
+            # a setting a run lacks (real rows have no ``synthetic``) stays out of its label
+            parts = [f"{c}={row[c]}" for c in varying if not _missing(row[c])] + [f"{k}={configs[row.run_id].get(k)}" for k in keys]
             labels[(row.run_id, method)] = f"{method} ({', '.join(parts)})" if parts else str(method)
     per_run: dict[str, list[str]] = {}
     for (run_id, _), label in labels.items():
@@ -81,6 +84,15 @@ def with_labels(df: pd.DataFrame) -> pd.DataFrame:
     label = [labels.get((rid, m)) if role == "method" else baselines.get(rid, "baseline")
              for rid, m, role in zip(df.run_id, df.method, df.role)]
     return df.assign(label=label)
+
+
+def _missing(value: object) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def _setting(value: object) -> str | None:
+    """A run setting as a label compares it: absent (None, NaN, NA) or its text."""
+    return None if _missing(value) else str(value)
 
 
 def _ordered(labels: Sequence[str]) -> list[str]:

@@ -32,7 +32,13 @@ from .errors import SpeclabError
 # may be resumed with other values. (task.limit and repeats select prompts: they are the run's identity.)
 NON_SEMANTIC = {"out_dir", "progress", "logger", ("baseline", "cache_dir")}
 # Keys added after runs were recorded: at these values they leave a run's identity (and its folder) as it was.
-LATER_DEFAULTS = {"guidance": 1.0}
+LATER_DEFAULTS: dict[str | tuple[str, str], Any] = {
+    "guidance": 1.0,
+    ("engine", "device"): "auto",
+    ("engine", "cuda_graphs"): "auto",
+    ("engine", "graph_widths"): [1, 2, 4, 8, 16, 32, 64],
+    "synthetic": {"mode": "off", "trace": None, "rates": [], "seed": 0},
+}
 RESULTS = "results.parquet"
 SAMPLES = "samples.jsonl"
 PARTS = "parts"
@@ -53,8 +59,9 @@ def semantic_config(cfg: Any) -> dict[str, Any]:
         else:
             d.pop(key, None)
     for key, default in LATER_DEFAULTS.items():
-        if d.get(key) == default:
-            d.pop(key)
+        node, name = (d.get(key[0], {}), key[1]) if isinstance(key, tuple) else (d, key)
+        if isinstance(node, dict) and node.get(name) == default:
+            node.pop(name)
     return d
 
 

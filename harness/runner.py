@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import hostinfo
+from . import hostinfo, static_forward
 from . import verify_cost as vc
 from .config import REPO, RunConfig
 from .decoder import PromptResult
@@ -31,8 +31,8 @@ from .errors import SpeclabError
 from .generator import METHODS, Generator, MethodContext
 from .hostinfo import LoadMonitor
 from .kernels import apply_kernel, resolve_kernel
-from .loading import TinySpec, load_target
-from .metrics import first_divergence, generation_stats, summarize
+from .loading import load_configured
+from .metrics import COMPILED_PEER, first_divergence, generation_stats, summarize
 from .model import TargetModel
 from .results import BaselineCache, ResultsStore, config_hash
 from .sampling import Sampling
@@ -150,12 +150,11 @@ class Runner:
         self.run_id = self.store.hash
 
         m = cfg.model
-        self.target = load_target(
-            m.name, m.source, m.path, m.dtype, m.attention, m.revision, m.trust_remote_code, TinySpec(**m.tiny)
-        )
+        self.target = load_configured(m, cfg.engine.device)
         self._set_guidance(float(cfg.guidance))
-        self.kernel = resolve_kernel(cfg.engine.kernel, self.target.dtype)
+        self.kernel = resolve_kernel(cfg.engine.kernel, self.target.dtype, self.target.device)
         apply_kernel(self.target.model, self.kernel)
+        self.static = static_forward.enable(self.target, cfg.engine.cuda_graphs, list(cfg.engine.graph_widths), log)
         from tasks.base import build_task
 
         self.task = build_task(cfg.task)
@@ -179,8 +178,17 @@ class Runner:
             from methods.ar import ARConfig
 
             self.baseline = METHODS.build(OmegaConf.structured(ARConfig), ctx)
+        self.synthetic = None
+        if cfg.synthetic.mode != "off":
+            from .synthetic import Synthetic
+
+            if cfg.baseline.mode == "cached":
+                raise SpeclabError("synthetic acceptance runs its own baseline; set baseline=interleaved (or none)")
+            self.synthetic = Synthetic(cfg.synthetic)
+            for gen in [g for _, g in self.methods] + ([self.baseline] if self.baseline is not None else []):
+                self.synthetic.wrap(gen)
         self.cache = BaselineCache(cfg.baseline.cache_dir) if cfg.baseline.mode == "cached" else None
-        self.near_tie = NEAR_TIE_MARGIN.get(m.dtype, 1e-3)
+        self.near_tie = NEAR_TIE_MARGIN.get(self.target.info.dtype, 1e-3)
         self.curve = self._verify_cost_curve()
         self._warm: set[int] = set()
         self._check_context()
@@ -241,6 +249,7 @@ class Runner:
             "model_path": info.path,
             "weights_hash": info.weights_hash,
             "dtype": info.dtype,
+            "device": str(self.target.device),
             "temperature": float(cfg.temperature),
             "top_k": int(cfg.top_k),
             "top_p": float(cfg.top_p),
@@ -248,6 +257,7 @@ class Runner:
             "max_new_tokens": int(cfg.max_new_tokens),
             "threads": int(cfg.engine.threads),
             "kernel": self.kernel,
+            "cuda_graphs": ("captured" if self.target.static.capture else "uncaptured") if self.static else "off",
             "baseline_mode": cfg.baseline.mode,
             "config_hash": self.run_id,
             "git_sha": hostinfo.git_sha(),
@@ -307,6 +317,8 @@ class Runner:
             **generation_stats(timed.result),
         }
         row.update({k: v for k, v in timed.result.extra.items() if isinstance(v, (int, float, str, bool)) or v is None})
+        if self.synthetic is not None:
+            row.update(self.synthetic.row_fields(gen.name if role == "method" else None, sample.id, turn + 1))
         if self.cfg.task.score:
             scores = self.task.score(sample, turn, self.target.tokenizer.decode(timed.result.token_ids, skip_special_tokens=True))
             row.update({f"score_{k}": v for k, v in (scores or {}).items()})
@@ -359,13 +371,16 @@ class Runner:
             if self.cache is not None:
                 key = self._cache_key(sample.id, turn, repeat, prompt_ids, seed)
                 cached = self.cache.get(key)
+            budget = self.cfg.max_new_tokens
+            if self.synthetic is not None:
+                budget = self.synthetic.prepare(sample.id, turn + 1, repeat, budget)
             timed: dict[int | None, Timed] = {}
             for side in sides:
                 if side is None and cached is not None:
                     continue
                 gen = self.baseline if side is None else self.methods[side][1]
                 self.warmup(gen)
-                timed[side] = timed_generate(gen, prompt_ids, self.cfg.max_new_tokens, seed)
+                timed[side] = timed_generate(gen, prompt_ids, budget, seed)
 
             b_row = b_ids = None
             if self.baseline is not None:
@@ -500,11 +515,21 @@ def print_summary(df: pd.DataFrame, out_dir: Path, file=sys.stdout) -> pd.DataFr
         return pd.DataFrame()
     summary = summarize(df)
     cols = ["method", "group", "prompts", "speedup_geomean", "speedup_ci_low", "speedup_ci_high", "speedup", "speedup_bound",
-            "tau", "acceptance_rate", "equivalence_rate", "near_ties", "tokens_per_s", "baseline_tokens_per_s"]
+            "tau", "acceptance_rate", "equivalence_rate", "near_ties", "mismatches", "tokens_per_s", "baseline_tokens_per_s"]
     if summary.speedup_bound.isna().all():
         cols.remove("speedup_bound")
-    show = summary[cols].copy()
-    fmt = {c: "{:.2f}".format for c in cols if show[c].dtype.kind == "f"}
+    if f"speedup_vs_{COMPILED_PEER}" in summary:
+        cols.insert(cols.index("tau"), f"speedup_vs_{COMPILED_PEER}")
+    synthetic = "synthetic" in df and df.synthetic.notna().any()
+    if synthetic:
+        cols.insert(cols.index("tau") + 1, "real_tau")
+        for c in ("equivalence_rate", "near_ties", "mismatches"):  # outputs are not the target's by construction
+            cols.remove(c)
+    show = summary[[c for c in cols if c in summary]].copy()
+    fmt = {c: "{:.2f}".format for c in show.columns if show[c].dtype.kind == "f"}
+    if synthetic:
+        print(f"SYNTHETIC acceptance ({df.synthetic.dropna().iloc[0]}): speedups project this machine's speed at the "
+              "given acceptance; real_tau is the traced run's tau", file=file)
     print(show.to_string(index=False, formatters=fmt, na_rep="-"), file=file)
     load = df.foreign_load.dropna()
     if len(load) and load.median() > LOAD_WARNING:

@@ -55,5 +55,7 @@ def warp(logits: torch.Tensor, s: Sampling) -> torch.Tensor:
 
 
 def sample(probs: torch.Tensor, generator: torch.Generator | None) -> int:
-    """One draw from a 1-D probability vector."""
+    """One draw from a 1-D probability vector, on the generator's device (the run's generators live on the host)."""
+    if generator is not None and probs.device != generator.device:
+        probs = probs.to(generator.device)
     return int(torch.multinomial(probs, 1, generator=generator).item())

@@ -27,6 +27,7 @@ import torch
 
 from . import hostinfo
 from . import tree as T
+from .device import synchronize
 from .loading import cache_dir
 from .model import TargetModel
 
@@ -41,6 +42,8 @@ def curve_key(target: TargetModel, kernel: str, threads: int, cache_len: int) ->
         "host": hostinfo.hardware()["host"], "cpu": hostinfo.cpu_model(), "torch": hostinfo.versions().get("torch"),
         "omp_wait_policy": hostinfo.hardware()["omp_wait_policy"], "cache_len": cache_len,
         **({"rows": 2} if target.guided else {}),  # classifier-free guidance runs two rows a forward
+        **({"gpu": hostinfo.hardware()["gpu"]} if target.device.type == "cuda" else {}),
+        **({"static": "captured" if target.static.capture else "uncaptured"} if target.static is not None else {}),
     }
 
 
@@ -58,6 +61,8 @@ def curve_key_fields(row: Any, attention: str, cache_len: int = CACHE_LEN) -> di
         "kernel": row["kernel"], "threads": int(row["threads"]), "host": row["host"], "cpu": row["cpu"],
         "torch": versions.get("torch"), "omp_wait_policy": row["omp_wait_policy"], "cache_len": cache_len,
         **({"rows": 2} if _guided(row) else {}),
+        **({"gpu": row["gpu"]} if str(row.get("device", "cpu")).startswith("cuda") else {}),
+        **({"static": row["cuda_graphs"]} if isinstance(row.get("cuda_graphs"), str) and row["cuda_graphs"] != "off" else {}),
     }
 
 
@@ -96,11 +101,13 @@ def measure(target: TargetModel, ks: Sequence[int] = tuple(range(1, 33)), cache_
             parents = T.chain_parents(k - 1)
             if counter is not None:
                 counter.reset()
+            synchronize(target.device)
             t0 = time.perf_counter()
             if k == 1:
                 target.forward(cache, inputs)
             else:
                 target.forward(cache, inputs, positions=T.positions(parents, cache_len), tree=T.ancestor_mask(parents))
+            synchronize(target.device)
             dt = time.perf_counter() - t0
             cache.truncate(cache_len)
             if round_ >= warmup:

@@ -2,7 +2,9 @@
 
 ``hf_generate`` is plain greedy or sampled decoding, ``hf_pld`` adds ``prompt_lookup_num_tokens`` and
 ``hf_assisted`` an ``assistant_model`` (the same draft as ``sps``, exported as an ordinary HF model, with
-the same fixed number of draft tokens). They run on their own stock copy of the target (transformers'
+the same fixed number of draft tokens). ``hf_compiled`` is plain decoding the fastest stock way: a static KV
+cache and ``torch.compile`` of the forward (``reduce-overhead``: CUDA graphs on a GPU), the baseline a user
+deploys, so GPU reports give every method's speedup over it too. They run on their own stock copy of the target (transformers'
 default attention and linear kernels), because that is what a reader compares the engine against.
 
 transformers exposes no per-step statistics, so hooks on the target record each forward: where it starts
@@ -26,6 +28,7 @@ from hydra.core.config_store import ConfigStore
 
 from harness.config import MethodConfig
 from harness.decoder import PromptResult
+from harness.device import synchronize
 from harness.drafts import export_hf
 from harness.errors import SpeclabError
 from harness.generator import METHODS, Generator, MethodContext
@@ -56,6 +59,15 @@ class HFAssistedConfig(MethodConfig):
     draft: DraftModelConfig = field(default_factory=DraftModelConfig)
     k: int = 2  # num_assistant_tokens, with the constant schedule (matched to sps)
     confidence_threshold: Optional[float] = 0.0  # 0 = always draft k tokens (transformers' default is 0.4)
+
+
+@dataclass
+class HFCompiledConfig(MethodConfig):
+    name: str = "hf_compiled"
+    family: str = "hf_compiled"
+    mode: str = "reduce-overhead"  # torch.compile mode: reduce-overhead (CUDA graphs) | default | max-autotune
+    # the static cache's length is a multiple of this, so a handful of compiled graphs serve every prompt
+    cache_bucket: int = 512
 
 
 @dataclass
@@ -90,14 +102,21 @@ def peer_steps(prompt_len: int, new_tokens: int, max_new_tokens: int, forwards: 
 
 class HFGenerator(Generator):
     acceptance_rule = "transformers"
+    # hooks read each forward's position on the host: a sync per forward, and a graph break in a compiled one
+    count_forwards = True
 
     def __init__(self, name: str, stock: TargetModel, sampling, extra: dict) -> None:
         self.name = name
         self.stock = stock
         self.sampling = sampling
         self.extra = extra
+        self.drafts = bool(extra)  # hf_pld and hf_assisted draft inside generate()
+        self.ignore_eos = False  # synthetic acceptance: generate the whole budget, as every side does
         self._forwards: list[tuple[int, int]] = []
         self._first_done: float | None = None
+
+    def _options(self, prompt_len: int, max_new_tokens: int) -> dict:
+        return self.extra
 
     def _before(self, module, args, kwargs) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
@@ -124,24 +143,70 @@ class HFGenerator(Generator):
         else:
             torch.manual_seed(generator.initial_seed() if generator is not None else 0)
             kwargs.update(do_sample=True, temperature=s.temperature, top_k=s.top_k or None, top_p=s.top_p)
+        if self.ignore_eos:
+            kwargs["min_new_tokens"] = max_new_tokens
         self._forwards, self._first_done = [], None
-        hooks = [self.stock.model.register_forward_pre_hook(self._before, with_kwargs=True),
-                 self.stock.model.register_forward_hook(self._after)]
+        model = self.stock.model
+        if self.count_forwards:
+            hooks = [model.register_forward_pre_hook(self._before, with_kwargs=True), model.register_forward_hook(self._after)]
+        else:
+            hooks, kwargs["streamer"] = [], _FirstToken(self)
+        inputs = torch.tensor([prompt_ids], device=self.stock.device)
         try:
+            synchronize(self.stock.device)
             t0 = time.perf_counter()
-            out = self.stock.model.generate(
-                torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long), **kwargs, **self.extra
-            )
+            out = model.generate(inputs, attention_mask=torch.ones_like(inputs), **kwargs,
+                                 **self._options(len(prompt_ids), max_new_tokens))
+            synchronize(self.stock.device)
             wall = time.perf_counter() - t0
         finally:
             for hook in hooks:
                 hook.remove()
         ids = out[0, len(prompt_ids):].tolist()
+        if not self.count_forwards:  # plain decoding: the prefill, then one forward per further token
+            self._forwards = [(0, len(prompt_ids))] + [(len(prompt_ids) + i, 1) for i in range(len(ids) - 1)]
         counts = peer_steps(len(prompt_ids), len(ids), max_new_tokens, self._forwards)
         stop = "eos" if ids and ids[-1] in self.stock.stop_ids else "max_new_tokens"
         return PromptResult(len(prompt_ids), ids, stop, steps=len(self._forwards), drafted=counts.drafted,
                             accepted=counts.accepted, reached=counts.reached, emitted=counts.emitted, wall_time=wall,
                             prefill_time=self._first_done - t0)
+
+
+class _FirstToken:
+    """A ``generate()`` streamer that notes when the first new token exists: the prefill's end, read without hooks."""
+
+    def __init__(self, owner: HFGenerator) -> None:
+        self.owner = owner
+        self.calls = 0
+
+    def put(self, value) -> None:
+        self.calls += 1  # the first call carries the prompt, the second the first new token
+        if self.calls == 2:
+            synchronize(self.owner.stock.device)
+            self.owner._first_done = time.perf_counter()
+
+    def end(self) -> None:
+        pass
+
+
+class HFCompiledGenerator(HFGenerator):
+    count_forwards = False
+
+    def __init__(self, name: str, stock: TargetModel, sampling, mode: str, bucket: int) -> None:
+        from transformers import CompileConfig
+
+        super().__init__(name, stock, sampling, {})
+        if bucket < 1:
+            raise SpeclabError(f"hf_compiled cache_bucket must be >= 1, got {bucket}")
+        self.bucket = bucket
+        # transformers compiles only on accelerators unless told otherwise; a CPU run compiles too, so that the
+        # peer is what its name says on every machine
+        self.compile_config = CompileConfig(mode=mode)
+        self.compile_config._compile_all_devices = True
+
+    def _options(self, prompt_len: int, max_new_tokens: int) -> dict:
+        size = -(-(prompt_len + max_new_tokens) // self.bucket) * self.bucket
+        return {"cache_implementation": "static", "max_cache_len": size, "compile_config": self.compile_config}
 
 
 _STOCK: "weakref.WeakKeyDictionary[TargetModel, TargetModel]" = weakref.WeakKeyDictionary()
@@ -155,21 +220,30 @@ def stock_copy(ctx: MethodContext) -> TargetModel:
     if "tiny" in info.extra:
         from harness.loading import TinySpec
 
-        stock = load_target(info.name, "tiny", None, info.dtype, "sdpa", tiny=TinySpec(**info.extra["tiny"]))
+        stock = load_target(info.name, "tiny", None, info.dtype, "sdpa", tiny=TinySpec(**info.extra["tiny"]),
+                            device=ctx.target.device)
     else:
-        stock = load_target(info.name, "hf", info.path, info.dtype, "sdpa")
+        stock = load_target(info.name, "hf", info.path, info.dtype, "sdpa", device=ctx.target.device)
     if stock.info.weights_hash != info.weights_hash:
         raise SpeclabError(f"the stock copy of {info.name} has other weights than the target; peers need the same model")
     _STOCK[ctx.target] = stock
     return stock
 
 
-PEER_FAMILIES = ("hf_generate", "hf_pld", "hf_assisted")  # run transformers' own kernels: no engine bound
+PEER_FAMILIES = ("hf_generate", "hf_pld", "hf_assisted", "hf_compiled")  # run transformers' own kernels: no engine bound
 
 
 @METHODS.register("hf_generate", HFGenerateConfig)
 def build_generate(cfg: HFGenerateConfig, ctx: MethodContext) -> HFGenerator:
     return HFGenerator(cfg.name, stock_copy(ctx), ctx.sampling, {})
+
+
+@METHODS.register("hf_compiled", HFCompiledConfig)
+def build_compiled(cfg: HFCompiledConfig, ctx: MethodContext) -> HFGenerator:
+    modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+    if cfg.mode not in modes:
+        raise SpeclabError(f"unknown hf_compiled mode {cfg.mode!r}; choose one of {', '.join(modes)}")
+    return HFCompiledGenerator(cfg.name, stock_copy(ctx), ctx.sampling, cfg.mode, cfg.cache_bucket)
 
 
 @METHODS.register("hf_pld", HFPLDConfig)
@@ -186,7 +260,7 @@ def build_assisted(cfg: HFAssistedConfig, ctx: MethodContext) -> HFGenerator:
 
     stock = stock_copy(ctx)
     folder = export_hf(cfg.draft.path or default_draft(ctx.target.info.name), ctx.target)
-    assistant = AutoModelForCausalLM.from_pretrained(folder, dtype=stock.dtype).eval()
+    assistant = AutoModelForCausalLM.from_pretrained(folder, dtype=stock.dtype).to(stock.device).eval()
     gc = assistant.generation_config
     gc.num_assistant_tokens = cfg.k
     gc.num_assistant_tokens_schedule = "constant"
@@ -197,4 +271,5 @@ def build_assisted(cfg: HFAssistedConfig, ctx: MethodContext) -> HFGenerator:
 cs = ConfigStore.instance()
 cs.store(group="schema/method", name="hf_generate", node=HFGenerateConfig)
 cs.store(group="schema/method", name="hf_pld", node=HFPLDConfig)
+cs.store(group="schema/method", name="hf_compiled", node=HFCompiledConfig)
 cs.store(group="schema/method", name="hf_assisted", node=HFAssistedConfig)

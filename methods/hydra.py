@@ -49,8 +49,9 @@ class HydraDrafter(ParallelHeadsDrafter):
             return self.c
         start, n = self.cache.length, self.pending.shape[0]
         h = self.pending[None]
-        out = self.heads.prefix(h, torch.arange(start, start + n)[None], self.cache,
-                                causal_mask(start, n, self.heads.prefix_embeding_layer.norm.weight.dtype))
+        weight = self.heads.prefix_embeding_layer.norm.weight
+        out = self.heads.prefix(h, torch.arange(start, start + n, device=h.device)[None], self.cache,
+                                causal_mask(start, n, weight.dtype, h.device))
         self.pending = None
         self.c = out[0, -1]
         return self.c
@@ -59,13 +60,13 @@ class HydraDrafter(ParallelHeadsDrafter):
         c = self._prefix()
         if depth < 1:
             return
-        inputs: dict[int, torch.Tensor] = {-1: torch.cat([c, self.heads.embed(torch.tensor(state.ids[-1]))])}
+        inputs: dict[int, torch.Tensor] = {-1: torch.cat([c, self.heads.embed(torch.tensor(state.ids[-1], device=c.device))])}
         level: dict[int, int] = {-1: 0}
 
         def expand(nodes: list[int]) -> torch.Tensor:
             for n in nodes:
                 level[n] = level[parents[n]] + 1
-                inputs[n] = torch.cat([inputs[parents[n]], self.heads.embed(torch.tensor(tokens[n]))])
+                inputs[n] = torch.cat([inputs[parents[n]], self.heads.embed(torch.tensor(tokens[n], device=c.device))])
             # one level at a time, so every node here sits at the same depth and uses the same head
             return self.heads.head_logits(level[nodes[0]], torch.stack([inputs[n] for n in nodes]))
 

@@ -82,7 +82,7 @@ def resolve_adapter(spec: str, target: TargetModel) -> EarlyExitAdapter | None:
         return None
     folder = DRAFTS_DIR / target.info.name / "early_exit" if spec == "default" else spec
     adapter = load_adapter(folder, target)
-    return adapter.to(target.dtype)  # trained in fp32; a bf16/fp16 target reads it in its own dtype
+    return adapter.to(target.device, target.dtype)  # trained in fp32; a bf16/fp16 target reads it in its own dtype
 
 
 @METHODS.register("layerskip", LayerSkipConfig)

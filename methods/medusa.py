@@ -128,7 +128,7 @@ def build_parallel_generator(cfg: ParallelHeadsConfig, ctx: MethodContext, draft
     if cfg.dtype not in DTYPES:
         raise SpeclabError(f"unknown method.dtype {cfg.dtype!r}; choose one of {', '.join(DTYPES)}")
     path = head_path(cfg, ctx, kind, f"python scripts/train_medusa.py --variant {kind}")
-    heads = load_parallel_heads(path, kind, ctx.target, DTYPES[cfg.dtype])
+    heads = load_parallel_heads(path, kind, ctx.target, DTYPES[cfg.dtype]).to(ctx.target.device)
     deepest = max(len(c) for c in choices)
     if deepest > heads.num_heads:
         raise SpeclabError(f"method.choices reaches depth {deepest} but the {kind} head has {heads.num_heads} heads; "
@@ -137,7 +137,7 @@ def build_parallel_generator(cfg: ParallelHeadsConfig, ctx: MethodContext, draft
     restrict_outputs(heads, vocab, ctx.engine.kernel)
     apply_kernel(heads, ctx.engine.kernel)
     drafter = drafter_cls(heads, choices)
-    drafter.set_vocab(None if vocab is None else vocab.ids)
+    drafter.set_vocab(None if vocab is None else vocab.ids.to(ctx.target.device))
     drafter.name = cfg.name
     options = ({"threshold": cfg.posterior_threshold, "alpha": cfg.posterior_alpha, "bonus": cfg.typical_bonus}
                if cfg.rule == "typical" else None)

@@ -115,6 +115,7 @@ class TokenRecycling(Drafter):
     def _recycle(self, tails: list[tuple[int, ...]], top: torch.Tensor) -> None:
         """Record each row's top-k as the successors of its input token (the last of its tail) and, with
         ``context > 1``, of every longer suffix of its tail; rows in order, so a later row overwrites."""
+        top = top.cpu()  # the matrix lives on the host: one copy of the rows
         for tail, row in zip(tails, top):
             self.successors[tail[-1]] = row
         if self.cfg.context > 1:

@@ -25,6 +25,7 @@ from harness.drafter import DecodeState, Drafter
 from harness.drafts import default_draft, load_draft
 from harness.errors import SpeclabError
 from harness.generator import METHODS, EngineGenerator, MethodContext
+from harness import static_forward
 from harness.kernels import apply_kernel
 from harness.model import ForwardOutput, TargetModel
 from harness.proposal import Proposal
@@ -72,7 +73,7 @@ class DraftModel(Drafter):
         probs = warp(logits, self.sampling)
         if self.token_ids is None:
             return probs
-        full = torch.zeros(vocab, dtype=probs.dtype)
+        full = torch.zeros(vocab, dtype=probs.dtype, device=probs.device)
         full[self.token_ids] = probs
         return full
 
@@ -118,12 +119,14 @@ def build(cfg: SpSConfig, ctx: MethodContext) -> EngineGenerator:
     token_ids = None
     if cfg.vocab_size:
         path = Path(cfg.draft.path).expanduser() if cfg.draft.path else default_draft(ctx.target.info.name)
-        token_ids = frequent_tokens(path, cfg.vocab_size)
+        token_ids = frequent_tokens(path, cfg.vocab_size).to(ctx.target.device)
         # the head over a subset of the vocabulary: rows of the (tied) output matrix
         head = torch.nn.Linear(draft.lm_head.in_features, len(token_ids), bias=False)
         head.weight = torch.nn.Parameter(draft.lm_head.weight.detach()[token_ids].clone(), requires_grad=False)
         draft.model.set_output_embeddings(head)
     apply_kernel(draft.model, ctx.engine.kernel)
+    if ctx.target.static is not None:  # the draft's per-token forwards are launch-bound on a GPU too
+        static_forward.enable(draft, "on", list(ctx.engine.graph_widths))
     drafter = DraftModel(draft, ctx.sampling, cfg, token_ids)
     return EngineGenerator(cfg.name, ctx.target, drafter, ctx.sampling, cfg.rule)
 

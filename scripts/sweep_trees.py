@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     prompts = [target.encode_chat([{"role": "user", "content": r["prompt"]}])[-args.max_prompt_tokens :]
                for r in held[: args.eval_prompts]]
     engine = EngineConfig(threads=args.threads)
-    apply_kernel(target.model, resolve_kernel(engine.kernel, target.dtype))  # as run.py prepares the target
+    apply_kernel(target.model, resolve_kernel(engine.kernel, target.dtype, target.device))  # as run.py prepares the target
     ctx = MethodContext(target, Sampling(), engine)
     results = []
     for method in args.methods.split(","):

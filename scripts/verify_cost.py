@@ -33,14 +33,14 @@ def load_config_target(overrides: list[str]):
     import tasks  # noqa: F401
     from harness.config import CONF_DIR
     from harness.kernels import apply_kernel, resolve_kernel
-    from harness.loading import TinySpec, load_target
+    from harness.loading import load_configured
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     m = cfg.model
     torch.set_num_threads(int(cfg.engine.threads))
-    target = load_target(m.name, m.source, m.path, m.dtype, m.attention, m.revision, m.trust_remote_code, TinySpec(**m.tiny))
-    kernel = resolve_kernel(cfg.engine.kernel, target.dtype)
+    target = load_configured(m, cfg.engine.device)
+    kernel = resolve_kernel(cfg.engine.kernel, target.dtype, target.device)
     apply_kernel(target.model, kernel)
     return cfg, target, kernel
 

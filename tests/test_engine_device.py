@@ -1,0 +1,196 @@
+"""The engine's device options on a CPU-only machine: the static-shape forward path (what CUDA graphs replay)
+gives exactly the eager path's tokens for every family of drafter, device and dtype resolution, kernels per
+device, the compiled stock peer, and the near-tie / mismatch split of the equivalence check.
+
+The same checks on a GPU, with the graphs captured, are in test_gpu.py (skipped here)."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+import methods  # noqa: F401  (registers the method schemas method_node composes)
+import tasks  # noqa: F401
+from harness import static_forward
+from harness import tree as T
+from harness.config import EngineConfig
+from harness.device import resolve_device, resolve_dtype
+from harness.errors import SpeclabError
+from harness.generator import METHODS, MethodContext
+from harness.kernels import resolve_kernel
+from harness.loading import TinySpec, load_target
+from harness.metrics import aggregate
+from harness.runner import NEAR_TIE_MARGIN, Runner, method_node, run
+from harness.sampling import Sampling
+from methods.eagle2 import Eagle2Config
+from methods.eagle3 import Eagle3Config
+from methods.hydra import HydraConfig
+from methods.medusa import MedusaConfig
+
+from .conftest import build_with_head
+from .test_runs import tiny_cfg
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+MAX_NEW = 32
+
+
+@pytest.fixture(scope="module")
+def static_target():
+    """A second copy of the tiny target (same seeded weights) with the static path on, uncaptured."""
+    target = load_target("tiny-llama", "tiny")
+    assert static_forward.enable(target, "on")
+    return target
+
+
+def generations(gen, prompts) -> list[list[int]]:
+    return [gen.generate(p, MAX_NEW, None).token_ids for p in prompts]
+
+
+def engine_method(target, spec: str):
+    return METHODS.build(method_node(spec), MethodContext(target, Sampling(), OmegaConf.structured(EngineConfig(kernel="torch"))))
+
+
+@pytest.mark.parametrize("spec", ["ar", "pld", "recycling", "lookahead", "sjd"])
+def test_static_path_matches_eager_for_training_free_methods(tiny_target, static_target, tiny_prompts, spec):
+    before = static_target.static.replays
+    assert generations(engine_method(static_target, spec), tiny_prompts) == generations(engine_method(tiny_target, spec), tiny_prompts)
+    assert static_target.static.replays > before  # the static path served the steps, not an eager fallback
+
+
+@pytest.mark.parametrize("schema, head", [(Eagle2Config, "eagle"), (Eagle3Config, "eagle3")])
+def test_static_path_matches_eager_for_eagle_heads(tiny_target, static_target, tiny_prompts, eagle_heads, schema, head):
+    folder = eagle_heads[head]["folder"]
+    static = generations(build_with_head(static_target, schema, folder), tiny_prompts)
+    assert static == generations(build_with_head(tiny_target, schema, folder), tiny_prompts)
+
+
+@pytest.mark.parametrize("schema, name", [(MedusaConfig, "medusa"), (HydraConfig, "hydra")])
+def test_static_path_matches_eager_for_parallel_heads(tiny_target, static_target, tiny_prompts, parallel_heads, schema, name):
+    folder = parallel_heads[name]["folder"]
+    static = generations(build_with_head(static_target, schema, folder), tiny_prompts)
+    assert static == generations(build_with_head(tiny_target, schema, folder), tiny_prompts)
+
+
+def test_static_path_matches_eager_for_a_draft_model(tiny_target, static_target, tiny_prompts, layer_draft_folder):
+    spec = f"sps draft.path={layer_draft_folder} k=4 vocab_size=null"
+    gen = engine_method(static_target, spec)
+    assert gen.drafter.draft.static is not None  # the draft's own forwards take the static path too
+    assert generations(gen, tiny_prompts) == generations(engine_method(tiny_target, spec), tiny_prompts)
+    assert gen.drafter.draft.static.replays > 0
+
+
+def test_a_tree_forward_equals_the_eager_one_row_for_row(tiny_target, static_target, tiny_prompts):
+    prompt = tiny_prompts[1]
+    parents = [-1, 0, 0, -1, 3, 1]  # siblings at two levels
+    tokens = [prompt[-1], 5, 6, 7, 8, 9, 10]
+    outs = []
+    for target in (tiny_target, static_target):
+        cache = target.new_cache(len(prompt) + 16)
+        target.forward(cache, prompt[:-1])
+        outs.append(target.forward(cache, tokens, positions=T.positions(parents, cache.length),
+                                   tree=T.ancestor_mask(parents), hidden_layers=("final", 1)))
+        assert cache.length == len(prompt) - 1 + len(tokens)
+    eager, static = outs
+    torch.testing.assert_close(static.logits, eager.logits, atol=1e-5, rtol=1e-5)
+    for layer in ("final", 1):
+        torch.testing.assert_close(static.hidden[layer], eager.hidden[layer], atol=1e-5, rtol=1e-5)
+
+
+def test_wider_than_the_widest_graph_runs_eagerly_on_the_same_buffers(tiny_target, tiny_prompts):
+    narrow = load_target("tiny-llama", "tiny")
+    static_forward.enable(narrow, "on", [1, 2])
+    spec = "pld num_draft=10"
+    assert generations(engine_method(narrow, spec), tiny_prompts) == generations(engine_method(tiny_target, spec), tiny_prompts)
+
+
+def test_targets_the_static_path_cannot_serve_run_eagerly():
+    moe = load_target("tiny-mixtral", "tiny", tiny=TinySpec(family="mixtral"))
+    assert static_forward.unsupported(moe) is not None and not static_forward.enable(moe, "on")
+    sdpa = load_target("tiny-llama", "tiny", attention="sdpa")
+    assert not static_forward.enable(sdpa, "on") and sdpa.static is None
+    plain = load_target("tiny-llama", "tiny")
+    assert not static_forward.enable(plain, "auto")  # auto: only on a GPU
+    with pytest.raises(SpeclabError, match="engine.cuda_graphs"):
+        static_forward.enable(plain, "always")
+
+
+def test_a_run_records_the_static_path(tmp_path):
+    df = run(tiny_cfg(tmp_path, "task.limit=2", "method=recycling", "engine.cuda_graphs=on"))
+    assert (df.cuda_graphs == "uncaptured").all() and (df.device == "cpu").all()
+    assert df[df.role == "method"].equivalent.all()
+
+
+# -- device and dtype --------------------------------------------------------------------------------------------
+def test_device_and_dtype_resolution():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_dtype("auto", torch.device("cpu")) == "float32"
+    assert resolve_dtype("auto", torch.device("cuda")) == "bfloat16"
+    assert resolve_dtype("float16", torch.device("cpu")) == "float16"
+    with pytest.raises(SpeclabError, match="unknown engine.device 'tpu'"):
+        resolve_device("tpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without a GPU")
+def test_cuda_without_a_gpu_is_one_clear_line(tmp_path):
+    with pytest.raises(SpeclabError, match="torch sees no GPU.*engine.device=cpu"):
+        Runner(tiny_cfg(tmp_path, "engine.device=cuda"))
+
+
+def test_kernels_per_device():
+    assert resolve_kernel("auto", torch.float32, "cuda") == "torch"
+    assert resolve_kernel("torch", torch.float32, "cuda") == "torch"
+    with pytest.raises(SpeclabError, match="CPU kernel"):
+        resolve_kernel("onednn", torch.float32, "cuda")
+
+
+# -- the compiled stock peer ---------------------------------------------------------------------------------
+def test_hf_compiled_is_compiled_and_reported_beside_ar(tmp_path):
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    df = run(tiny_cfg(tmp_path, "task.limit=2", "method=pld", "compare=[hf_compiled]", "max_new_tokens=12"))
+    assert counters["stats"]["unique_graphs"] > 0  # torch.compile really traced the forward
+    peer = df[df.method == "hf_compiled"]
+    assert peer.equivalent.all() and (peer.steps == peer.new_tokens).all()
+    assert (peer.prefill_time_s > 0).all() and (peer.prefill_time_s < peer.wall_time_s).all()
+    from harness.report import summarize_frame
+
+    summary = summarize_frame(df).set_index(["method", "group"])
+    assert summary.loc[("hf_compiled", "overall"), "speedup_vs_hf_compiled"] == pytest.approx(1.0)
+    assert summary.loc[("pld", "overall"), "speedup_vs_hf_compiled"] > 0
+
+
+def test_bad_hf_compiled_mode_is_one_clear_line(tmp_path):
+    with pytest.raises(SpeclabError, match="unknown hf_compiled mode"):
+        Runner(tiny_cfg(tmp_path, "method=pld", "compare=['hf_compiled mode=fastest']"))
+
+
+# -- equivalence: near ties apart from real mismatches ---------------------------------------------------------
+def test_near_tie_margins_are_pinned():
+    # a bf16 logit carries 8 bits of mantissa: logits of magnitude ~10-30 are rounded by up to ~0.06-0.12
+    assert NEAR_TIE_MARGIN == {"float32": 1e-3, "float16": 2e-2, "bfloat16": 1e-1}
+
+
+def test_the_summary_separates_near_ties_from_mismatches():
+    rows = pd.DataFrame({
+        "run_id": "r", "prompt_id": ["a", "b", "c", "d"], "new_tokens": 10, "wall_time_s": 1.0, "steps": 5,
+        "drafted_tokens": 4, "accepted_tokens": 2, "drafted_per_step": [[1]] * 4, "pos_reached": [[1]] * 4,
+        "pos_accepted": [[1]] * 4, "ms_per_step": 1.0, "repetition_4gram": 0.0, "lossless": True,
+        "equivalent": [True, False, False, False], "near_tie": [False, True, False, False],
+        "divergence_margin": [math.nan, 1e-4, 2.5, 0.9],
+    })
+    agg = aggregate(rows, rows.iloc[:0])
+    assert agg["equivalence_rate"] == 0.25 and agg["near_ties"] == 1 and agg["mismatches"] == 2
+
+
+def test_bf16_divergences_are_near_ties(tmp_path):
+    df = run(tiny_cfg(tmp_path, "task.limit=4", "method=pld", "compare=[recycling]", "model.dtype=bfloat16",
+                      "engine.kernel=torch", "max_new_tokens=24"))
+    m = df[df.role == "method"]
+    assert (m.dtype == "bfloat16").all()
+    assert (m.equivalent | m.near_tie).all()  # any divergence sits at a reported near tie, none is a mismatch
