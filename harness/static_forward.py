@@ -10,9 +10,9 @@ on a cache that already holds the prompt:
   committed length and, among the new tokens, all but each token's tree ancestors;
 * it runs in the graph of the smallest width W >= n of ``engine.graph_widths``; the W - n padding rows write
   past the real ones (slots the next forward overwrites), see only themselves, and their outputs are dropped;
-* token ids, positions, slots, the tree mask and the committed length are copied into the graph's own input
-  tensors before each replay; the outputs (logits of all W rows, the hidden states the drafter reads) are
-  copied out before the next.
+* token ids, positions, slots, the tree mask and the committed length travel as one int64 vector, one copy
+  from pinned host memory into the graph's own input before each replay; the outputs (logits of all W rows,
+  the hidden states the drafter reads) are copied out before the next.
 
 The prefill (an empty cache, any length), forwards wider than the widest graph, early-exit forwards
 (self-speculation), guided two-row models, MoE targets (their expert counters are hooks, which a replay does
@@ -51,16 +51,22 @@ def unsupported(target: Any) -> str | None:
 
 @dataclass
 class _Graph:
-    """One width's static inputs and outputs, and its recorded graph (None on a CPU)."""
+    """One width's inputs and outputs, and its recorded graph (None on a CPU).
 
-    ids: torch.Tensor  # [1, W]
-    positions: torch.Tensor  # [1, W]
-    slots: torch.Tensor  # [W]
-    tree: torch.Tensor  # [W, W] bool
-    length: torch.Tensor  # [] committed slots
+    The inputs travel as one int64 vector, ids | positions | slots | committed length | tree (W x W, 0/1), filled
+    on the host (pinned memory on a GPU) and copied to ``dev`` in one transfer before each replay."""
+
+    width: int
+    host: torch.Tensor
+    dev: torch.Tensor
     logits: torch.Tensor | None = None  # [W, vocab]
     hidden: dict = field(default_factory=dict)
     graph: Any = None
+    copied: Any = None  # CUDA event: the last host-to-device copy of the inputs
+
+    def views(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        w, d = self.width, self.dev
+        return d[:w].view(1, w), d[w:2 * w].view(1, w), d[2 * w:3 * w], d[3 * w], d[3 * w + 1:].view(w, w)
 
 
 class StaticForward:
@@ -132,39 +138,44 @@ class StaticForward:
         return g.logits[:n].clone(), {k: v[:n].clone() for k, v in g.hidden.items()}
 
     def _inputs(self, width: int) -> _Graph:
-        device = self.target.device
-        zeros = torch.zeros(width, dtype=torch.long, device=device)
-        return _Graph(zeros[None].clone(), zeros[None].clone(), zeros.clone(),
-                      torch.eye(width, dtype=torch.bool, device=device), torch.zeros((), dtype=torch.long, device=device))
+        size = 3 * width + 1 + width * width
+        host = torch.zeros(size, dtype=torch.long, pin_memory=self.capture)
+        return _Graph(width, host, torch.zeros(size, dtype=torch.long, device=self.target.device))
 
     def _load(self, g: _Graph, ids: torch.Tensor, positions: torch.Tensor, tree: torch.Tensor | None,
               start: int, n: int) -> None:
-        """Copy one forward's inputs into the graph's tensors; padding rows see only themselves."""
-        w = g.slots.numel()
-        host_tree = torch.eye(w, dtype=torch.bool)
-        host_tree[:n, :n] = torch.ones(n, n, dtype=torch.bool).tril_() if tree is None else tree.cpu()
-        host_pos = torch.full((w,), start, dtype=torch.long)
-        host_pos[:n] = positions.reshape(-1).cpu()
-        host_ids = torch.zeros(w, dtype=torch.long)
-        host_ids[:n] = ids.reshape(-1).cpu()
-        g.ids.copy_(host_ids[None], non_blocking=True)
-        g.positions.copy_(host_pos[None], non_blocking=True)
-        g.slots.copy_(torch.arange(start, start + w), non_blocking=True)
-        g.tree.copy_(host_tree, non_blocking=True)
-        g.length.fill_(start)
+        """Write one forward's inputs into the graph's input vector; padding rows sit at the next slots, at
+        position ``start``, and see only themselves."""
+        w, h = g.width, g.host
+        if g.copied is not None:  # the last copy out of this pinned buffer must be done before it is rewritten
+            g.copied.synchronize()
+        h.zero_()
+        h[:n] = ids.reshape(-1)
+        h[w:2 * w] = start
+        h[w:w + n] = positions.reshape(-1)
+        torch.arange(start, start + w, out=h[2 * w:3 * w])
+        h[3 * w] = start
+        mask = h[3 * w + 1:].view(w, w)
+        mask.fill_diagonal_(1)
+        mask[:n, :n] = torch.ones(n, n, dtype=torch.long).tril_() if tree is None else tree.to(torch.long)
+        g.dev.copy_(h, non_blocking=True)
+        if self.capture:
+            g.copied = torch.cuda.Event()
+            g.copied.record()
 
     def _body(self, g: _Graph, hidden_layers: Sequence[int | str]) -> None:
         """The recorded work: the mask from (length, slots, tree), the backbone on the static cache, the head."""
         target, cache = self.target, self.cache
-        w = g.slots.numel()
+        ids, positions, slots, length, tree = g.views()
+        w, device = g.width, g.dev.device
         capacity = cache.layers[0].capacity
-        visible = (torch.arange(capacity, device=g.slots.device)[None, :] < g.length).expand(w, capacity).clone()
-        visible.index_copy_(1, g.slots, g.tree)
-        mask = torch.zeros(w, capacity, dtype=target.dtype, device=g.slots.device)
+        visible = (torch.arange(capacity, device=device)[None, :] < length).expand(w, capacity).clone()
+        visible.index_copy_(1, slots, tree != 0)
+        mask = torch.zeros(w, capacity, dtype=target.dtype, device=device)
         mask.masked_fill_(~visible, torch.finfo(target.dtype).min)
-        cache.set_slots(g.slots)
+        cache.set_slots(slots)
         try:
-            out = target.backbone(input_ids=g.ids, position_ids=g.positions, attention_mask=mask[None, None], cache=cache,
+            out = target.backbone(input_ids=ids, position_ids=positions, attention_mask=mask[None, None], cache=cache,
                                   use_cache=True, output_hidden_states=any(layer != "final" for layer in hidden_layers))
         finally:
             cache.set_slots(None)

@@ -194,3 +194,19 @@ def test_bf16_divergences_are_near_ties(tmp_path):
     m = df[df.role == "method"]
     assert (m.dtype == "bfloat16").all()
     assert (m.equivalent | m.near_tie).all()  # any divergence sits at a reported near tie, none is a mismatch
+
+
+def test_the_gpu_bench_runs_end_to_end_on_a_tiny_shape(tmp_path):
+    """scripts/gpu_bench.py (what gpu_check.sh runs on a GPU), on the CPU with a tiny shape: every side generates
+    its tokens, c(k) comes from both paths and the tables are written."""
+    import json
+
+    from scripts.gpu_bench import main
+
+    assert main(["--shapes", "tiny", "--device", "cpu", "--tokens", "8", "--prompts", "2", "--prompt-len", "48",
+                 "--repeats", "1", "--ks", "1,2,4,128", "--compile-mode", "default", "--out", str(tmp_path)]) == 0
+    (result,) = json.loads((tmp_path / "gpu_bench.json").read_text())
+    assert set(result["tokens_per_s"]) == {"ar", "ar_eager", "hf_generate", "hf_compiled", "pld", "eagle2"}
+    assert set(result["ck_static_ms"]) == {"1", "2", "4", "128"} and set(result["ck_eager_ms"]) == {"1", "2", "4", "128"}
+    assert all(e["identical"] for e in result["pld_equivalence"])  # fp32: real pld equals ar exactly
+    assert "| hf_compiled |" in (tmp_path / "gpu_bench.md").read_text()

@@ -43,6 +43,7 @@ class TableLM:
         self.max_positions = 1 << 20
         self.stop_ids = set(stop_ids or ())
         self.experts = None  # a dense model: no expert accounting
+        self.device = torch.device("cpu")
 
     def new_cache(self, capacity: int) -> ToyCache:
         return ToyCache()

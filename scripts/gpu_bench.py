@@ -1,0 +1,224 @@
+#!/usr/bin/env python
+"""System speed of the engine on a GPU with random weights at real shapes (issue 15), no network needed.
+
+For each shape (Llama-2-7B = Vicuna-7B, SmolLM2-135M) it builds a random-weight Llama from its config and
+measures, in one process on one GPU:
+
+* the verify cost c(k), k = 1..128, of the engine's static path (CUDA graphs) and of its eager path;
+* tokens/s of ``ar`` (static path), ``ar`` eager, ``hf_generate`` (transformers' eager generate),
+  ``hf_compiled`` (static cache + torch.compile), and of ``pld`` and ``eagle2`` with synthetic acceptance
+  (harness/synthetic.py: random weights accept nothing, so per-depth rates stand in; the defaults give the tau
+  Spec-Bench publishes for them on Vicuna-7B, PLD 1.75 and EAGLE-2 4.34), every side generating the same
+  number of tokens with stop tokens ignored, interleaved prompt by prompt;
+* greedy equivalence of real (not synthetic) ``pld`` with ``ar`` through the static path, the first divergence's
+  top-1/top-2 logit margin where they differ (near ties are expected in bf16, never in fp32).
+
+    python scripts/gpu_bench.py --out results/gpu_check                   # on a GPU (scripts/gpu_check.sh)
+    python scripts/gpu_bench.py --shapes tiny --device cpu --tokens 12    # a smoke run anywhere (tests)
+
+Writes ``gpu_bench.json`` and ``gpu_bench.md`` (tables) to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+SHAPES = {
+    "llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                      num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096),
+    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                         num_key_value_heads=3, vocab_size=49152, max_position_embeddings=8192, tie_word_embeddings=True),
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=512, max_position_embeddings=2048),
+}
+# conditional acceptance per draft depth giving Spec-Bench's published tau on Vicuna-7B (A100, greedy):
+# PLD 1.75 over 10-token chains, EAGLE-2 4.34 over its depth-5 tree
+RATES = {"pld": [0.3, 0.55, 0.6, 0.65, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7], "eagle2": [0.92, 0.87, 0.83, 0.8, 0.78]}
+EAGLE2_SHAPE = dict(depth=5, top_k=10, total_tokens=60)  # Spec-Bench's EAGLE-2 setting
+
+
+def random_target(shape: str, device: torch.device, dtype: torch.dtype, seed: int = 0):
+    """A random-weight Llama of ``shape`` as an engine target (static path on), and a stock copy sharing its
+    weights with transformers' default attention (for the peers)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from harness import static_forward
+    from harness.model import ModelInfo, TargetModel
+    from harness.tiny import byte_tokenizer
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(**SHAPES[shape], rope_theta=10000.0)
+    config._attn_implementation = "speclab"
+    with torch.device(device):
+        model = LlamaForCausalLM(config).to(dtype).eval()
+    tok = byte_tokenizer()
+    info = ModelInfo(f"random-{shape}", f"random:{shape}:seed={seed}", f"random-{shape}-{seed}", str(dtype).split(".")[-1],
+                     sum(p.numel() for p in model.parameters()))
+    target = TargetModel(model, tok, info)
+    static_forward.enable(target, "on", [*static_forward.DEFAULT_WIDTHS, 128])  # c(k) is measured up to 128
+    stock_config = LlamaConfig(**SHAPES[shape], rope_theta=10000.0)
+    stock_config._attn_implementation = "sdpa"
+    with torch.device("meta"):
+        stock_model = LlamaForCausalLM(stock_config)
+    stock_model.load_state_dict(model.state_dict(), assign=True)  # the same weight tensors, no second copy
+    stock_model.model.rotary_emb = model.model.rotary_emb  # its buffers are not in the state dict
+    stock = TargetModel(stock_model.eval(), tok, info)
+    return target, stock
+
+
+def prompts_for(vocab: int, n: int, length: int, seed: int = 1) -> list[list[int]]:
+    """Random prompts with repeated spans (so real prompt lookup finds something to copy)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        base = torch.randint(3, vocab, (length // 4,), generator=g).tolist()
+        out.append((base * 4)[:length])
+    return out
+
+
+def bench_shape(shape: str, args, device: torch.device, dtype: torch.dtype) -> dict:
+    from harness import verify_cost as vc
+    from harness.decoder import Decoder
+    from harness.drafter import NoDraft
+    from harness.head_drafter import HeadDrafter, TreeShape
+    from harness.checkpoints import new_head
+    from harness.runner import divergence_margin
+    from harness.sampling import Sampling
+    from harness.synthetic import SyntheticDrafter, SyntheticVerifier
+    from harness.verify import GreedyVerifier
+    from methods.hf_peers import HFCompiledGenerator, HFGenerator
+    from methods.pld import PLDConfig, PromptLookup
+
+    target, stock = random_target(shape, device, dtype)
+    greedy = Sampling()
+    prompts = prompts_for(target.vocab_size, args.prompts, args.prompt_len)
+    result: dict = {"shape": shape, "dtype": str(dtype).split(".")[-1], "device": str(device),
+                    "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
+
+    # -- c(k): static path vs eager, on one cache of prompt_len tokens
+    ks = [k for k in args.ks if k <= max(target.static.widths)]
+    static = target.static
+    result["ck_static_ms"] = vc.measure(target, ks, cache_len=args.prompt_len, repeats=args.repeats)
+    target.static = None
+    result["ck_eager_ms"] = vc.measure(target, args.ks, cache_len=args.prompt_len, repeats=args.repeats)
+    target.static = static
+
+    # -- tokens/s: every side generates args.tokens tokens on the same prompts, interleaved
+    def engine(drafter, synthetic: bool) -> Decoder:
+        verifier = GreedyVerifier(greedy)
+        return Decoder(target, SyntheticVerifier(verifier) if synthetic else verifier, stop_ids=set())
+
+    head = new_head("eagle", target).to(device=device, dtype=dtype)
+    sides = {
+        "ar": (engine(None, False), NoDraft()),
+        "pld": (engine(None, True), SyntheticDrafter(PromptLookup(PLDConfig(num_draft=10, max_ngram=3), set()), RATES["pld"])),
+        "eagle2": (engine(None, True), SyntheticDrafter(HeadDrafter(head, TreeShape("dynamic", **EAGLE2_SHAPE), greedy),
+                                                         RATES["eagle2"])),
+    }
+    peers = {"hf_generate": HFGenerator("hf_generate", stock, greedy, {}),
+             "hf_compiled": HFCompiledGenerator("hf_compiled", stock, greedy, args.compile_mode, 512)}
+    for peer in peers.values():
+        peer.ignore_eos = True
+
+    def run_side(name: str, prompt: list[int]) -> tuple[float, int]:
+        """(seconds, tokens) of one generation; every side times itself with device synchronisation."""
+        if name == "ar_eager":
+            target.static = None
+            try:
+                res = engine(None, False).generate(prompt, NoDraft(), args.tokens)
+            finally:
+                target.static = static
+        elif name in peers:
+            res = peers[name].generate(prompt, args.tokens, None)
+        else:
+            decoder, drafter = sides[name]
+            res = decoder.generate(prompt, drafter, args.tokens)
+        return res.wall_time, res.new_tokens
+
+    names = ["ar", "ar_eager", "hf_generate", "hf_compiled", "pld", "eagle2"]
+    for name in names:  # warm-up: graphs recorded, torch.compile traced, allocator grown
+        run_side(name, prompts[0])
+    tps: dict[str, list[float]] = {n: [] for n in names}
+    for i, prompt in enumerate(prompts):
+        order = names[i % len(names):] + names[: i % len(names)]
+        for name in order:
+            seconds, tokens = run_side(name, prompt)
+            tps[name].append(tokens / seconds)
+    result["tokens_per_s"] = {n: statistics.median(v) for n, v in tps.items()}
+    result["synthetic_rates"] = RATES
+
+    # -- greedy equivalence: real pld (no synthetic acceptance) against ar, both through the static path
+    eq = []
+    for prompt in prompts:
+        a = engine(None, False).generate(prompt, NoDraft(), args.tokens).token_ids
+        b = engine(None, False).generate(prompt, PromptLookup(PLDConfig(), set()), args.tokens)
+        div = next((i for i, (x, y) in enumerate(zip(a, b.token_ids)) if x != y), None)
+        margin = divergence_margin(target, prompt, a, div) if div is not None else None
+        eq.append({"identical": div is None, "first_divergence": div, "margin": margin,
+                   "accepted": sum(b.accepted)})
+    result["pld_equivalence"] = eq
+    del target, stock, head
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+def tables(results: list[dict]) -> str:
+    lines = []
+    for r in results:
+        ck_s, ck_e = r["ck_static_ms"], r["ck_eager_ms"]
+        lines += [f"### {r['shape']} ({r['dtype']}, {r['gpu'] or r['device']})", "",
+                  "| k | static ms | static c(k) | eager ms | eager c(k) |", "|---|---|---|---|---|"]
+        for k in sorted(set(ck_s) | set(ck_e), key=int):
+            s, e = ck_s.get(k), ck_e.get(k)
+            lines.append(f"| {k} | {s:.2f} | {s / ck_s[1]:.2f} | {e:.2f} | {e / ck_e[1]:.2f} |" if s is not None else
+                         f"| {k} | - | - | {e:.2f} | {e / ck_e[1]:.2f} |")
+        tps = r["tokens_per_s"]
+        lines += ["", "| side | tokens/s (median) | over ar | over hf_compiled |", "|---|---|---|---|"]
+        for name, v in tps.items():
+            lines.append(f"| {name} | {v:.1f} | {v / tps['ar']:.2f} | {v / tps['hf_compiled']:.2f} |")
+        eq = r["pld_equivalence"]
+        lines += ["", f"pld vs ar, greedy: {sum(e['identical'] for e in eq)}/{len(eq)} identical; divergence margins "
+                  f"{[round(e['margin'], 4) for e in eq if e['margin'] is not None]}; drafts accepted "
+                  f"{[e['accepted'] for e in eq]}", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shapes", default="smollm2-135m,llama2-7b")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--dtype", default=None, help="default: bfloat16 on cuda, float32 on cpu")
+    p.add_argument("--tokens", type=int, default=128)
+    p.add_argument("--prompts", type=int, default=4)
+    p.add_argument("--prompt-len", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--ks", default="1,2,4,8,16,32,64,128")
+    p.add_argument("--compile-mode", default="reduce-overhead")
+    p.add_argument("--out", default="results/gpu_check")
+    args = p.parse_args(argv)
+    args.ks = [int(k) for k in args.ks.split(",")]
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for shape in args.shapes.split(","):
+        print(f"[gpu_bench] {shape} ...", flush=True)
+        results.append(bench_shape(shape, args, device, dtype))
+        (out / "gpu_bench.json").write_text(json.dumps(results, indent=1, default=str))
+        (out / "gpu_bench.md").write_text(tables(results))
+        print(tables(results[-1:]), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,85 @@
+"""Checks that need a GPU (skipped on machines without one; scripts/gpu_check.sh runs them where one is lent):
+greedy identity with ``ar`` through captured CUDA graphs in fp32, near ties only in bf16, sampled runs with
+device tensors and host generators, the compiled peer, and synthetic acceptance on the device."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import methods  # noqa: F401
+import tasks  # noqa: F401
+from harness import static_forward
+from harness.loading import load_target
+from methods.eagle2 import Eagle2Config
+from methods.medusa import MedusaConfig
+
+from .conftest import build_with_head
+from .test_engine_device import MAX_NEW, engine_method, generations
+from .test_runs import tiny_cfg
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+@pytest.fixture(scope="module")
+def cuda_target():
+    target = load_target("tiny-llama", "tiny", device="cuda")
+    assert static_forward.enable(target, "auto") and target.static.capture
+    return target
+
+
+@pytest.mark.parametrize("spec", ["ar", "pld", "recycling", "lookahead"])
+def test_cuda_graphs_match_cpu_eager_in_fp32(tiny_target, cuda_target, tiny_prompts, spec):
+    before = cuda_target.static.replays
+    assert generations(engine_method(cuda_target, spec), tiny_prompts) == generations(engine_method(tiny_target, spec), tiny_prompts)
+    assert cuda_target.static.replays > before and any(g.graph is not None for g in cuda_target.static.graphs.values())
+
+
+def test_cuda_graphs_match_for_heads(tiny_target, cuda_target, tiny_prompts, eagle_heads, parallel_heads):
+    for schema, folder in ((Eagle2Config, eagle_heads["eagle"]["folder"]), (MedusaConfig, parallel_heads["medusa"]["folder"])):
+        gpu = generations(build_with_head(cuda_target, schema, folder), tiny_prompts)
+        assert gpu == generations(build_with_head(tiny_target, schema, folder), tiny_prompts)
+
+
+def test_draft_model_on_cuda(tiny_target, cuda_target, tiny_prompts, layer_draft_folder):
+    spec = f"sps draft.path={layer_draft_folder} k=4 vocab_size=null"
+    gen = engine_method(cuda_target, spec)
+    assert gen.drafter.draft.device.type == "cuda" and gen.drafter.draft.static is not None
+    assert generations(gen, tiny_prompts) == generations(engine_method(tiny_target, spec), tiny_prompts)
+
+
+@pytest.mark.parametrize("method", ["pld", "recycling", "eagle2_tiny"])
+def test_runs_on_cuda_end_to_end(tmp_path, method, eagle_heads):
+    extra = [f"method.head={eagle_heads['eagle']['folder']}", "method=eagle2"] if method == "eagle2_tiny" else [f"method={method}"]
+    from harness.runner import run
+
+    df = run(tiny_cfg(tmp_path, "task.limit=2", "engine.device=cuda", "model.dtype=float32", f"max_new_tokens={MAX_NEW}", *extra))
+    assert (df.device == "cuda:0").all() and (df.cuda_graphs == "captured").all()
+    assert df[df.role == "method"].equivalent.all()
+
+
+def test_bf16_on_cuda_diverges_only_at_near_ties(tmp_path):
+    from harness.runner import run
+
+    df = run(tiny_cfg(tmp_path, "task.limit=4", "engine.device=cuda", "method=pld", "compare=[recycling]", "max_new_tokens=24"))
+    m = df[df.role == "method"]
+    assert (m.dtype == "bfloat16").all()  # model.dtype=auto on CUDA
+    assert (m.equivalent | m.near_tie).all()
+
+
+def test_sampling_and_peers_on_cuda(tmp_path, layer_draft_folder):
+    from harness.runner import run
+
+    df = run(tiny_cfg(tmp_path, "task.limit=2", "engine.device=cuda", "model.dtype=float32", "temperature=1.0",
+                      "method=sps", f"method.draft.path={layer_draft_folder}", "method.vocab_size=null",
+                      "compare=[recycling,hf_generate,hf_compiled]", "max_new_tokens=16"))
+    assert set(df.method) == {"sps", "recycling", "hf_generate", "hf_compiled", "ar"} and (df.new_tokens > 0).all()
+
+
+def test_synthetic_acceptance_on_cuda(tmp_path):
+    from harness.runner import run
+
+    df = run(tiny_cfg(tmp_path, "task.limit=2", "engine.device=cuda", "method=pld", "synthetic.mode=rates",
+                      "synthetic.rates=[1,1,1]", "max_new_tokens=16"))
+    m = df[df.role == "method"]
+    assert (m.synthetic == "rates").all() and (m.tau > 2.5).all()
