@@ -42,7 +42,8 @@ class BufferLayer(DynamicLayer):
             cap *= 2
         for name in ("_k", "_v"):
             old = getattr(self, name)
-            new = old.new_empty(old.shape[0], old.shape[1], cap, old.shape[3])
+            # zeros: the static path attends over the whole buffer, masked slots included (0 x NaN is NaN)
+            new = old.new_zeros(old.shape[0], old.shape[1], cap, old.shape[3])
             new[:, :, : self.length] = old[:, :, : self.length]
             setattr(self, name, new)
         self.capacity = cap

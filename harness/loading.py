@@ -264,7 +264,7 @@ def load_target(
     target = _load_target(name, source, path, dtype, attention, revision, trust_remote_code, tiny)
     if torch.device(device) != target.device:
         target.model.to(device)
-        target.device = torch.device(device)
+        target.device = next(target.model.parameters()).device  # "cuda" resolves to "cuda:0"
     return target
 
 
@@ -273,6 +273,8 @@ def load_configured(model: Any, device: str = "auto") -> TargetModel:
     from .device import resolve_device, resolve_dtype
 
     where = resolve_device(device)
+    if where.type == "cuda" and where.index is not None:
+        torch.cuda.set_device(where)  # streams, events and graphs the engine makes belong to the current device
     return load_target(model.name, model.source, model.path, resolve_dtype(model.dtype, where), model.attention,
                        model.revision, model.trust_remote_code, TinySpec(**model.tiny), where)
 

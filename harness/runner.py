@@ -335,6 +335,8 @@ class Runner:
         gens = [gen] if gen is not None else [g for _, g in self.methods] + ([self.baseline] if self.baseline is not None and self.cache is None else [])
         for g in gens:
             if g is not None and id(g) not in self._warm:
+                if self.target.static is not None and g.uses_engine:  # every width's graph, before any timing
+                    self.target.static.record(len(ids) + self.cfg.max_new_tokens + 64, g.drafter.hidden_layers)
                 g.generate(ids, n, torch.Generator().manual_seed(0) if not self.sampling.greedy else None)
                 self._warm.add(id(g))
 

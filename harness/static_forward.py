@@ -23,6 +23,7 @@ eager path's tokens.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,11 @@ def unsupported(target: Any) -> str | None:
         return "classifier-free guidance runs two rows"
     if target.sliding_window:
         return "sliding-window layers need a mask per layer type"
+    rope = getattr(target.config, "rope_parameters", None) or getattr(target.config, "rope_scaling", None) or {}
+    if isinstance(rope, dict) and rope.get("rope_type") == "dynamic":
+        return "dynamic RoPE re-reads the sequence length on the host every forward"
+    if getattr(target.config, "kv_lora_rank", None):
+        return "multi-head latent attention (DeepSeek) keeps keys and values of other sizes"
     if target.model.config._attn_implementation != "speclab":
         return f"model.attention={target.model.config._attn_implementation} (the static path uses the engine's kernel)"
     return None
@@ -76,7 +82,7 @@ class StaticForward:
         if not widths or min(widths) < 1:
             raise ValueError(f"engine.graph_widths must be positive widths, got {list(widths)}")
         self.target = target
-        self.widths = sorted(set(int(w) for w in widths))
+        self.widths = sorted({int(w) for w in widths})
         self.capture = capture
         self.cache: KVCache | None = None
         self.graphs: dict[tuple[int, tuple], _Graph] = {}
@@ -105,9 +111,21 @@ class StaticForward:
         if getattr(self, "_ptr", None) != ptr:
             self.graphs, self._ptr = {}, ptr
 
+    def record(self, capacity: int, hidden_layers: Sequence[int | str]) -> None:
+        """Record every width's graph for a drafter that reads ``hidden_layers``, on a cache of ``capacity`` slots,
+        before any timing: a recording synchronises the device and empties its allocator's cache."""
+        cache = self.new_cache(capacity)
+        cache.set_length(1)  # a graph serves forwards on a non-empty cache; slot 0's zeros stand in for a prompt
+        for w in self.widths:
+            self.forward(cache, torch.zeros(w, dtype=torch.long), torch.arange(1, 1 + w), None, w, hidden_layers)
+            cache.set_length(1)
+        cache.set_length(0)
+
     def width(self, cache: KVCache, n: int, exit_layer: int | None) -> int | None:
         """The graph width that serves a forward of ``n`` tokens on ``cache``, or None (eager)."""
         if cache is not self.cache or cache.length == 0 or exit_layer is not None or n > self.widths[-1]:
+            return None
+        if self.target.backbone.config.num_hidden_layers != self.target.num_layers:  # inside an early exit's forward
             return None
         if cache.length + self.widths[-1] > cache.layers[0].capacity:
             return None
@@ -126,13 +144,14 @@ class StaticForward:
         if fresh:
             g = self.graphs[key] = self._inputs(width)
         start = cache.length
-        self._load(g, ids, positions, tree, start, n)
-        if fresh:
-            self._record(g, hidden_layers)
-        if g.graph is not None:
-            g.graph.replay()
-        elif not fresh:  # uncaptured (CPU): the recording call above already computed this forward
-            self._body(g, hidden_layers)
+        with torch.cuda.device(self.target.device) if self.capture else contextlib.nullcontext():
+            self._load(g, ids, positions, tree, start, n)
+            if fresh:
+                self._record(g, hidden_layers)
+            if g.graph is not None:
+                g.graph.replay()
+            elif not fresh:  # uncaptured (CPU): the recording call above already computed this forward
+                self._body(g, hidden_layers)
         cache.set_length(start + n)
         self.replays += 1
         return g.logits[:n].clone(), {k: v[:n].clone() for k, v in g.hidden.items()}

@@ -130,8 +130,7 @@ class HFGenerator(Generator):
 
     def _after(self, module, args, output) -> None:
         if self._first_done is None:
-            if output.logits.is_cuda:  # kernels run asynchronously there
-                torch.cuda.synchronize()
+            synchronize(self.stock.device)  # kernels run asynchronously on a GPU
             self._first_done = time.perf_counter()
 
     @torch.inference_mode()

@@ -25,6 +25,7 @@ import argparse
 import json
 import statistics
 import sys
+import traceback
 from pathlib import Path
 
 import torch
@@ -57,8 +58,8 @@ def random_target(shape: str, device: torch.device, dtype: torch.dtype, seed: in
     torch.manual_seed(seed)
     config = LlamaConfig(**SHAPES[shape], rope_theta=10000.0)
     config._attn_implementation = "speclab"
-    with torch.device(device):
-        model = LlamaForCausalLM(config).to(dtype).eval()
+    with torch.device(device):  # built in its dtype (rotary frequencies stay fp32), no fp32 copy of a 7B first
+        model = LlamaForCausalLM._from_config(config, dtype=dtype).eval()
     tok = byte_tokenizer()
     info = ModelInfo(f"random-{shape}", f"random:{shape}:seed={seed}", f"random-{shape}-{seed}", str(dtype).split(".")[-1],
                      sum(p.numel() for p in model.parameters()))
@@ -84,12 +85,23 @@ def prompts_for(vocab: int, n: int, length: int, seed: int = 1) -> list[list[int
     return out
 
 
+def attempt(result: dict, name: str, fn):
+    """``fn()``, or None with the error kept in ``result["errors"]``: on a lent GPU one failing part must not cost
+    the figures of the others."""
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001
+        traceback.print_exc()
+        result.setdefault("errors", {})[name] = "".join(traceback.format_exception_only(e)).strip()[-2000:]
+        return None
+
+
 def bench_shape(shape: str, args, device: torch.device, dtype: torch.dtype) -> dict:
     from harness import verify_cost as vc
+    from harness.checkpoints import new_head
     from harness.decoder import Decoder
     from harness.drafter import NoDraft
     from harness.head_drafter import HeadDrafter, TreeShape
-    from harness.checkpoints import new_head
     from harness.runner import divergence_margin
     from harness.sampling import Sampling
     from harness.synthetic import SyntheticDrafter, SyntheticVerifier
@@ -106,9 +118,11 @@ def bench_shape(shape: str, args, device: torch.device, dtype: torch.dtype) -> d
     # -- c(k): static path vs eager, on one cache of prompt_len tokens
     ks = [k for k in args.ks if k <= max(target.static.widths)]
     static = target.static
-    result["ck_static_ms"] = vc.measure(target, ks, cache_len=args.prompt_len, repeats=args.repeats)
+    result["ck_static_ms"] = attempt(result, "ck_static", lambda: vc.measure(target, ks, cache_len=args.prompt_len,
+                                                                            repeats=args.repeats)) or {}
     target.static = None
-    result["ck_eager_ms"] = vc.measure(target, args.ks, cache_len=args.prompt_len, repeats=args.repeats)
+    result["ck_eager_ms"] = attempt(result, "ck_eager", lambda: vc.measure(target, args.ks, cache_len=args.prompt_len,
+                                                                          repeats=args.repeats)) or {}
     target.static = static
 
     # -- tokens/s: every side generates args.tokens tokens on the same prompts, interleaved
@@ -143,9 +157,9 @@ def bench_shape(shape: str, args, device: torch.device, dtype: torch.dtype) -> d
             res = decoder.generate(prompt, drafter, args.tokens)
         return res.wall_time, res.new_tokens
 
-    names = ["ar", "ar_eager", "hf_generate", "hf_compiled", "pld", "eagle2"]
-    for name in names:  # warm-up: graphs recorded, torch.compile traced, allocator grown
-        run_side(name, prompts[0])
+    # warm-up: graphs recorded, torch.compile traced, allocator grown; a side that fails is left out and reported
+    names = [n for n in ["ar", "ar_eager", "hf_generate", "hf_compiled", "pld", "eagle2"]
+             if attempt(result, n, lambda n=n: run_side(n, prompts[0])) is not None]
     tps: dict[str, list[float]] = {n: [] for n in names}
     for i, prompt in enumerate(prompts):
         order = names[i % len(names):] + names[: i % len(names)]
@@ -156,18 +170,14 @@ def bench_shape(shape: str, args, device: torch.device, dtype: torch.dtype) -> d
     result["synthetic_rates"] = RATES
 
     # -- greedy equivalence: real pld (no synthetic acceptance) against ar, both through the static path
-    eq = []
-    for prompt in prompts:
+    def equivalence(prompt: list[int]) -> dict:
         a = engine(None, False).generate(prompt, NoDraft(), args.tokens).token_ids
         b = engine(None, False).generate(prompt, PromptLookup(PLDConfig(), set()), args.tokens)
         div = next((i for i, (x, y) in enumerate(zip(a, b.token_ids)) if x != y), None)
         margin = divergence_margin(target, prompt, a, div) if div is not None else None
-        eq.append({"identical": div is None, "first_divergence": div, "margin": margin,
-                   "accepted": sum(b.accepted)})
-    result["pld_equivalence"] = eq
-    del target, stock, head
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+        return {"identical": div is None, "first_divergence": div, "margin": margin, "accepted": sum(b.accepted)}
+
+    result["pld_equivalence"] = attempt(result, "pld_equivalence", lambda: [equivalence(p) for p in prompts]) or []
     return result
 
 
@@ -177,15 +187,20 @@ def tables(results: list[dict]) -> str:
         ck_s, ck_e = r["ck_static_ms"], r["ck_eager_ms"]
         lines += [f"### {r['shape']} ({r['dtype']}, {r['gpu'] or r['device']})", "",
                   "| k | static ms | static c(k) | eager ms | eager c(k) |", "|---|---|---|---|---|"]
+        def cell(curve: dict, k) -> str:
+            ms, one = curve.get(k), curve.get(1)
+            return "- | -" if ms is None or one is None else f"{ms:.2f} | {ms / one:.2f}"
+
         for k in sorted(set(ck_s) | set(ck_e), key=int):
-            s, e = ck_s.get(k), ck_e.get(k)
-            lines.append(f"| {k} | {s:.2f} | {s / ck_s[1]:.2f} | {e:.2f} | {e / ck_e[1]:.2f} |" if s is not None else
-                         f"| {k} | - | - | {e:.2f} | {e / ck_e[1]:.2f} |")
+            lines.append(f"| {k} | {cell(ck_s, k)} | {cell(ck_e, k)} |")
         tps = r["tokens_per_s"]
         lines += ["", "| side | tokens/s (median) | over ar | over hf_compiled |", "|---|---|---|---|"]
+        ref = {k: tps.get(k, float("nan")) for k in ("ar", "hf_compiled")}
         for name, v in tps.items():
-            lines.append(f"| {name} | {v:.1f} | {v / tps['ar']:.2f} | {v / tps['hf_compiled']:.2f} |")
-        eq = r["pld_equivalence"]
+            lines.append(f"| {name} | {v:.1f} | {v / ref['ar']:.2f} | {v / ref['hf_compiled']:.2f} |")
+        for name, err in r.get("errors", {}).items():
+            lines.append(f"| {name} | failed: {err.splitlines()[-1][:200]} | | |")
+        eq = r["pld_equivalence"] or []
         lines += ["", f"pld vs ar, greedy: {sum(e['identical'] for e in eq)}/{len(eq)} identical; divergence margins "
                   f"{[round(e['margin'], 4) for e in eq if e['margin'] is not None]}; drafts accepted "
                   f"{[e['accepted'] for e in eq]}", ""]
@@ -210,14 +225,25 @@ def main(argv: list[str] | None = None) -> int:
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = []
+    results, failed = [], []
     for shape in args.shapes.split(","):
         print(f"[gpu_bench] {shape} ...", flush=True)
-        results.append(bench_shape(shape, args, device, dtype))
+        try:
+            results.append(bench_shape(shape, args, device, dtype))
+        except Exception:  # noqa: BLE001  (the next shape still runs)
+            traceback.print_exc()
+            failed.append(shape)
+            continue
+        finally:
+            if device.type == "cuda":  # the shape's models are gone with bench_shape's frame
+                torch.cuda.empty_cache()
         (out / "gpu_bench.json").write_text(json.dumps(results, indent=1, default=str))
         (out / "gpu_bench.md").write_text(tables(results))
         print(tables(results[-1:]), flush=True)
-    return 0
+    errors = failed + [f"{r['shape']}:{side}" for r in results for side in r.get("errors", {})]
+    if errors:
+        print(f"[gpu_bench] failed: {', '.join(errors)}", flush=True)
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":

@@ -38,9 +38,9 @@ export SPECLAB_CACHE="${SPECLAB_CACHE:-/tmp/speclab-cache}"
   python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name(0))"
 } 2>&1 | tee "$OUT/gpu.txt"
 
-timeout 170 python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tee "$OUT/tests.log"
+timeout 140 python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tee "$OUT/tests.log"
 tests=${PIPESTATUS[0]}
-timeout 300 python3 scripts/gpu_bench.py --out "$OUT" 2>&1 | tee "$OUT/bench.log"
+timeout 320 python3 scripts/gpu_bench.py --out "$OUT" 2>&1 | tee "$OUT/bench.log"
 bench=${PIPESTATUS[0]}
 echo "gpu_check: tests exit $tests, bench exit $bench; figures in $OUT/gpu_bench.md"
 [ "$tests" = 0 ] && [ "$bench" = 0 ]

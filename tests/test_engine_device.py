@@ -100,6 +100,28 @@ def test_a_tree_forward_equals_the_eager_one_row_for_row(tiny_target, static_tar
         torch.testing.assert_close(static.hidden[layer], eager.hidden[layer], atol=1e-5, rtol=1e-5)
 
 
+def test_recording_every_width_ahead_changes_nothing(tiny_target, tiny_prompts):
+    ahead = load_target("tiny-llama", "tiny")
+    static_forward.enable(ahead, "on", [1, 2, 4, 8])
+    ahead.static.record(256, ("final",))
+    assert {w for w, _ in ahead.static.graphs} == {1, 2, 4, 8} and ahead.static.cache.length == 0
+    assert generations(engine_method(ahead, "pld"), tiny_prompts) == generations(engine_method(tiny_target, "pld"), tiny_prompts)
+
+
+def test_early_exit_forwards_never_take_the_static_path(tiny_target, tiny_prompts):
+    """Self-speculation drafts with the target's first layers: a graph recorded at that depth must never serve a
+    full forward (nor the reverse)."""
+    static = load_target("tiny-llama", "tiny")
+    static_forward.enable(static, "on")
+    spec = "layerskip exit_layer=1 adapter=none"
+    assert generations(engine_method(static, spec), tiny_prompts) == generations(engine_method(tiny_target, spec), tiny_prompts)
+    cache = static.new_cache(64)
+    static.forward(cache, tiny_prompts[0][:5])
+    before = static.static.replays
+    static.forward(cache, [7], exit_layer=1)
+    assert static.static.replays == before
+
+
 def test_wider_than_the_widest_graph_runs_eagerly_on_the_same_buffers(tiny_target, tiny_prompts):
     narrow = load_target("tiny-llama", "tiny")
     static_forward.enable(narrow, "on", [1, 2])

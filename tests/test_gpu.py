@@ -11,6 +11,7 @@ import methods  # noqa: F401
 import tasks  # noqa: F401
 from harness import static_forward
 from harness.loading import load_target
+from harness.runner import NEAR_TIE_MARGIN, equivalence
 from methods.eagle2 import Eagle2Config
 from methods.medusa import MedusaConfig
 
@@ -28,24 +29,43 @@ def cuda_target():
     return target
 
 
-@pytest.mark.parametrize("spec", ["ar", "pld", "recycling", "lookahead"])
-def test_cuda_graphs_match_cpu_eager_in_fp32(tiny_target, cuda_target, tiny_prompts, spec):
+@pytest.fixture(scope="module")
+def cuda_ar(cuda_target, tiny_prompts):
+    """``ar`` on the GPU through its 1-token graph: what every method on the GPU is compared with."""
+    return generations(engine_method(cuda_target, "ar"), tiny_prompts)
+
+
+def assert_same_as_ar(target, outputs, reference, prompts) -> None:
+    """Token for token, except at a numerical tie: fp32 GEMMs of 1 and of W rows may round the last bit
+    differently on a GPU, so a divergence must sit at a top-1/top-2 margin under fp32's near-tie threshold."""
+    for out, ref, prompt in zip(outputs, reference, prompts):
+        if out != ref:
+            eq = equivalence(target, prompt, out, ref, NEAR_TIE_MARGIN["float32"])
+            assert eq["near_tie"], f"divergence at {eq['first_divergence']} with margin {eq['divergence_margin']}"
+
+
+def test_ar_through_graphs_matches_cpu_eager(tiny_target, cuda_target, tiny_prompts, cuda_ar):
+    assert_same_as_ar(cuda_target, cuda_ar, generations(engine_method(tiny_target, "ar"), tiny_prompts), tiny_prompts)
+    assert any(g.graph is not None for g in cuda_target.static.graphs.values())
+
+
+@pytest.mark.parametrize("spec", ["pld", "recycling", "lookahead"])
+def test_cuda_graphs_are_lossless_in_fp32(cuda_target, tiny_prompts, cuda_ar, spec):
     before = cuda_target.static.replays
-    assert generations(engine_method(cuda_target, spec), tiny_prompts) == generations(engine_method(tiny_target, spec), tiny_prompts)
-    assert cuda_target.static.replays > before and any(g.graph is not None for g in cuda_target.static.graphs.values())
+    assert_same_as_ar(cuda_target, generations(engine_method(cuda_target, spec), tiny_prompts), cuda_ar, tiny_prompts)
+    assert cuda_target.static.replays > before
 
 
-def test_cuda_graphs_match_for_heads(tiny_target, cuda_target, tiny_prompts, eagle_heads, parallel_heads):
+def test_heads_on_cuda_are_lossless(cuda_target, tiny_prompts, cuda_ar, eagle_heads, parallel_heads):
     for schema, folder in ((Eagle2Config, eagle_heads["eagle"]["folder"]), (MedusaConfig, parallel_heads["medusa"]["folder"])):
-        gpu = generations(build_with_head(cuda_target, schema, folder), tiny_prompts)
-        assert gpu == generations(build_with_head(tiny_target, schema, folder), tiny_prompts)
+        gen = build_with_head(cuda_target, schema, folder)
+        assert_same_as_ar(cuda_target, generations(gen, tiny_prompts), cuda_ar, tiny_prompts)
 
 
-def test_draft_model_on_cuda(tiny_target, cuda_target, tiny_prompts, layer_draft_folder):
-    spec = f"sps draft.path={layer_draft_folder} k=4 vocab_size=null"
-    gen = engine_method(cuda_target, spec)
+def test_draft_model_on_cuda(cuda_target, tiny_prompts, cuda_ar, layer_draft_folder):
+    gen = engine_method(cuda_target, f"sps draft.path={layer_draft_folder} k=4 vocab_size=null")
     assert gen.drafter.draft.device.type == "cuda" and gen.drafter.draft.static is not None
-    assert generations(gen, tiny_prompts) == generations(engine_method(tiny_target, spec), tiny_prompts)
+    assert_same_as_ar(cuda_target, generations(gen, tiny_prompts), cuda_ar, tiny_prompts)
 
 
 @pytest.mark.parametrize("method", ["pld", "recycling", "eagle2_tiny"])
@@ -54,8 +74,9 @@ def test_runs_on_cuda_end_to_end(tmp_path, method, eagle_heads):
     from harness.runner import run
 
     df = run(tiny_cfg(tmp_path, "task.limit=2", "engine.device=cuda", "model.dtype=float32", f"max_new_tokens={MAX_NEW}", *extra))
-    assert (df.device == "cuda:0").all() and (df.cuda_graphs == "captured").all()
-    assert df[df.role == "method"].equivalent.all()
+    assert df.device.str.startswith("cuda").all() and (df.cuda_graphs == "captured").all()
+    m = df[df.role == "method"]
+    assert (m.equivalent | m.near_tie).all()
 
 
 def test_bf16_on_cuda_diverges_only_at_near_ties(tmp_path):

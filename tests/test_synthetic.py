@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 
 from harness.errors import SpeclabError
+from harness.proposal import Proposal
 from harness.report import summarize_frame
 from harness.runner import Runner, run
-from harness.synthetic import ACCEPT, SyntheticVerifier
-from harness.proposal import Proposal
 from harness.sampling import Sampling
+from harness.synthetic import ACCEPT, SyntheticVerifier
 from harness.verify import GreedyVerifier
 
 from .test_runs import tiny_cfg
