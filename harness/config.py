@@ -72,7 +72,7 @@ class EngineConfig:
     # 1: on this 2-core CPU a second thread is ~15% faster when the machine is idle, but with one busy process
     # beside it OpenMP's spinning threads make every forward 2.5-4x slower (BENCHMARKS.md, "Threads")
     threads: int = 1
-    kernel: str = "auto"  # linear-layer kernel for target and drafts: auto | onednn | torch (harness/kernels.py)
+    kernel: str = "auto"  # linear-layer kernel for target and drafts: auto | onednn | torch | hybrid (harness/kernels.py)
     warmup: bool = True
     warmup_tokens: int = 16
     load_check: bool = True  # warn before timing when other processes keep the CPU busy

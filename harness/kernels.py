@@ -11,6 +11,11 @@ BENCHMARKS.md) a forward over 1..6 tokens costs within 1.1x of one token, and th
 itself 17-22% faster than torch's. Every row of a 1..32-row input is computed by the same kernel, so the
 linear layers give the same values for a token whatever the draft size.
 
+``hybrid``: ``torch`` for one-row inputs (the autoregressive step), ``onednn`` for more. Where oneDNN's padded
+1-token step is slower than MKL's sgemv (an Intel Xeon host: 90 against 69 ms, BENCHMARKS.md section 11) it gives
+the baseline MKL's speed and verification oneDNN's flat cost; a token's values then depend on whether it was
+computed alone or among others, so fp32 greedy outputs are identical up to numerical ties (reported as near ties).
+
 ``auto`` (the default): ``onednn`` where oneDNN can pack the model's dtype on this CPU (fp32 everywhere,
 bf16 only with avx512bw/vl/dq or avx_ne_convert), else ``torch``; always ``torch`` on a GPU. Rows record the kernel it resolved to.
 """
@@ -19,18 +24,20 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .errors import SpeclabError
 
-KERNELS = ("auto", "torch", "onednn")
+KERNELS = ("auto", "torch", "onednn", "hybrid")
 
 
 class OneDNNLinear(nn.Module):
-    def __init__(self, linear: nn.Linear, min_rows: int = 4, batch_hint: int = 16) -> None:
+    def __init__(self, linear: nn.Linear, min_rows: int = 4, batch_hint: int = 16, mkl_rows: int = 0) -> None:
         super().__init__()
         self.in_features = linear.in_features
         self.out_features = linear.out_features
         self.min_rows = min_rows
+        self.mkl_rows = mkl_rows  # inputs of at most this many rows take torch's F.linear (hybrid)
         self.weight = linear.weight  # kept for state_dict / tied-weight users; the packed copy is what runs
         self.bias = linear.bias
         self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), batch_hint)
@@ -39,6 +46,8 @@ class OneDNNLinear(nn.Module):
         shape = x.shape
         rows = x.reshape(-1, shape[-1])
         n = rows.shape[0]
+        if n <= self.mkl_rows:
+            return F.linear(x, self.weight, self.bias)
         if n < self.min_rows:
             rows = torch.cat([rows, rows.new_zeros(self.min_rows - n, shape[-1])])
         bias = None if self.bias is None else self.bias.detach()
@@ -71,20 +80,22 @@ def resolve_kernel(kernel: str, dtype: torch.dtype, device: torch.device | str =
     if kernel == "auto":
         return "torch" if problem else "onednn"
     if problem:
-        raise SpeclabError(f"engine.kernel=onednn {problem}; use engine.kernel=torch (or auto)")
+        raise SpeclabError(f"engine.kernel={kernel} {problem}; use engine.kernel=torch (or auto)")
     return kernel
 
 
 def apply_kernel(model: nn.Module, kernel: str) -> nn.Module:
     """Swap every ``nn.Linear`` in ``model`` (in place) for the chosen kernel."""
     weight = next(model.parameters(), None)
-    if weight is None or resolve_kernel(kernel, weight.dtype, weight.device) == "torch":
+    resolved = resolve_kernel(kernel, weight.dtype, weight.device) if weight is not None else "torch"
+    if resolved == "torch":
         return model
+    mkl_rows = 1 if resolved == "hybrid" else 0
 
     def swap(module: nn.Module) -> None:
         for name, child in module.named_children():
             if isinstance(child, nn.Linear):
-                setattr(module, name, OneDNNLinear(child))
+                setattr(module, name, OneDNNLinear(child, mkl_rows=mkl_rows))
             else:
                 swap(child)
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from harness.decoder import Decoder
+from harness.drafter import NoDraft
 from harness.errors import SpeclabError
 from harness.kernels import OneDNNLinear, apply_kernel, onednn_available
 from harness.sampling import Sampling
@@ -41,3 +42,25 @@ def test_engine_is_lossless_with_onednn(tiny_target, tiny_prompts):
 def test_unknown_kernel_is_an_error(tiny_target):
     with pytest.raises(SpeclabError, match="engine.kernel"):
         apply_kernel(tiny_target.model, "fast")
+
+
+def test_hybrid_runs_one_row_through_torch_and_more_through_onednn():
+    lin = torch.nn.Linear(96, 200, bias=True)
+    hybrid = OneDNNLinear(lin, mkl_rows=1)
+    one, many = torch.randn(1, 1, 96), torch.randn(1, 5, 96)
+    torch.testing.assert_close(hybrid(one), lin(one), rtol=0, atol=0)  # F.linear itself
+    torch.testing.assert_close(hybrid(many), OneDNNLinear(lin)(many), rtol=0, atol=0)
+
+
+def test_engine_is_lossless_with_hybrid_up_to_near_ties(tiny_target, tiny_prompts):
+    from harness.runner import NEAR_TIE_MARGIN, equivalence
+
+    target = copy.deepcopy(tiny_target)
+    apply_kernel(target.model, "hybrid")
+    assert isinstance(target.lm_head, OneDNNLinear) and target.lm_head.mkl_rows == 1
+    for prompt in tiny_prompts:
+        dec = Decoder(target, make_verifier(Sampling()))
+        ref = dec.generate(prompt, NoDraft(), MAX_NEW).token_ids  # every step one row: MKL
+        out = dec.generate(prompt, PromptLookup(PLDConfig(), target.stop_ids), MAX_NEW).token_ids
+        if out != ref:  # MKL's one-row and oneDNN's many-row products may round a tie apart, never more
+            assert equivalence(target, prompt, out, ref, NEAR_TIE_MARGIN["float32"])["near_tie"]
