@@ -216,3 +216,28 @@ def test_bad_eagle_value_exits_with_one_line(tmp_path):
     proc = run_cli("model=tiny-llama", "method=eagle2", "method.total_tokens=1", tmp_path=tmp_path)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "total_tokens >= 2" in error_line(proc)
+
+
+@pytest.mark.parametrize("override", [
+    "engine.device=auto", "engine.device=cpu", "engine.device=cuda:1", "engine.cuda_graphs=on", "engine.cuda_graphs=off",
+    "engine.graph_widths=[1,4,16]", "engine.kernel=hybrid", "engine.kernel=onednn", "engine.kernel=torch",
+    "model.dtype=auto", "model.dtype=bfloat16", "synthetic.mode=rates", "synthetic.rates=[0.9,0.5]",
+    "synthetic.mode=trace", "synthetic.trace=results/runs/x", "synthetic.seed=3",
+])
+def test_engine_and_synthetic_options_compose(override):
+    cfg = as_config(compose(override))
+    key, value = override.split("=", 1)
+    node = OmegaConf.select(cfg, key)
+    assert str(node if not OmegaConf.is_list(node) else list(node)).replace(" ", "").strip("'") == value.strip("'")
+
+
+def test_options_added_later_keep_earlier_run_folders():
+    """engine.device, engine.cuda_graphs, engine.graph_widths and synthetic at their defaults leave a run's config
+    hash (and so its folder) as it was before they existed; set otherwise, they make another run."""
+    from harness.results import config_hash, semantic_config
+
+    cfg = compose()
+    semantic = semantic_config(cfg)
+    assert "synthetic" not in semantic and not {"device", "cuda_graphs", "graph_widths"} & set(semantic["engine"])
+    assert config_hash(compose("engine.device=cpu")) != config_hash(cfg)
+    assert config_hash(compose("synthetic.mode=rates", "synthetic.rates=[0.5]")) != config_hash(cfg)
