@@ -154,7 +154,7 @@ class Runner:
         self._set_guidance(float(cfg.guidance))
         self.kernel = resolve_kernel(cfg.engine.kernel, self.target.dtype, self.target.device)
         apply_kernel(self.target.model, self.kernel)
-        self.static = static_forward.enable(self.target, cfg.engine.cuda_graphs, list(cfg.engine.graph_widths), log)
+        static_forward.enable(self.target, cfg.engine.cuda_graphs, list(cfg.engine.graph_widths), log)
         from tasks.base import build_task
 
         self.task = build_task(cfg.task)
@@ -257,7 +257,7 @@ class Runner:
             "max_new_tokens": int(cfg.max_new_tokens),
             "threads": int(cfg.engine.threads),
             "kernel": self.kernel,
-            "cuda_graphs": ("captured" if self.target.static.capture else "uncaptured") if self.static else "off",
+            "cuda_graphs": "off" if self.target.static is None else "captured" if self.target.static.capture else "uncaptured",
             "baseline_mode": cfg.baseline.mode,
             "config_hash": self.run_id,
             "git_sha": hostinfo.git_sha(),
@@ -336,9 +336,19 @@ class Runner:
         for g in gens:
             if g is not None and id(g) not in self._warm:
                 if self.target.static is not None and g.uses_engine:  # every width's graph, before any timing
-                    self.target.static.record(len(ids) + self.cfg.max_new_tokens + 64, g.drafter.hidden_layers)
+                    self.target.static.record(self._longest_context(), g.drafter.hidden_layers)
                 g.generate(ids, n, torch.Generator().manual_seed(0) if not self.sampling.greedy else None)
                 self._warm.add(id(g))
+
+    def _longest_context(self) -> int:
+        """KV slots the run's longest generation can need: every turn's text with empty answers, plus the answers'
+        budget. The static path's buffers are sized to it once, so no graph is recorded again inside a timing."""
+        if not hasattr(self, "_context"):
+            tok, budget = self.target.tokenizer, self.cfg.max_new_tokens
+            last = [len(s.turns) - 1 for s in self.samples]
+            self._context = max(len(self.task.render(s, t, [""] * t, tok)) + (t + 1) * budget
+                                for s, t in zip(self.samples, last)) + 64
+        return self._context
 
     def _check_idle(self) -> None:
         if not self.cfg.engine.load_check:
@@ -420,8 +430,9 @@ class Runner:
         m_row["speedup"] = (m_row["tokens_per_s"] or 0.0) / b_row["tokens_per_s"] if b_row.get("tokens_per_s") else None
         for key in ("equivalent", "first_divergence", "divergence_margin", "near_tie"):
             m_row[key] = None
-        if not self.sampling.greedy:
-            return  # sampled outputs differ by design; losslessness is checked distributionally (tests)
+        if not self.sampling.greedy or self.synthetic is not None:
+            return  # sampled outputs differ by design (losslessness is checked distributionally, in the tests);
+            # synthetic acceptance commits drafts the target did not choose
         m_row.update(equivalence(self.target, prompt_ids, m_ids, b_ids, self.near_tie))
 
     def _bound(self, r: PromptResult, b_row: dict[str, Any]) -> dict[str, Any]:

@@ -146,6 +146,17 @@ def test_a_run_records_the_static_path(tmp_path):
     assert df[df.role == "method"].equivalent.all()
 
 
+def test_the_warm_up_records_every_width_for_the_longest_generation(tmp_path):
+    from harness.config import REPO
+
+    runner = Runner(tiny_cfg(tmp_path, "task=mtbench", f"task.path={REPO / 'tests/fixtures/mt_bench_prompts.jsonl'}",
+                             "method=recycling", "engine.cuda_graphs=on", "engine.warmup=true", "max_new_tokens=16"))
+    runner.warmup()
+    static = runner.target.static
+    assert {w for w, _ in static.graphs} == set(static.widths)
+    assert static.cache.layers[0].capacity >= runner._longest_context() + max(static.widths)
+
+
 # -- device and dtype --------------------------------------------------------------------------------------------
 def test_device_and_dtype_resolution():
     assert resolve_device("cpu") == torch.device("cpu")
