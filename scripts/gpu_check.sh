@@ -3,6 +3,7 @@
 #
 #   bash scripts/gpu_check.sh --wheels   # here (with network): the wheels a bare GPU image lacks, into .whl/
 #   bash scripts/gpu_check.sh [OUT]      # there: GPU tests, then scripts/gpu_bench.py; figures and logs in OUT
+#   bash scripts/gpu_check.sh OUT --device cpu --shapes tiny --tokens 8   # a dry run anywhere (bench arguments)
 #
 # The image is assumed to hold torch with CUDA, pandas, pyarrow, pytest, safetensors and tokenizers; .whl/ brings
 # this repository's pinned transformers and Hydra. Exit status: non-zero when the tests or the bench fail.
@@ -25,22 +26,26 @@ if [ "${1:-}" = "--wheels" ]; then
 fi
 
 OUT=${1:-${OUT:-results/gpu_check}}
+shift $(( $# > 0 ? 1 : 0 ))  # the rest goes to gpu_bench.py
 mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/speclab-site .whl/*.whl \
-    && export PYTHONPATH=/tmp/speclab-site
+  for wheel in .whl/*.whl; do  # one at a time: a wheel this Python cannot take must not keep out the others
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/speclab-site \
+      "$wheel" || echo "gpu_check: skipped $wheel (not installable here)"
+  done
+  export PYTHONPATH=/tmp/speclab-site
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export SPECLAB_CACHE="${SPECLAB_CACHE:-/tmp/speclab-cache}"
 
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || echo "no nvidia-smi"
   python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name(0))"
 } 2>&1 | tee "$OUT/gpu.txt"
 
 timeout 140 python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tee "$OUT/tests.log"
 tests=${PIPESTATUS[0]}
-timeout 320 python3 scripts/gpu_bench.py --out "$OUT" 2>&1 | tee "$OUT/bench.log"
+timeout 320 python3 scripts/gpu_bench.py --out "$OUT" "$@" 2>&1 | tee "$OUT/bench.log"
 bench=${PIPESTATUS[0]}
 echo "gpu_check: tests exit $tests, bench exit $bench; figures in $OUT/gpu_bench.md"
 [ "$tests" = 0 ] && [ "$bench" = 0 ]
