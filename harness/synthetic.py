@@ -99,7 +99,6 @@ class SyntheticDrafter(Drafter):
         self.name = inner.name
         self.hidden_layers = inner.hidden_layers
         self.rates = list(rates or [])
-        self.seed = seed
         self.schedule: list[Step] | None = None  # trace mode: set by the runner before each generation
         self._step = 0
         self._rng = torch.Generator().manual_seed(seed)
