@@ -30,7 +30,7 @@ from .decoder import PromptResult
 from .errors import SpeclabError
 from .generator import METHODS, Generator, MethodContext
 from .hostinfo import LoadMonitor
-from .kernels import apply_kernel, resolve_kernel
+from .kernels import apply_kernel, resolve_kernel, warn_if_slow_one_row
 from .loading import load_configured
 from .metrics import COMPILED_PEER, first_divergence, generation_stats, summarize
 from .model import TargetModel
@@ -154,6 +154,7 @@ class Runner:
         self._set_guidance(float(cfg.guidance))
         self.kernel = resolve_kernel(cfg.engine.kernel, self.target.dtype, self.target.device)
         apply_kernel(self.target.model, self.kernel)
+        warn_if_slow_one_row(self.target, self.kernel, log)
         static_forward.enable(self.target, cfg.engine.cuda_graphs, list(cfg.engine.graph_widths), log)
         from tasks.base import build_task
 

@@ -64,3 +64,30 @@ def test_engine_is_lossless_with_hybrid_up_to_near_ties(tiny_target, tiny_prompt
         out = dec.generate(prompt, PromptLookup(PLDConfig(), target.stop_ids), MAX_NEW).token_ids
         if out != ref:  # MKL's one-row and oneDNN's many-row products may round a tie apart, never more
             assert equivalence(target, prompt, out, ref, NEAR_TIE_MARGIN["float32"])["near_tie"]
+
+
+def test_the_one_row_check_times_both_paths_restores_the_kernel_and_caches(tiny_target, tmp_path, monkeypatch):
+    from harness import kernels
+
+    monkeypatch.setenv("SPECLAB_CACHE", str(tmp_path))
+    target = copy.deepcopy(tiny_target)
+    apply_kernel(target.model, "onednn")
+    ratio = kernels.one_row_ratio(target, repeats=2)
+    assert ratio > 0 and len(list((tmp_path / "kernel_check").glob("*.json"))) == 1
+    assert all(m.mkl_rows == 0 for m in target.model.modules() if isinstance(m, OneDNNLinear))
+    assert kernels.one_row_ratio(target) == ratio  # read back, not measured again
+
+
+@pytest.mark.parametrize("ratio, warned", [(1.5, True), (1.0, False)])
+def test_a_slow_onednn_step_is_warned_about(tiny_target, monkeypatch, caplog, ratio, warned):
+    import logging
+
+    from harness import kernels
+
+    monkeypatch.setattr(kernels, "CHECK_PARAMS", 0)
+    monkeypatch.setattr(kernels, "one_row_ratio", lambda target: ratio)
+    log = logging.getLogger("speclab-test")
+    with caplog.at_level(logging.WARNING, logger="speclab-test"):
+        assert kernels.warn_if_slow_one_row(tiny_target, "onednn", log) == ratio
+    assert ("engine.kernel=hybrid" in caplog.text) == warned
+    assert kernels.warn_if_slow_one_row(tiny_target, "torch", log) is None  # only the oneDNN kernel is checked
