@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -94,6 +95,17 @@ def to_additive(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     additive = torch.zeros(visible.shape, dtype=dtype, device=visible.device)
     additive.masked_fill_(~visible, torch.finfo(dtype).min)
     return additive[None, None]
+
+
+def needs_layers(hidden_layers: Sequence[int | str]) -> bool:
+    """Whether a forward must return every layer's states (any asked for but the final normed one)."""
+    return any(layer != "final" for layer in hidden_layers)
+
+
+def layer_states(out: Any, hidden_layers: Sequence[int | str]) -> dict[int | str, torch.Tensor]:
+    """The asked-for states of the first row of a backbone output: layer index -> [n, H], ``"final"`` the normed last."""
+    final = out.last_hidden_state[0]
+    return {layer: final if layer == "final" else out.hidden_states[layer][0] for layer in hidden_layers}
 
 
 @dataclass
@@ -190,8 +202,9 @@ class TargetModel:
             return full
         sliding = full
         if last >= self.sliding_window:
-            causal = torch.ones(n, n, dtype=torch.bool, device=positions.device).tril_()
-            visible = visibility(cache_len, tree if tree is not None else causal)
+            if tree is None:
+                tree = torch.ones(n, n, dtype=torch.bool, device=positions.device).tril_()
+            visible = visibility(cache_len, tree)
             sliding = to_additive(window_visibility(visible, positions, self.sliding_window), self.dtype)
         return {"full_attention": full, "sliding_attention": sliding} if self.hybrid else sliding
 
@@ -249,7 +262,7 @@ class TargetModel:
         if tree is not None:
             tree = tree.to(device, non_blocking=True)
         mask = self._mask(start, tree, positions, last)
-        want_hidden = any(layer != "final" for layer in hidden_layers)
+        want_hidden = needs_layers(hidden_layers)
         out = self.backbone(
             input_ids=ids,
             position_ids=positions.reshape(1, -1).expand(ids.shape[0], -1),
@@ -258,7 +271,6 @@ class TargetModel:
             use_cache=True,
             output_hidden_states=want_hidden,
         )
-        final = out.last_hidden_state[0]
         states = out.last_hidden_state if logits_rows is None else out.last_hidden_state[:, logits_rows]
         r = states.shape[1]
         # no rows asked for: skip the head (packed kernels pad an empty input and would run it anyway)
@@ -269,10 +281,7 @@ class TargetModel:
             logits = uncond + self.guidance * (cond - uncond)
         else:
             logits = self.lm_head(states[0]).float()
-        hidden: dict[int | str, torch.Tensor] = {}
-        for layer in hidden_layers:
-            hidden[layer] = final if layer == "final" else out.hidden_states[layer][0]
-        return ForwardOutput(logits, hidden)
+        return ForwardOutput(logits, layer_states(out, hidden_layers))
 
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
         """``messages`` through the chat template; a base model without one gets the contents joined as raw text

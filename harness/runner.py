@@ -192,7 +192,7 @@ class Runner:
         self.near_tie = NEAR_TIE_MARGIN.get(self.target.info.dtype, 1e-3)
         self.curve = self._verify_cost_curve()
         self._warm: set[int] = set()
-        self._check_context()
+        self.longest_context = self._check_context()
 
     # -- helpers -------------------------------------------------------------------------------
     def _set_guidance(self, scale: float) -> None:
@@ -220,8 +220,11 @@ class Runner:
         ms = vc.load(vc.curve_key(self.target, self.kernel, threads, vc.CACHE_LEN))
         return vc.Curve(ms) if ms else None
 
-    def _check_context(self) -> None:
-        limit = self.target.max_positions
+    def _check_context(self) -> int:
+        """Refuse prompts that cannot fit the model's context; returns the KV slots the run's longest generation can
+        need (every turn's text with empty answers, plus the answers' budget), to which the static path's buffers
+        are sized once, so that no graph is recorded again inside a timing."""
+        limit, longest = self.target.max_positions, 0
         for s in self.samples:
             for t in range(len(s.turns)):
                 # empty earlier answers: a lower bound; run_prompt checks again with the real history
@@ -238,6 +241,8 @@ class Runner:
                         f"{self.cfg.max_new_tokens} it exceeds the model's context of {limit}; lower max_new_tokens "
                         f"or filter it out (task.groups / task.categories{' / task.max_turns=1' if t else ''})"
                     )
+                longest = max(longest, n + (t + 1) * self.cfg.max_new_tokens)
+        return longest + 64
 
     def _common(self) -> dict[str, Any]:
         """The columns every row of this run shares: its identity and settings, then provenance (PROVENANCE)."""
@@ -337,19 +342,9 @@ class Runner:
         for g in gens:
             if g is not None and id(g) not in self._warm:
                 if self.target.static is not None and g.uses_engine:  # every width's graph, before any timing
-                    self.target.static.record(self._longest_context(), g.drafter.hidden_layers)
+                    self.target.static.record(self.longest_context, g.drafter.hidden_layers)
                 g.generate(ids, n, torch.Generator().manual_seed(0) if not self.sampling.greedy else None)
                 self._warm.add(id(g))
-
-    def _longest_context(self) -> int:
-        """KV slots the run's longest generation can need: every turn's text with empty answers, plus the answers'
-        budget. The static path's buffers are sized to it once, so no graph is recorded again inside a timing."""
-        if not hasattr(self, "_context"):
-            tok, budget = self.target.tokenizer, self.cfg.max_new_tokens
-            last = [len(s.turns) - 1 for s in self.samples]
-            self._context = max(len(self.task.render(s, t, [""] * t, tok)) + (t + 1) * budget
-                                for s, t in zip(self.samples, last)) + 64
-        return self._context
 
     def _check_idle(self) -> None:
         if not self.cfg.engine.load_check:

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from .cache import KVCache
+from .model import layer_states, needs_layers
 
 DEFAULT_WIDTHS = (1, 2, 4, 8, 16, 32, 64)
 MODES = ("auto", "on", "off")
@@ -195,12 +196,11 @@ class StaticForward:
         cache.set_slots(slots)
         try:
             out = target.backbone(input_ids=ids, position_ids=positions, attention_mask=mask[None, None], cache=cache,
-                                  use_cache=True, output_hidden_states=any(layer != "final" for layer in hidden_layers))
+                                  use_cache=True, output_hidden_states=needs_layers(hidden_layers))
         finally:
             cache.set_slots(None)
-        final = out.last_hidden_state[0]
-        g.logits = target.lm_head(final).float()
-        g.hidden = {layer: final if layer == "final" else out.hidden_states[layer][0] for layer in hidden_layers}
+        g.logits = target.lm_head(out.last_hidden_state[0]).float()
+        g.hidden = layer_states(out, hidden_layers)
 
     def _record(self, g: _Graph, hidden_layers: Sequence[int | str]) -> None:
         """Run the body once (uncaptured), or warm it up and record it as a CUDA graph. Every run writes the same

@@ -154,7 +154,7 @@ def test_the_warm_up_records_every_width_for_the_longest_generation(tmp_path):
     runner.warmup()
     static = runner.target.static
     assert {w for w, _ in static.graphs} == set(static.widths)
-    assert static.cache.layers[0].capacity >= runner._longest_context() + max(static.widths)
+    assert static.cache.layers[0].capacity >= runner.longest_context + max(static.widths)
 
 
 # -- device and dtype --------------------------------------------------------------------------------------------
