@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> dict:
         return {"tau": tau, "train_tokens": step * args.batch * (sum(len(s["answer"]) for s in train_set) / max(1, len(train_set)))}
 
     per_epoch = max(1, len(train_set) // args.batch)
-    ckpt = work / f"{args.variant}-v{args.draft_vocab}-s{args.steps}-lr{args.lr:g}-e{args.epochs:g}-seed{args.seed}.pt"
+    ckpt = work / (f"{args.variant}-v{args.draft_vocab}-s{args.steps}-lr{args.lr:g}-e{args.epochs:g}-"
+                   f"n{len(train_set)}-seed{args.seed}.pt")
     trainer = Trainer(head, args.lr, per_epoch * args.epochs, args.train_minutes, ckpt)
     stats = trainer.run(lambda seed: batches(train_set, args.batch, seed, args.max_len), loss, evaluate, args.eval_every)
     final_eval = trainer.final_evaluation(evaluate)

@@ -41,7 +41,7 @@ class Trainer:
         self.fit_after = 30  # steps timed before the schedule is fitted to the budget
         self.history: list[dict] = []
         if self.checkpoint.is_file():
-            state = torch.load(self.checkpoint, weights_only=False)
+            state = torch.load(self.checkpoint, weights_only=True)
             module.load_state_dict(state["module"], strict=False)
             self.opt.load_state_dict(state["opt"])
             self.sched.load_state_dict(state["sched"])
