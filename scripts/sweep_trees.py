@@ -3,6 +3,10 @@
 
     python scripts/sweep_trees.py --methods medusa,hydra \\
         --trees chain4,cpu6,cpu8_d4,medusa_mc_sim_7b_63:8,medusa_mc_sim_7b_63:12,medusa_mc_sim_7b_63:16,medusa_mc_sim_7b_63
+    python scripts/sweep_trees.py --methods eagle2 --trees "depth=5 top_k=2 total_tokens=8,depth=6 top_k=4 total_tokens=16"
+
+A tree is a choices preset (``choices=<tree>``) or, where it has ``=``, the method's own tree overrides (the dynamic
+trees of ``eagle2``/``eagle3``: ``depth``, ``top_k``, ``total_tokens``).
 
 The prompts are the trainers' held-out training prompts (the same hash split as ``--holdout``), never an
 evaluation prompt, so choosing a default here does not tune on the benchmark. Each method is built from its
@@ -38,7 +42,9 @@ from harness.training.loop import heldout_tau  # noqa: E402
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", required=True, help="comma-separated conf/method options with a 'choices' key")
-    p.add_argument("--trees", required=True, help="comma-separated presets, <preset>:<n> prefixes of them")
+    p.add_argument("--trees", required=True,
+                   help="comma-separated presets, <preset>:<n> prefixes of them, or space-separated overrides "
+                        "('depth=5 top_k=2 total_tokens=8')")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a method override applied to every method, e.g. --set head=<folder> (repeatable)")
@@ -51,6 +57,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads (the engine's default is 1)")
     p.add_argument("--out", default=None, help="also write the rows as JSON lines here")
     return p.parse_args(argv)
+
+
+def tree_overrides(tree: str) -> str:
+    """A preset name as ``choices=<tree>``; overrides (``depth=5 top_k=2``) as they are."""
+    return tree if "=" in tree else f"choices={tree}"
+
+
+def tree_nodes(drafter) -> int:
+    """Draft nodes a step verifies at most (the root not counted)."""
+    shape = getattr(drafter, "shape", None)
+    if shape is not None and shape.kind == "dynamic":
+        return shape.total_tokens - 1
+    return len(getattr(drafter, "choices", None) or getattr(shape, "choices", None) or ())
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -69,10 +88,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     results = []
     for method in args.methods.split(","):
         for tree in args.trees.split(","):
-            generator = METHODS.build(method_node(" ".join([method, f"choices={tree}", *args.set])), ctx)
+            generator = METHODS.build(method_node(" ".join([method, tree_overrides(tree), *args.set])), ctx)
             start = time.perf_counter()
             tau = heldout_tau(target, lambda: generator.drafter, prompts, args.eval_tokens)
-            row = {"method": method, "tree": tree, "nodes": len(getattr(generator.drafter, "choices", ())), "tau": round(tau, 3),
+            row = {"method": method, "tree": tree, "nodes": tree_nodes(generator.drafter), "tau": round(tau, 3),
                    "seconds": round(time.perf_counter() - start, 1), "prompts": len(prompts)}
             print(json.dumps(row), flush=True)
             results.append(row)

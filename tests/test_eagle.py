@@ -324,3 +324,15 @@ def test_bad_choices_are_one_clear_line(choices, message):
         resolve_choices(choices)
     text = str(err.value)
     assert message in text and "\n" not in text
+
+
+def test_tree_sweep_script_takes_dynamic_tree_overrides(eagle_heads, tmp_path):
+    from scripts.sweep_trees import main
+
+    argv = eagle_heads["eagle"]["args"]
+    prompts_file = argv[argv.index("--prompts-file") + 1]
+    rows = main(["--methods", "eagle2", "--trees", "depth=2 top_k=1 total_tokens=3,depth=3 top_k=2 total_tokens=6",
+                 "--model", "tiny-llama", "--prompts-file", prompts_file, "--holdout", "0.2", "--eval-prompts", "2",
+                 "--eval-tokens", "8", "--set", f"head={eagle_heads['eagle']['folder']}", "--set", "vocab_size=64"])
+    assert [r["nodes"] for r in rows] == [2, 5]
+    assert all(1.0 <= r["tau"] <= 4.0 and r["prompts"] == 2 for r in rows)
