@@ -15,6 +15,10 @@ verification:
 - the counts fade by ``FADE`` per drafted step in their context (a memory of about 50 steps, under half a typical answer), so the
   rates follow the prompt at hand: a run moves between chat, where drafts die early, and summarization, where
   whole copied spans pass, and counts pooled since the first prompt would keep the first regime's depth;
+- a new prompt starts from the run's rates at ``PROMPT_CARRY`` of their weight (about 10 steps' worth against a
+  memory of 50): the run's rates are a prior the prompt's own acceptance overrides within its first steps.
+  Spec-Bench's groups follow one another, and a translation prompt after the chat groups otherwise spent ~40 of
+  its 70 steps climbing from the chat rates (depth-1 acceptance after a full accept 0.17) to its own (0.7);
 - the rates are kept per context, the outcome of the previous step (nothing accepted, part of the draft, all
   of it), each shrunk toward the pooled rate: acceptance comes in runs (a copied span is accepted whole, free
   text is not), so the step after a fully accepted draft deserves a deeper draft than the step after a miss.
@@ -63,6 +67,7 @@ MISS, PART, ALL = range(3)  # the previous step's outcome: nothing accepted, par
 EXPLORE_EVERY = 8
 MIN_EXPERT_SPREAD = 0.1  # distinct experts a layer: timed widths closer than this give no slope
 FADE = 0.02  # share of every acceptance count forgotten per drafted step: a memory of about 50 steps
+PROMPT_CARRY = 0.2  # weight of the run's acceptance counts carried into a new prompt
 
 
 def outcome(drafted: int, accepted: int) -> int:
@@ -203,6 +208,11 @@ class AdaptiveDrafter(Drafter):
 
     # -- the drafter -------------------------------------------------------------------------------
     def begin(self, state: DecodeState, prefill: ForwardOutput) -> None:
+        # scaling tried and passed alike keeps every rate and only lowers the weight it holds against new steps
+        for counts in (self.tried, self.passed, *self.tried_in, *self.passed_in):
+            for d in range(len(counts)):
+                counts[d] *= PROMPT_CARRY
+        self.context, self._idle = MISS, 0
         self.inner.begin(state, prefill)
 
     def propose(self, state: DecodeState, max_depth: int) -> Proposal:

@@ -10,7 +10,7 @@ from harness.errors import SpeclabError
 from harness.proposal import Proposal
 from harness.sampling import Sampling
 from harness.verify import VerifyResult
-from methods.adaptive import ALL, EXPLORE_EVERY, MISS, PRIOR_RATE, AdaptiveDrafter
+from methods.adaptive import ALL, EXPLORE_EVERY, MISS, PRIOR_RATE, PROMPT_CARRY, AdaptiveDrafter
 
 from .test_training_free import build_method
 
@@ -182,3 +182,17 @@ def test_counts_fade_so_a_change_of_regime_is_followed():
     assert d.best_depth(64, d.context) == 8
     steps(d, lambda depth: 0, 60, verify_s=lambda w: 0.05 * linear(w))
     assert d.best_depth(64, d.context) == 0
+
+
+def test_a_new_prompt_keeps_the_run_rates_at_a_fraction_of_their_weight():
+    """After a long run where nothing passes, a prompt whose drafts all pass gets deep drafts within a few steps:
+    the run's counts carry into it as a light prior, with their rates unchanged."""
+    d = AdaptiveDrafter(Chain(), 8, linear)
+    steps(d, lambda depth: 0, 150, verify_s=lambda w: 0.05 * linear(w))
+    rate, weight = d.passed[1] / d.tried[1], d.tried[1]
+    d.begin(DecodeState([1, 2, 3], 3, 10_000, None, Sampling(), None), None)
+    assert d.passed[1] / d.tried[1] == pytest.approx(rate)
+    assert d.tried[1] == pytest.approx(weight * PROMPT_CARRY) and d.context == MISS
+    asked_before = len(d.inner.asked)
+    steps(d, lambda depth: depth, 30, verify_s=lambda w: 0.05 * linear(w))
+    assert max(d.inner.asked[asked_before:]) == 8
