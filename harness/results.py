@@ -38,6 +38,7 @@ LATER_DEFAULTS: dict[str | tuple[str, str], Any] = {
     ("engine", "cuda_graphs"): "auto",
     ("engine", "graph_widths"): [1, 2, 4, 8, 16, 32, 64],
     "synthetic": {"mode": "off", "trace": None, "rates": [], "seed": 0},
+    ("method", "prompt_carry"): 1.0,
 }
 RESULTS = "results.parquet"
 SAMPLES = "samples.jsonl"

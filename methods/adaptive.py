@@ -15,10 +15,11 @@ verification:
 - the counts fade by ``FADE`` per drafted step in their context (a memory of about 50 steps, under half a typical answer), so the
   rates follow the prompt at hand: a run moves between chat, where drafts die early, and summarization, where
   whole copied spans pass, and counts pooled since the first prompt would keep the first regime's depth;
-- a new prompt starts from the run's rates at ``PROMPT_CARRY`` of their weight (about 10 steps' worth against a
-  memory of 50): the run's rates are a prior the prompt's own acceptance overrides within its first steps.
-  Spec-Bench's groups follow one another, and a translation prompt after the chat groups otherwise spent ~40 of
-  its 70 steps climbing from the chat rates (depth-1 acceptance after a full accept 0.17) to its own (0.7);
+- with ``prompt_carry`` < 1, a new prompt starts from the run's rates at that share of their weight (0.2: about
+  10 steps' worth against a memory of 50), a prior the prompt's own acceptance overrides within its first steps.
+  Spec-Bench's groups follow one another, and a translation prompt after the chat groups spent ~40 of its 70
+  steps climbing from the chat rates (depth-1 acceptance after a full accept 0.17) to its own (0.7). The
+  default, 1.0, carries the counts whole (the rule BENCHMARKS.md sections 8 and 9 measured);
 - the rates are kept per context, the outcome of the previous step (nothing accepted, part of the draft, all
   of it), each shrunk toward the pooled rate: acceptance comes in runs (a copied span is accepted whole, free
   text is not), so the step after a fully accepted draft deserves a deeper draft than the step after a miss.
@@ -67,7 +68,6 @@ MISS, PART, ALL = range(3)  # the previous step's outcome: nothing accepted, par
 EXPLORE_EVERY = 8
 MIN_EXPERT_SPREAD = 0.1  # distinct experts a layer: timed widths closer than this give no slope
 FADE = 0.02  # share of every acceptance count forgotten per drafted step: a memory of about 50 steps
-PROMPT_CARRY = 0.2  # weight of the run's acceptance counts carried into a new prompt
 
 
 def outcome(drafted: int, accepted: int) -> int:
@@ -81,6 +81,7 @@ class AdaptiveConfig(MethodConfig):
     inner: str = "pld"  # the wrapped engine method: a conf/method preset with optional overrides ("pld num_draft=16")
     max_depth: int = 16  # the deepest draft it may ask for (the inner drafter may cap it lower)
     expert_term: bool | None = None  # price widths by the experts they activate; None: on for MoE targets
+    prompt_carry: float = 1.0  # share of the run's acceptance counts' weight a new prompt starts from (1: all)
 
 
 class Running:
@@ -98,8 +99,10 @@ class Running:
 class AdaptiveDrafter(Drafter):
     name = "adaptive"
 
-    def __init__(self, inner: Drafter, max_depth: int, curve: Callable[[int], float], experts: ExpertCounter | None = None) -> None:
+    def __init__(self, inner: Drafter, max_depth: int, curve: Callable[[int], float], experts: ExpertCounter | None = None,
+                 prompt_carry: float = 1.0) -> None:
         self.inner = inner
+        self.prompt_carry = prompt_carry
         self.experts = experts  # the target's router hooks: the expert term is on
         self.experts_at: dict[int, Running] = {}  # distinct experts per layer of a verification of each width
         self.max_depth = max_depth
@@ -208,11 +211,12 @@ class AdaptiveDrafter(Drafter):
 
     # -- the drafter -------------------------------------------------------------------------------
     def begin(self, state: DecodeState, prefill: ForwardOutput) -> None:
-        # scaling tried and passed alike keeps every rate and only lowers the weight it holds against new steps
-        for counts in (self.tried, self.passed, *self.tried_in, *self.passed_in):
-            for d in range(len(counts)):
-                counts[d] *= PROMPT_CARRY
-        self.context, self._idle = MISS, 0
+        if self.prompt_carry < 1:
+            # scaling tried and passed alike keeps every rate and only lowers the weight it holds against new steps
+            for counts in (self.tried, self.passed, *self.tried_in, *self.passed_in):
+                for d in range(len(counts)):
+                    counts[d] *= self.prompt_carry
+            self.context, self._idle = MISS, 0
         self.inner.begin(state, prefill)
 
     def propose(self, state: DecodeState, max_depth: int) -> Proposal:
@@ -257,13 +261,16 @@ class AdaptiveDrafter(Drafter):
 def build(cfg: AdaptiveConfig, ctx: MethodContext) -> EngineGenerator:
     if cfg.max_depth < 1:
         raise SpeclabError(f"method.max_depth must be >= 1, got {cfg.max_depth}")
+    if not 0 <= cfg.prompt_carry <= 1:
+        raise SpeclabError(f"method.prompt_carry must be in [0, 1] (1: a new prompt keeps the run's counts whole), "
+                           f"got {cfg.prompt_carry}")
     experts = ctx.target.experts
     if cfg.expert_term and experts is None:
         raise SpeclabError(f"method {cfg.name!r} prices drafts by the experts they activate, but {ctx.target.info.name!r} "
                            "is not a Mixture-of-Experts model; use method=adaptive (or method.expert_term=false)")
     inner = inner_drafter(cfg.inner, ctx, "adaptive")
     use = experts if cfg.expert_term is not False else None
-    return EngineGenerator(cfg.name, ctx.target, AdaptiveDrafter(inner, cfg.max_depth, ctx.verify_cost(), use), ctx.sampling, cfg.rule)
+    return EngineGenerator(cfg.name, ctx.target, AdaptiveDrafter(inner, cfg.max_depth, ctx.verify_cost(), use, cfg.prompt_carry), ctx.sampling, cfg.rule)
 
 
 ConfigStore.instance().store(group="schema/method", name="adaptive", node=AdaptiveConfig)

@@ -10,7 +10,7 @@ from harness.errors import SpeclabError
 from harness.proposal import Proposal
 from harness.sampling import Sampling
 from harness.verify import VerifyResult
-from methods.adaptive import ALL, EXPLORE_EVERY, MISS, PRIOR_RATE, PROMPT_CARRY, AdaptiveDrafter
+from methods.adaptive import ALL, EXPLORE_EVERY, MISS, PRIOR_RATE, AdaptiveDrafter
 
 from .test_training_free import build_method
 
@@ -65,6 +65,8 @@ def test_a_steep_measured_cost_shortens_drafts_the_curve_called_flat():
 def test_bad_settings_get_one_clear_line(tiny_target):
     with pytest.raises(SpeclabError, match="max_depth"):
         build_method(tiny_target, "method=adaptive", "method.max_depth=0")
+    with pytest.raises(SpeclabError, match="prompt_carry"):
+        build_method(tiny_target, "method=adaptive", "method.prompt_carry=1.5")
     with pytest.raises(SpeclabError, match="cannot wrap itself"):
         build_method(tiny_target, "method=adaptive", "method.inner=adaptive")
     with pytest.raises(SpeclabError, match="not an engine method"):
@@ -187,12 +189,20 @@ def test_counts_fade_so_a_change_of_regime_is_followed():
 def test_a_new_prompt_keeps_the_run_rates_at_a_fraction_of_their_weight():
     """After a long run where nothing passes, a prompt whose drafts all pass gets deep drafts within a few steps:
     the run's counts carry into it as a light prior, with their rates unchanged."""
-    d = AdaptiveDrafter(Chain(), 8, linear)
+    d = AdaptiveDrafter(Chain(), 8, linear, prompt_carry=0.2)
     steps(d, lambda depth: 0, 150, verify_s=lambda w: 0.05 * linear(w))
     rate, weight = d.passed[1] / d.tried[1], d.tried[1]
     d.begin(DecodeState([1, 2, 3], 3, 10_000, None, Sampling(), None), None)
     assert d.passed[1] / d.tried[1] == pytest.approx(rate)
-    assert d.tried[1] == pytest.approx(weight * PROMPT_CARRY) and d.context == MISS
+    assert d.tried[1] == pytest.approx(weight * 0.2) and d.context == MISS
     asked_before = len(d.inner.asked)
     steps(d, lambda depth: depth, 30, verify_s=lambda w: 0.05 * linear(w))
     assert max(d.inner.asked[asked_before:]) == 8
+
+
+def test_prompt_carry_one_keeps_the_counts_whole():
+    d = AdaptiveDrafter(Chain(), 8, linear)
+    steps(d, lambda depth: min(depth, 2), 40, verify_s=lambda w: 0.05 * linear(w))
+    before = (list(d.tried), list(d.passed), d.context)
+    d.begin(DecodeState([1, 2, 3], 3, 10_000, None, Sampling(), None), None)
+    assert (d.tried, d.passed, d.context) == before
