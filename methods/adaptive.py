@@ -18,8 +18,9 @@ verification:
 - with ``prompt_carry`` < 1, a new prompt starts from the run's rates at that share of their weight (0.2: about
   10 steps' worth against a memory of 50), a prior the prompt's own acceptance overrides within its first steps.
   Spec-Bench's groups follow one another, and a translation prompt after the chat groups spent ~40 of its 70
-  steps climbing from the chat rates (depth-1 acceptance after a full accept 0.17) to its own (0.7). The
-  default, 1.0, carries the counts whole (the rule BENCHMARKS.md sections 8 and 9 measured);
+  steps climbing from the chat rates (depth-1 acceptance after a full accept 0.17) to its own (0.7). Measured on
+  the MoE testbed, 0.2 changed nothing beyond noise (BENCHMARKS.md section 9), so the default, 1.0, carries the
+  counts whole;
 - the rates are kept per context, the outcome of the previous step (nothing accepted, part of the draft, all
   of it), each shrunk toward the pooled rate: acceptance comes in runs (a copied span is accepted whole, free
   text is not), so the step after a fully accepted draft deserves a deeper draft than the step after a miss.

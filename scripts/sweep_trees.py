@@ -41,7 +41,7 @@ from harness.training.loop import heldout_tau  # noqa: E402
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--methods", required=True, help="comma-separated conf/method options with a 'choices' key")
+    p.add_argument("--methods", required=True, help="comma-separated conf/method options with a 'choices' key or dynamic-tree keys")
     p.add_argument("--trees", required=True,
                    help="comma-separated presets, <preset>:<n> prefixes of them, or space-separated overrides "
                         "('depth=5 top_k=2 total_tokens=8')")
