@@ -112,19 +112,18 @@ def one_row_ratio(target, repeats: int = 8, cache_len: int = 64) -> float:
     """Time of a 1-token forward through oneDNN's padded kernel over the same forward through torch's ``F.linear``
     (MKL's sgemv) on the same weights, the median of ``repeats`` interleaved pairs. Measured once per host, model,
     dtype, threads and torch version, then cached."""
-    import hashlib
-    import json
     import statistics
     import time
 
     from . import hostinfo
-    from .loading import cache_dir
+    from .loading import cache_dir, keyed_cache_path, read_keyed, write_keyed
 
     key = {"weights_hash": target.info.weights_hash, "dtype": target.info.dtype, "threads": torch.get_num_threads(),
            "host": hostinfo.hardware()["host"], "cpu": hostinfo.cpu_model(), "torch": torch.__version__}
-    path = cache_dir() / "kernel_check" / (hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16] + ".json")
-    if path.is_file() and json.loads(path.read_text()).get("key") == key:
-        return float(json.loads(path.read_text())["ratio"])
+    path = keyed_cache_path(cache_dir() / "kernel_check", key)
+    cached = read_keyed(path, key)
+    if cached:
+        return float(cached["ratio"])
     linears = [m for m in target.model.modules() if isinstance(m, OneDNNLinear)]
     cache = target.new_cache(cache_len + 2)
     target.forward(cache, list(range(3, 3 + cache_len)), logits_rows=[-1])
@@ -142,8 +141,7 @@ def one_row_ratio(target, repeats: int = 8, cache_len: int = 64) -> float:
         for m in linears:
             m.mkl_rows = 0
     ratio = statistics.median(times[0][1:]) / statistics.median(times[1][1:])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"key": key, "ratio": ratio}))
+    write_keyed(path, key, {"ratio": ratio})
     return ratio
 
 

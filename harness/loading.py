@@ -52,6 +52,26 @@ def cache_dir() -> Path:
     return path
 
 
+def keyed_cache_path(folder: Path, key: dict[str, Any], prefix: str = "") -> Path:
+    """Where a measurement keyed by ``key`` (host, model, settings) is cached: ``<folder>/<prefix><digest>.json``."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return folder / f"{prefix}{digest}.json"
+
+
+def read_keyed(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The cached record at ``path`` if it was written for exactly ``key``."""
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    return data if data.get("key") == key else None
+
+
+def write_keyed(path: Path, key: dict[str, Any], record: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"key": key, **record}, indent=1))
+    return path
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

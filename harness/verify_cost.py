@@ -14,7 +14,6 @@ step at least one verification forward, drafting free, no loop overhead.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import statistics
 import time
@@ -28,7 +27,7 @@ import torch
 from . import hostinfo
 from . import tree as T
 from .device import synchronize
-from .loading import cache_dir
+from .loading import cache_dir, keyed_cache_path, read_keyed, write_keyed
 from .model import TargetModel
 
 CACHE_LEN = 256  # the cache length c(k) is measured at (stated with every curve)
@@ -67,8 +66,7 @@ def curve_key_fields(row: Any, attention: str, cache_len: int = CACHE_LEN) -> di
 
 
 def _path(key: dict[str, Any]) -> Path:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return cache_dir() / "verify_cost" / f"{key['model']}-{digest}.json"
+    return keyed_cache_path(cache_dir() / "verify_cost", key, f"{key['model']}-")
 
 
 @torch.inference_mode()
@@ -120,18 +118,12 @@ def measure(target: TargetModel, ks: Sequence[int] = tuple(range(1, 33)), cache_
 
 
 def save(key: dict[str, Any], ms: dict[int, float]) -> Path:
-    path = _path(key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"key": key, "ms": {str(k): v for k, v in ms.items()}, "measured_at": time.time()}, indent=1))
-    return path
+    return write_keyed(_path(key), key, {"ms": {str(k): v for k, v in ms.items()}, "measured_at": time.time()})
 
 
 def load(key: dict[str, Any]) -> dict[int, float] | None:
-    path = _path(key)
-    if not path.is_file():
-        return None
-    data = json.loads(path.read_text())
-    return {int(k): v for k, v in data["ms"].items()} if data.get("key") == key else None
+    data = read_keyed(_path(key), key)
+    return {int(k): v for k, v in data["ms"].items()} if data else None
 
 
 def cached_or_measured(target: TargetModel, kernel: str, threads: int, log: Any = None) -> dict[int, float]:
