@@ -36,3 +36,35 @@ def test_training_prompts_are_disjoint_from_every_task():
     # the raw file itself was filtered upstream; the filter would also catch a planted copy
     planted = [json.loads(line)["prompt"] for line in open(PROMPTS)][:3] + [evals["spec_bench"][0]]
     assert overlapping(planted, evals["spec_bench"]) == [3]
+
+
+def test_more_prompts_answer_only_the_new_ones(tiny_target, tmp_path, monkeypatch):
+    import torch
+
+    from harness.training import data
+
+    from .conftest import tiny_training_prompts
+
+    prompts, n_rows = tiny_training_prompts(tmp_path)
+    made: list[int] = []
+    answer_batch = data._answer_batch
+
+    def counting(target, encoded, spec, pad):
+        made.append(len(encoded))
+        return answer_batch(target, encoded, spec, pad)
+
+    monkeypatch.setattr(data, "_answer_batch", counting)
+    work = tmp_path / "work"
+    small = data.head_answers(tiny_target, str(prompts), 12, work, gen_tokens=6, batch=5)
+    assert sum(made) == 12
+    made.clear()
+    large = data.head_answers(tiny_target, str(prompts), n_rows, work, gen_tokens=6, batch=5)
+    assert sum(made) == n_rows - 12  # the first 12 of the seeded shuffle were answered by the smaller run
+    assert len(large) == n_rows and len({s["id"] for s in large}) == n_rows
+    by_id = {s["id"]: s for s in large}
+    for s in small:
+        assert by_id[s["id"]]["answer"] == s["answer"]
+        assert torch.equal(by_id[s["id"]]["hidden"]["final"], s["hidden"]["final"])
+    made.clear()
+    assert len(data.head_answers(tiny_target, str(prompts), n_rows, work, gen_tokens=6, batch=5)) == n_rows
+    assert made == []  # a rerun reads its own shards

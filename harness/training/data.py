@@ -12,7 +12,8 @@ target again:
   distillation).
 
 Each batch is one shard file under a folder keyed by everything that changes its content, written
-atomically, so an interrupted run resumes at the first missing shard.
+atomically, so an interrupted run resumes at the first missing shard; a run on more prompts takes the
+answers a run on fewer already made, by prompt id, and generates only the rest.
 """
 
 from __future__ import annotations
@@ -200,9 +201,9 @@ def answer_shards(target: TargetModel, prompts: Sequence[dict], work: Path, spec
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths share a batch
     batches = [order[i : i + spec.batch] for i in range(0, len(order), spec.batch)]
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    stops = target.stop_ids
     visit = list(range(len(batches)))
     random.Random(spec.seed).shuffle(visit)
+    reuse: dict[str, dict] | None = None  # read on the first missing shard only
     samples: list[dict] = []
     start = time.time()
     try:
@@ -214,28 +215,54 @@ def answer_shards(target: TargetModel, prompts: Sequence[dict], work: Path, spec
                 continue
             if max_minutes is not None and time.time() - start > max_minutes * 60:
                 continue  # out of time: later shards come with a rerun
-            width = max(len(encoded[i]) for i in idx)
-            ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for row, i in enumerate(idx):
-                ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
-                mask[row, width - len(encoded[i]) :] = 1
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=spec.gen_tokens, do_sample=False,
-                                 pad_token_id=pad)
-            answers = []
-            for row in range(len(idx)):
-                answer = out[row, width:].tolist()
-                end = next((j + 1 for j, t in enumerate(answer) if t in stops), len(answer))
-                answers.append(answer[:end])
-            seqs = [encoded[i] + a for i, a in zip(idx, answers)]
-            captured = _teacher_forced(target, seqs, [len(encoded[i]) for i in idx], spec)
-            batch = [{"id": prompts[i].get("id", str(i)), "prompt": encoded[i], "answer": a, **c}
-                     for i, a, c in zip(idx, answers, captured)]
+            if reuse is None:
+                reuse = _answered_elsewhere(work, spec, folder)
+            ids = [prompts[i].get("id", str(i)) for i in idx]
+            known = {i: reuse[k] for i, k in zip(idx, ids) if k in reuse and reuse[k]["prompt"] == encoded[i]}
+            todo = [i for i in idx if i not in known]
+            made = dict(zip(todo, _answer_batch(target, [encoded[i] for i in todo], spec, pad))) if todo else {}
+            batch = [{**(known[i] if i in known else made[i]), "id": k} for i, k in zip(idx, ids)]
             _save_atomic(batch, shard)
             samples += batch
     finally:
         model.config._attn_implementation = attention
     return samples
+
+
+def _answered_elsewhere(work: Path, spec: AnswerSpec, folder: Path) -> dict[str, dict]:
+    """Samples already answered under the same spec for another prompt count, by prompt id: a run on more
+    prompts answers only the new ones (the seeded shuffle puts a smaller run's prompts first)."""
+    suffix = spec.folder_name(0).split("-", 2)[2]
+    found: dict[str, dict] = {}
+    for other in sorted(Path(work).glob(f"gen-p*-{suffix}")):
+        if other == folder or not other.is_dir():
+            continue
+        for shard in sorted(other.glob("gen_*.pt")):
+            for sample in torch.load(shard):
+                found.setdefault(sample["id"], sample)
+    if found:
+        print(f"{len(found)} answers reused from other prompt counts under {work}", file=sys.stderr)
+    return found
+
+
+def _answer_batch(target: TargetModel, encoded: list[list[int]], spec: AnswerSpec, pad: int) -> list[dict]:
+    """Greedy answers to left-padded ``encoded`` prompts, each with the tensors ``spec`` captures."""
+    width = max(len(e) for e in encoded)
+    ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, e in enumerate(encoded):
+        ids[row, width - len(e) :] = torch.tensor(e)
+        mask[row, width - len(e) :] = 1
+    out = target.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=spec.gen_tokens, do_sample=False,
+                                pad_token_id=pad)
+    stops = target.stop_ids
+    answers = []
+    for row in range(len(encoded)):
+        answer = out[row, width:].tolist()
+        end = next((j + 1 for j, t in enumerate(answer) if t in stops), len(answer))
+        answers.append(answer[:end])
+    captured = _teacher_forced(target, [e + a for e, a in zip(encoded, answers)], [len(e) for e in encoded], spec)
+    return [{"prompt": e, "answer": a, **c} for e, a, c in zip(encoded, answers, captured)]
 
 
 def split_holdout(samples: list[dict], share: float, seed: int = 0) -> tuple[list[dict], list[dict]]:
