@@ -26,7 +26,8 @@ verification:
   text is not), so the step after a fully accepted draft deserves a deeper draft than the step after a miss.
   A context whose best depth is 0 would never be left, so after ``EXPLORE_EVERY`` undrafted steps in a row one
   step drafts a single token;
-- the width the inner drafter produces when capped at L (a chain's is 1 + its length; a tree's what it was);
+- the widths the inner drafter produces when capped at L (a chain's is 1 + its length; a tree's what it was;
+  1 when it has nothing), as a running distribution: a step's price is the expected time of its verification;
 - the seconds of a verification of each width, measured between the end of ``propose`` and the start of
   ``observe``; widths not yet measured are priced by the machine's c(k) curve, corrected by its ratio to the
   nearest measured widths;
@@ -97,6 +98,25 @@ class Running:
         self.count += 1
 
 
+class RunningShares:
+    """A running distribution over values: each update moves ``EMA`` of the weight onto the value seen."""
+
+    def __init__(self) -> None:
+        self.shares: dict[int, float] = {}
+        self.count = 0
+
+    def add(self, x: int) -> None:
+        for k in list(self.shares):
+            self.shares[k] *= 1 - EMA
+            if self.shares[k] < 1e-4:
+                del self.shares[k]
+        self.shares[x] = (self.shares.get(x, 0.0) + EMA) if self.count else 1.0
+        self.count += 1
+
+    def expect(self, f: Callable[[int], float]) -> float:
+        return sum(share * f(x) for x, share in self.shares.items()) / sum(self.shares.values())
+
+
 class AdaptiveDrafter(Drafter):
     name = "adaptive"
 
@@ -116,7 +136,7 @@ class AdaptiveDrafter(Drafter):
         self.passed_in = [[0.0] * (max_depth + 1) for _ in range(3)]
         self.context = MISS
         self._idle = 0  # undrafted steps in a row
-        self.width = [Running() for _ in range(max_depth + 1)]  # verification width when asked for depth L
+        self.width = [RunningShares() for _ in range(max_depth + 1)]  # verification widths when asked for depth L
         self.draft_s = [Running() for _ in range(max_depth + 1)]  # inner drafter's seconds per step at depth L
         self.verify_s: dict[int, Running] = {}  # seconds of a verification of each width
         self._asked = 0
@@ -196,9 +216,13 @@ class AdaptiveDrafter(Drafter):
         return float(t0 + slope * (self.distinct_experts(width) - x0))
 
     def step_seconds(self, depth: int) -> float:
-        width = self.width[depth].value if self.width[depth].count else 1.0 + depth
+        """Drafting plus the expected verification at this depth, over the widths it produced: a drafter that
+        proposes nothing on some steps (prompt lookup without a match) pays a one-token verification there, and
+        pricing its mean width instead (1.5 rounds to 2) would charge every step the full draft's verification."""
+        widths = self.width[depth]
+        verify = widths.expect(self.verify_seconds) if widths.count else self.verify_seconds(1 + depth)
         draft = self.draft_s[depth].value if self.draft_s[depth].count else 0.0
-        return draft + self.verify_seconds(width)
+        return draft + verify
 
     def best_depth(self, cap: int, context: int | None = None) -> int:
         s = self.reach(context)

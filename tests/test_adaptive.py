@@ -104,6 +104,21 @@ def test_a_context_that_stopped_drafting_explores_again():
     assert 1 in asked and set(asked) == {0, 1}  # a one-token probe now and then, nothing deeper
 
 
+def test_a_depth_is_priced_by_the_widths_it_produced_not_their_mean():
+    """Prompt lookup asked for one token finds a match on half the steps: half its verifications are one token
+    wide and cost a plain step, half two tokens and cost twice that. The depth costs 1.5 steps, not the 2 of
+    the mean width's (1.5, rounded) verification, which made the MoE drafter too cautious on qa and math."""
+    d = AdaptiveDrafter(Chain(), 4, linear)
+    state = DecodeState([1, 2, 3], 3, 10_000, None, Sampling(), None)
+    for width, seconds in [(1, 1.0), (2, 2.0)] * 20:
+        d._asked, d._t_draft = 1, 0.0
+        d._t_proposed = time.perf_counter() - seconds
+        d.observe(state, Proposal.chain([0]) if width == 2 else Proposal(), VerifyResult([], 0, 0), None)
+    assert d.verify_seconds(2) == pytest.approx(2.0, rel=0.05)
+    assert d.step_seconds(1) == pytest.approx(1.5, rel=0.05)
+    assert d.step_seconds(2) == pytest.approx(2.0 / linear(2) * linear(3), rel=0.05)  # untried: its full width
+
+
 class Experts:
     """A stand-in for the router hooks: the distinct experts of the last verification, as the test sets them."""
 
