@@ -71,7 +71,7 @@ class AnswerSpec:
     layers: tuple[int | str, ...] = ()  # hidden states to keep (see module docstring)
     seed: int = 0
 
-    def folder_name(self, n_prompts: int) -> str:
+    def folder_name(self, n_prompts: int | str) -> str:
         layers = "-".join(str(x) for x in self.layers) or "none"
         return f"gen-p{n_prompts}-t{self.gen_tokens}-m{self.max_prompt_tokens}-b{self.batch}-k{self.topk}-h{layers}-s{self.seed}"
 
@@ -232,9 +232,8 @@ def answer_shards(target: TargetModel, prompts: Sequence[dict], work: Path, spec
 def _answered_elsewhere(work: Path, spec: AnswerSpec, folder: Path) -> dict[str, dict]:
     """Samples already answered under the same spec for another prompt count, by prompt id: a run on more
     prompts answers only the new ones (the seeded shuffle puts a smaller run's prompts first)."""
-    suffix = spec.folder_name(0).split("-", 2)[2]
     found: dict[str, dict] = {}
-    for other in sorted(Path(work).glob(f"gen-p*-{suffix}")):
+    for other in sorted(Path(work).glob(spec.folder_name("*"))):
         if other == folder or not other.is_dir():
             continue
         for shard in sorted(other.glob("gen_*.pt")):
