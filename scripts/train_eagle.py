@@ -9,9 +9,12 @@ Stages, each cached under --work so a rerun resumes:
    with held-out tau measured by the engine every --eval-every steps (a learning curve);
 3. export: the head in the official layout (config.json + model.safetensors), token frequencies, a README.
 
-Example (the committed heads for smollm2-135m):
-    python scripts/train_eagle.py --variant eagle --out drafts/smollm2-135m/eagle
-    python scripts/train_eagle.py --variant eagle3 --out drafts/smollm2-135m/eagle3
+Example (the committed heads for smollm2-135m, 40 minutes of training each, side by side; their READMEs
+have the exact commands and learning curves):
+    python scripts/train_eagle.py --variant eagle --prompts 3971 --threads 1 --epochs 30 --train-minutes 40 \
+        --eval-every 500 --out drafts/smollm2-135m/eagle
+    python scripts/train_eagle.py --variant eagle3 --prompts 3971 --threads 1 --epochs 30 --train-minutes 40 \
+        --eval-every 200 --out drafts/smollm2-135m/eagle3
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from harness.head_drafter import HeadDrafter, TreeShape  # noqa: E402
 from harness.sampling import Sampling  # noqa: E402
 from harness.training.data import add_head_trainer_arguments, answers_for, split_holdout  # noqa: E402
 from harness.training.eagle import EagleLoss, batches, draft_vocab  # noqa: E402
-from harness.training.loop import Trainer, heldout_tau  # noqa: E402
+from harness.training.loop import Trainer, heldout_tau, precision_tag  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -74,8 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     per_epoch = max(1, len(train_set) // args.batch)
     ckpt = work / (f"{args.variant}-v{args.draft_vocab}-s{args.steps}-lr{args.lr:g}-e{args.epochs:g}-"
-                   f"n{len(train_set)}-seed{args.seed}.pt")
-    trainer = Trainer(head, args.lr, per_epoch * args.epochs, args.train_minutes, ckpt)
+                   f"n{len(train_set)}-seed{args.seed}{precision_tag(args.precision)}.pt")
+    trainer = Trainer(head, args.lr, per_epoch * args.epochs, args.train_minutes, ckpt, precision=args.precision)
     stats = trainer.run(lambda seed: batches(train_set, args.batch, seed, args.max_len), loss, evaluate, args.eval_every)
     final_eval = trainer.final_evaluation(evaluate)
     command = "python scripts/train_eagle.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
