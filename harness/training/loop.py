@@ -29,8 +29,8 @@ class Trainer:
     ``eval_every`` steps (learning curves).
 
     ``precision="bf16"`` runs ``loss_fn`` under bfloat16 autocast: the matmuls (the draft-vocabulary projections
-    above all) run in bf16 while weights, gradients and the optimiser stay fp32. On CPUs with AMX or AVX512-BF16
-    that is several times faster per step (BENCHMARKS.md section 4); evaluation always runs in fp32.
+    above all) run in bf16 while weights, gradients and the optimiser stay fp32. On a CPU with AMX a step is
+    1.4-1.8x faster (BENCHMARKS.md section 6); evaluation always runs in fp32.
     """
 
     def __init__(self, module: torch.nn.Module, lr: float, total: int, minutes: float, checkpoint: Path,
