@@ -36,7 +36,7 @@ from harness.head_drafter import HeadDrafter, TreeShape  # noqa: E402
 from harness.sampling import Sampling  # noqa: E402
 from harness.training.data import add_head_trainer_arguments, answers_for, split_holdout  # noqa: E402
 from harness.training.eagle import EagleLoss, batches, draft_vocab  # noqa: E402
-from harness.training.loop import Trainer, heldout_tau, precision_tag  # noqa: E402
+from harness.training.loop import Trainer, heldout_tau  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     per_epoch = max(1, len(train_set) // args.batch)
     ckpt = work / (f"{args.variant}-v{args.draft_vocab}-s{args.steps}-lr{args.lr:g}-e{args.epochs:g}-"
-                   f"n{len(train_set)}-seed{args.seed}{precision_tag(args.precision)}.pt")
+                   f"n{len(train_set)}-seed{args.seed}.pt")
     trainer = Trainer(head, args.lr, per_epoch * args.epochs, args.train_minutes, ckpt, precision=args.precision)
     stats = trainer.run(lambda seed: batches(train_set, args.batch, seed, args.max_len), loss, evaluate, args.eval_every)
     final_eval = trainer.final_evaluation(evaluate)

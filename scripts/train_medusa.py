@@ -35,7 +35,7 @@ from harness.parallel_checkpoints import save_parallel_heads  # noqa: E402
 from harness.parallel_heads import new_hydra, new_medusa, restrict_outputs  # noqa: E402
 from harness.training.data import add_head_trainer_arguments, answers_for, split_holdout  # noqa: E402
 from harness.training.eagle import batches, draft_vocab  # noqa: E402
-from harness.training.loop import Trainer, heldout_tau, precision_tag  # noqa: E402
+from harness.training.loop import Trainer, heldout_tau  # noqa: E402
 from harness.trees import resolve_choices  # noqa: E402
 from methods.hydra import HydraDrafter  # noqa: E402
 from methods.medusa import MedusaDrafter  # noqa: E402
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     per_epoch = max(1, len(train_set) // args.batch)
     ckpt = work / (f"{args.variant}-h{args.heads}-l{layers}-v{args.draft_vocab}-d{args.dropout:g}-lr{lr:g}-"
-                   f"e{args.epochs:g}-n{len(train_set)}-seed{args.seed}{precision_tag(args.precision)}.pt")
+                   f"e{args.epochs:g}-n{len(train_set)}-seed{args.seed}.pt")
     trainer = Trainer(heads, lr, per_epoch * args.epochs, args.train_minutes, ckpt, precision=args.precision)
     before = evaluate(0)["tau"] if trainer.step == 0 else None
     stats = trainer.run(lambda seed: batches(train_set, args.batch, seed, args.max_len), loss, evaluate, args.eval_every)

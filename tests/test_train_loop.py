@@ -30,20 +30,21 @@ def _regression(tmp_path, precision: str, steps: int = 60):
     trainer.run(batches, loss_fn)
     during = list(seen)
     after = loss_fn((x, y))["loss"].item()
-    return module, during, before, after
+    return module, during, before, after, trainer.checkpoint
 
 
 def test_bf16_runs_the_loss_in_autocast_and_keeps_fp32_weights(tmp_path):
-    module, seen, before, after = _regression(tmp_path, "bf16")
+    module, seen, before, after, checkpoint = _regression(tmp_path, "bf16")
     assert seen and all(d == torch.bfloat16 for d in seen)
     assert all(p.dtype == torch.float32 for p in module.parameters())
     assert after < 0.3 * before
-    state = torch.load(tmp_path / "bf16.pt", weights_only=True)
+    assert checkpoint.name == "bf16-bf16.pt"  # a bf16 run keeps its own checkpoint
+    state = torch.load(checkpoint, weights_only=True)
     assert all(v.dtype == torch.float32 for v in state["module"].values())
 
 
 def test_fp32_is_not_autocast(tmp_path):
-    _, seen, before, after = _regression(tmp_path, "fp32")
+    _, seen, before, after, _ = _regression(tmp_path, "fp32")
     assert seen and all(d == torch.float32 for d in seen)
     assert after < 0.3 * before
 

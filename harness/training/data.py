@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from ..errors import SpeclabError
 from ..model import TargetModel
+from .loop import PRECISIONS
 
 NON_COMMERCIAL = ("alpacaeval", "wizardlm", "codealpaca")  # CC BY-NC sources in train_prompts/SOURCES.md
 
@@ -120,7 +121,7 @@ def add_head_trainer_arguments(p, prompts: int = 640, batch: int = 8, epochs: fl
     p.add_argument("--epochs", type=float, default=epochs)
     p.add_argument("--train-minutes", type=float, default=train_minutes, help="stop training after this long")
     p.add_argument("--max-len", type=int, default=512)
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="bf16: the training matmuls in bfloat16 autocast (weights and optimiser stay fp32); 1.4-1.8x "
                         "faster a step on a CPU with AMX")
     p.add_argument("--eval-every", type=int, default=0, help="measure held-out tau every N steps (0: at the end only)")

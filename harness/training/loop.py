@@ -16,16 +16,12 @@ from tqdm.auto import tqdm
 PRECISIONS = ("fp32", "bf16")
 
 
-def precision_tag(precision: str) -> str:
-    """The suffix that keeps checkpoints of different training precisions apart (none for fp32, the original)."""
-    return "" if precision == "fp32" else f"-{precision}"
-
-
 class Trainer:
     """Runs ``loss_fn(batch) -> loss`` over ``batches()`` until ``total`` steps or ``minutes`` have passed.
 
     ``checkpoint`` (a file) holds the trainable state, the optimiser, the schedule and the time spent; a
-    rerun with the same file continues where the last one stopped. ``on_eval(step)`` is called every
+    rerun with the same file continues where the last one stopped. A precision other than fp32 adds its name
+    to the file's (``x.pt`` -> ``x-bf16.pt``), so runs in different precisions never resume each other. ``on_eval(step)`` is called every
     ``eval_every`` steps (learning curves).
 
     ``precision="bf16"`` runs ``loss_fn`` under bfloat16 autocast: the matmuls (the draft-vocabulary projections
@@ -48,7 +44,10 @@ class Trainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / self.total))))
         self.minutes = minutes
-        self.checkpoint = Path(checkpoint)
+        checkpoint = Path(checkpoint)
+        if precision != "fp32":
+            checkpoint = checkpoint.with_name(f"{checkpoint.stem}-{precision}{checkpoint.suffix}")
+        self.checkpoint = checkpoint
         self.clip = clip
         self.save_seconds = save_seconds
         self.step = 0
