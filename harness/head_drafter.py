@@ -265,21 +265,21 @@ def build_head_generator(cfg, ctx, default_head: str, shape: TreeShape):
     from .checkpoints import load_head
     from .errors import SpeclabError
     from .generator import EngineGenerator
-    from .kernels import apply_kernel
-    from .loading import DTYPES
+    from .kernels import apply_kernel, draft_dtype
 
     target = ctx.target
+    dtype = draft_dtype(cfg.dtype, target.dtype, target.device, ctx.engine.kernel)
     path = head_path(cfg, ctx, default_head, f"python scripts/train_eagle.py --variant {default_head}")
-    if cfg.dtype not in DTYPES:
-        raise SpeclabError(f"unknown method.dtype {cfg.dtype!r}; choose one of {', '.join(DTYPES)}")
-    head, _ = load_head(path, target, DTYPES[cfg.dtype])
+    head, _ = load_head(path, target, dtype)
     head.to(target.device)
     if head.variant == "eagle":
         vocab = frequency_vocab(cfg, path, target.vocab_size)
         if vocab is not None:
             head.vocab = vocab
-            head.set_target_head(apply_kernel(torch.nn.Sequential(vocab.rows(target.lm_head.weight)), ctx.engine.kernel))
+            rows = vocab.rows(target.lm_head.weight, dtype)
+            head.set_target_head(apply_kernel(torch.nn.Sequential(rows), ctx.engine.kernel))
     apply_kernel(head, ctx.engine.kernel)
     drafter = HeadDrafter(head, shape, ctx.sampling)
     drafter.name = cfg.name
+    drafter.draft_dtype = str(dtype).removeprefix("torch.")
     return EngineGenerator(cfg.name, target, drafter, ctx.sampling, cfg.rule)

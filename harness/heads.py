@@ -64,10 +64,11 @@ class ReducedVocab:
         out[self.ids] = torch.arange(len(self))
         return out
 
-    def rows(self, weight: torch.Tensor) -> nn.Linear:
-        """A bias-free head made of the rows of a full-vocabulary output matrix."""
+    def rows(self, weight: torch.Tensor, dtype: torch.dtype | None = None) -> nn.Linear:
+        """A bias-free head made of the rows of a full-vocabulary output matrix (cast to ``dtype`` if given)."""
         head = nn.Linear(weight.shape[1], len(self), bias=False)
-        head.weight = nn.Parameter(weight.detach()[self.ids].clone(), requires_grad=False)
+        rows = weight.detach()[self.ids].to(dtype or weight.dtype, copy=True)
+        head.weight = nn.Parameter(rows, requires_grad=False)
         return head
 
 

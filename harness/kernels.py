@@ -84,6 +84,29 @@ def resolve_kernel(kernel: str, dtype: torch.dtype, device: torch.device | str =
     return kernel
 
 
+DRAFT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def draft_dtype(name: str, target_dtype: torch.dtype, device: torch.device | str, kernel: str) -> torch.dtype:
+    """The weight dtype of a draft head for ``method.dtype=name``.
+
+    ``auto``: bfloat16 where bf16 linears run natively (a CUDA GPU with bf16, or oneDNN's kernel on a CPU with
+    bf16 units), else the target's dtype. A head only proposes, so its precision moves its speed and acceptance,
+    never the verified output. On this CPU the draft step is bound by reading weights (BENCHMARKS.md section 4),
+    so bf16 halves most of it.
+    """
+    if name == "auto":
+        dev = torch.device(device)
+        if dev.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else target_dtype
+        if target_dtype == torch.float32 and kernel != "torch" and onednn_problem(torch.bfloat16, dev) is None:
+            return torch.bfloat16
+        return target_dtype
+    if name not in DRAFT_DTYPES:
+        raise SpeclabError(f"unknown method.dtype {name!r}; choose auto or one of {', '.join(DRAFT_DTYPES)}")
+    return DRAFT_DTYPES[name]
+
+
 def apply_kernel(model: nn.Module, kernel: str) -> nn.Module:
     """Swap every ``nn.Linear`` in ``model`` (in place) for the chosen kernel."""
     weight = next(model.parameters(), None)

@@ -58,9 +58,10 @@ class OutputHead(nn.Module):
     def full_weight(self) -> torch.Tensor:
         return self.weight if self.weight is not None else self._shared["head"].weight
 
-    def restrict(self, vocab: ReducedVocab | None, kernel: str = "torch", rows_cache: dict | None = None) -> None:
-        """Draft over ``vocab`` only (None: the full vocabulary). Heads sharing the target's weight share one
-        row matrix through ``rows_cache``."""
+    def restrict(self, vocab: ReducedVocab | None, kernel: str = "torch", rows_cache: dict | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        """Draft over ``vocab`` only (None: the full vocabulary), its rows in ``dtype`` (None: the weight's). Heads
+        sharing the target's weight share one row matrix through ``rows_cache``."""
         if vocab is None:
             self._rows = None
             return
@@ -69,10 +70,10 @@ class OutputHead(nn.Module):
         if rows_cache is not None and key in rows_cache:
             linear = rows_cache[key]
         else:
-            linear = apply_kernel(nn.Sequential(vocab.rows(weight)), kernel)
+            linear = apply_kernel(nn.Sequential(vocab.rows(weight, dtype)), kernel)
             if rows_cache is not None:
                 rows_cache[key] = linear
-        self._rows = (vocab.ids, linear, weight.dtype)
+        self._rows = (vocab.ids, linear, dtype or weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._rows is None:
@@ -82,12 +83,13 @@ class OutputHead(nn.Module):
         return out if self.bias is None else out + self.bias[ids].to(out.dtype)
 
 
-def restrict_outputs(module: nn.Module, vocab: ReducedVocab | None, kernel: str = "torch") -> None:
-    """Restrict every :class:`OutputHead` of a head module to ``vocab``."""
+def restrict_outputs(module: nn.Module, vocab: ReducedVocab | None, kernel: str = "torch",
+                     dtype: torch.dtype | None = None) -> None:
+    """Restrict every :class:`OutputHead` of a head module to ``vocab``, its rows in ``dtype``."""
     rows: dict = {}
     for m in module.modules():
         if isinstance(m, OutputHead):
-            m.restrict(vocab, kernel, rows)
+            m.restrict(vocab, kernel, rows, dtype)
 
 
 class MedusaHeads(nn.Module):

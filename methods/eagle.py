@@ -25,7 +25,7 @@ class EagleConfig(MethodConfig):
     name: str = "eagle"
     family: str = "eagle"
     head: Optional[str] = None  # HF id or folder; null = drafts/<model.name>/eagle/
-    dtype: str = "float32"
+    dtype: str = "auto"  # auto: bfloat16 where bf16 linears run natively, else the target's dtype
     choices: Any = "cpu8"  # a preset name in harness/trees.py or a list of rank paths
     vocab_size: Optional[int] = 8192  # null: the target's full head
 

@@ -22,7 +22,7 @@ class DynamicTreeConfig(MethodConfig):
     """What every method drafting EAGLE-2's dynamic tree with a head sets."""
 
     head: Optional[str] = None  # HF id or folder; null = the model's default head under drafts/
-    dtype: str = "float32"
+    dtype: str = "auto"  # auto: bfloat16 where bf16 linears run natively, else the target's dtype
     depth: int = 5
     top_k: int = 2
     total_tokens: int = 8  # verification width, root included

@@ -24,8 +24,7 @@ from harness.drafter import DecodeState, Drafter
 from harness.errors import SpeclabError
 from harness.generator import METHODS, EngineGenerator, MethodContext
 from harness.head_drafter import frequency_vocab, head_path
-from harness.kernels import apply_kernel
-from harness.loading import DTYPES
+from harness.kernels import apply_kernel, draft_dtype
 from harness.model import ForwardOutput
 from harness.parallel_checkpoints import load_parallel_heads
 from harness.parallel_heads import restrict_outputs
@@ -38,7 +37,7 @@ class ParallelHeadsConfig(MethodConfig):
     """What Medusa and Hydra share: the head, its tree, the draft vocabulary and the typical rule's knobs."""
 
     head: Optional[str] = None  # HF id or folder; null = drafts/<model.name>/<family>/
-    dtype: str = "float32"
+    dtype: str = "auto"  # auto: bfloat16 where bf16 linears run natively, else the target's dtype
     choices: Any = "cpu6"  # a preset name in harness/trees.py (depth <= the number of heads) or rank paths
     vocab_size: Optional[int] = 8192  # draft over the most frequent answer tokens; null: the full vocabulary
     posterior_threshold: float = 0.09  # rule=typical: epsilon
@@ -125,20 +124,20 @@ def build_parallel_generator(cfg: ParallelHeadsConfig, ctx: MethodContext, draft
         choices = trees.resolve_choices(cfg.choices)
     except ValueError as e:
         raise SpeclabError(f"method.choices: {e}") from None
-    if cfg.dtype not in DTYPES:
-        raise SpeclabError(f"unknown method.dtype {cfg.dtype!r}; choose one of {', '.join(DTYPES)}")
+    dtype = draft_dtype(cfg.dtype, ctx.target.dtype, ctx.target.device, ctx.engine.kernel)
     path = head_path(cfg, ctx, kind, f"python scripts/train_medusa.py --variant {kind}")
-    heads = load_parallel_heads(path, kind, ctx.target, DTYPES[cfg.dtype]).to(ctx.target.device)
+    heads = load_parallel_heads(path, kind, ctx.target, dtype).to(ctx.target.device)
     deepest = max(len(c) for c in choices)
     if deepest > heads.num_heads:
         raise SpeclabError(f"method.choices reaches depth {deepest} but the {kind} head has {heads.num_heads} heads; "
                            f"use a tree of depth <= {heads.num_heads} (e.g. method.choices=cpu6 or chain4)")
     vocab = frequency_vocab(cfg, path, ctx.target.vocab_size)
-    restrict_outputs(heads, vocab, ctx.engine.kernel)
+    restrict_outputs(heads, vocab, ctx.engine.kernel, dtype)
     apply_kernel(heads, ctx.engine.kernel)
     drafter = drafter_cls(heads, choices)
     drafter.set_vocab(None if vocab is None else vocab.ids.to(ctx.target.device))
     drafter.name = cfg.name
+    drafter.draft_dtype = str(dtype).removeprefix("torch.")
     options = ({"threshold": cfg.posterior_threshold, "alpha": cfg.posterior_alpha, "bonus": cfg.typical_bonus}
                if cfg.rule == "typical" else None)
     return EngineGenerator(cfg.name, ctx.target, drafter, ctx.sampling, cfg.rule, options)

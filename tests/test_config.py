@@ -192,7 +192,7 @@ def untrained_head(tmp_path_factory, tiny_target):
     ("eagle3", {"head": "/no/such/eagle3-head"}, "/no/such/eagle3-head"),
     ("eagle", {"head": None}, "no default eagle head for model 'tiny-llama'; set method.head="),
     ("eagle3", {"head": None}, "python scripts/train_eagle.py --variant eagle3"),
-    ("eagle2", {"dtype": "float8"}, "unknown method.dtype 'float8'; choose one of float32, bfloat16, float16"),
+    ("eagle2", {"dtype": "float8"}, "unknown method.dtype 'float8'; choose auto or one of float32, bfloat16, float16"),
     ("eagle", {"vocab_size": 0}, "method.vocab_size must be positive"),
     ("eagle2", {"vocab_size": 64}, "token_frequency.json"),
 ])
