@@ -263,7 +263,6 @@ def frequency_vocab(cfg, path: str, vocab_size: int):
 def build_head_generator(cfg, ctx, default_head: str, shape: TreeShape):
     """An engine generator for an EAGLE-family method config (``head``, ``vocab_size``, ``dtype`` keys)."""
     from .checkpoints import load_head
-    from .errors import SpeclabError
     from .generator import EngineGenerator
     from .kernels import apply_kernel, draft_dtype
 

@@ -98,10 +98,24 @@ GREEDY_CASES = [
     ("eagle3", {"depth": 1, "top_k": 1, "total_tokens": 2}),
     ("eagle3", {"depth": 3, "top_k": 4, "total_tokens": 12}),
     ("eagle3", {"depth": 8, "top_k": 10, "total_tokens": 60}),
-    # a half-precision head drafts for the fp32 target: features and logits cross dtypes
+    # a half-precision head drafts for the fp32 target: features and logits cross dtypes (the default, auto, is
+    # bf16 on CPUs with bf16 units and fp32 elsewhere, so both precisions are also named)
     ("eagle", {"choices": "cpu8", "vocab_size": 64, "dtype": "bfloat16"}),
     ("eagle3", {"depth": 4, "top_k": 2, "total_tokens": 6, "dtype": "bfloat16"}),
+    ("eagle2", {"depth": 4, "top_k": 3, "total_tokens": 8, "vocab_size": 64, "dtype": "float32"}),
+    ("eagle3", {"depth": 4, "top_k": 3, "total_tokens": 8, "dtype": "float32"}),
 ]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_the_head_and_its_draft_rows_take_method_dtype(tiny_target, eagle_heads, dtype):
+    name = str(dtype).removeprefix("torch.")
+    gen = build(tiny_target, eagle_heads, "eagle2", dtype=name, vocab_size=64)
+    head = gen.drafter.head
+    assert gen.drafter.draft_dtype == name
+    assert head.fc.weight.dtype == dtype
+    assert next(head._shared["head"].parameters()).dtype == dtype  # the target's head rows, cast once
+    assert head._shared["embed"].weight.dtype == torch.float32  # the target's own embedding is untouched
 
 
 @pytest.mark.parametrize("method,overrides", GREEDY_CASES, ids=lambda x: x if isinstance(x, str) else

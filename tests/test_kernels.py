@@ -93,20 +93,19 @@ def test_a_slow_onednn_step_is_warned_about(tiny_target, monkeypatch, caplog, ra
     assert kernels.warn_if_slow_one_row(tiny_target, "torch", log) is None  # only the oneDNN kernel is checked
 
 
-@pytest.mark.parametrize("device_type, kernel, bf16_native, expect", [
-    ("cpu", "auto", True, torch.bfloat16),
-    ("cpu", "onednn", True, torch.bfloat16),
-    ("cpu", "torch", True, torch.float32),  # torch's bf16 linears on a CPU are slower than fp32 ones
-    ("cpu", "auto", False, torch.float32),
+@pytest.mark.parametrize("kernel, bf16_native, expect", [
+    ("auto", True, torch.bfloat16),
+    ("onednn", True, torch.bfloat16),
+    ("torch", True, torch.float32),  # torch's bf16 linears on a CPU are slower than fp32 ones
+    ("auto", False, torch.float32),
 ])
-def test_auto_draft_dtype_is_bf16_only_where_bf16_linears_run_natively(monkeypatch, device_type, kernel, bf16_native,
-                                                                        expect):
-    import harness.kernels as kernels
+def test_auto_draft_dtype_is_bf16_only_where_bf16_linears_run_natively(monkeypatch, kernel, bf16_native, expect):
+    from harness import kernels
 
     monkeypatch.setattr(kernels, "onednn_problem", lambda dtype, device: None if bf16_native else "no bf16 units")
-    assert kernels.draft_dtype("auto", torch.float32, device_type, kernel) == expect
-    assert kernels.draft_dtype("auto", torch.float16, device_type, kernel) == torch.float16  # a reduced target: its own
-    assert kernels.draft_dtype("float32", torch.float32, device_type, kernel) == torch.float32
+    assert kernels.draft_dtype("auto", torch.float32, "cpu", kernel) == expect
+    assert kernels.draft_dtype("auto", torch.float16, "cpu", kernel) == torch.float16  # a reduced target: its own
+    assert kernels.draft_dtype("float32", torch.float32, "cpu", kernel) == torch.float32
 
 
 def test_an_unknown_draft_dtype_names_the_choices():

@@ -203,6 +203,8 @@ GREEDY_CASES = [
     ("hydra", {"choices": "chain4", "vocab_size": None}),
     ("hydra", {"choices": "medusa_mc_sim_7b_63", "vocab_size": 64}),
     ("hydra", {"choices": "cpu6", "vocab_size": 64, "dtype": "bfloat16"}),
+    ("medusa", {"choices": "cpu6", "vocab_size": 64, "dtype": "float32"}),
+    ("hydra", {"choices": "cpu6", "vocab_size": 64, "dtype": "float32"}),
 ]
 
 
