@@ -44,6 +44,7 @@ class Drafter:
 
     name = "drafter"
     hidden_layers: tuple[int | str, ...] = ()
+    draft_dtype: str | None = None  # a learned head's weight dtype, as method.dtype resolved (result rows)
 
     def begin(self, state: DecodeState, prefill: ForwardOutput) -> None:
         """Called once per generation after the prefill forward (which emitted ``state.ids[-1]``)."""

@@ -307,7 +307,7 @@ class Runner:
             "method_hash": hashlib.sha256(json.dumps(method_dict, sort_keys=True).encode()).hexdigest()[:10],
             "acceptance_rule": gen.acceptance_rule,
             "lossless": bool(gen.lossless),
-            "draft_dtype": getattr(getattr(gen, "drafter", None), "draft_dtype", None),  # a head's resolved method.dtype
+            "draft_dtype": getattr(getattr(gen, "drafter", None), "draft_dtype", None),  # peers have no drafter
             "group": sample.group,
             "category": sample.category,
             "prompt_id": sample.id,
