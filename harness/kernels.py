@@ -84,9 +84,6 @@ def resolve_kernel(kernel: str, dtype: torch.dtype, device: torch.device | str =
     return kernel
 
 
-DRAFT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
 def draft_dtype(name: str, target_dtype: torch.dtype, device: torch.device | str, kernel: str) -> torch.dtype:
     """The weight dtype of a draft head for ``method.dtype=name``.
 
@@ -102,9 +99,11 @@ def draft_dtype(name: str, target_dtype: torch.dtype, device: torch.device | str
         if target_dtype == torch.float32 and kernel != "torch" and onednn_problem(torch.bfloat16, dev) is None:
             return torch.bfloat16
         return target_dtype
-    if name not in DRAFT_DTYPES:
-        raise SpeclabError(f"unknown method.dtype {name!r}; choose auto or one of {', '.join(DRAFT_DTYPES)}")
-    return DRAFT_DTYPES[name]
+    from .loading import DTYPES
+
+    if name not in DTYPES:
+        raise SpeclabError(f"unknown method.dtype {name!r}; choose auto or one of {', '.join(DTYPES)}")
+    return DTYPES[name]
 
 
 def apply_kernel(model: nn.Module, kernel: str) -> nn.Module:

@@ -12,9 +12,9 @@ Stages, each cached under --work so a rerun resumes:
 Example (the committed heads for smollm2-135m, 40 minutes of training each, side by side; their READMEs
 have the exact commands and learning curves):
     python scripts/train_eagle.py --variant eagle --prompts 3971 --threads 1 --epochs 30 --train-minutes 40 \
-        --eval-every 500 --out drafts/smollm2-135m/eagle
+        --eval-every 500 --precision bf16 --out drafts/smollm2-135m/eagle
     python scripts/train_eagle.py --variant eagle3 --prompts 3971 --threads 1 --epochs 30 --train-minutes 40 \
-        --eval-every 200 --out drafts/smollm2-135m/eagle3
+        --eval-every 200 --precision bf16 --out drafts/smollm2-135m/eagle3
 """
 
 from __future__ import annotations

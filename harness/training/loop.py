@@ -21,8 +21,8 @@ class Trainer:
 
     ``checkpoint`` (a file) holds the trainable state, the optimiser, the schedule and the time spent; a
     rerun with the same file continues where the last one stopped. A precision other than fp32 adds its name
-    to the file's (``x.pt`` -> ``x-bf16.pt``), so runs in different precisions never resume each other. ``on_eval(step)`` is called every
-    ``eval_every`` steps (learning curves).
+    to the file's (``x.pt`` -> ``x-bf16.pt``), so runs in different precisions never resume each other.
+    ``on_eval(step)`` is called every ``eval_every`` steps (learning curves).
 
     ``precision="bf16"`` runs ``loss_fn`` under bfloat16 autocast: the matmuls (the draft-vocabulary projections
     above all) run in bf16 while weights, gradients and the optimiser stay fp32. On a CPU with AMX a step is
