@@ -45,6 +45,10 @@ class Drafter:
     name = "drafter"
     hidden_layers: tuple[int | str, ...] = ()
     draft_dtype: str | None = None  # a learned head's weight dtype, as method.dtype resolved (result rows)
+    # True: drafting costs the same at any depth, and every proposal carries ``meta["grade"]``, a small integer
+    # that orders how far it is likely to be accepted (prompt lookup: the matched suffix's length), so a wrapper
+    # that sizes drafts (``adaptive``) drafts in full and cuts the proposal by the acceptance seen at its grade
+    grades_proposals: bool = False
 
     def begin(self, state: DecodeState, prefill: ForwardOutput) -> None:
         """Called once per generation after the prefill forward (which emitted ``state.ids[-1]``)."""

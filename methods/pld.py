@@ -32,21 +32,30 @@ class PLDConfig(MethodConfig):
     stop_at_eos: bool = True  # cut the draft before a stop token, as transformers does
 
 
-def lookup(seq: np.ndarray, max_ngram: int, min_ngram: int, num_draft: int, match: str) -> np.ndarray:
-    """The continuation (at most ``num_draft`` tokens) of the longest suffix n-gram found earlier in ``seq``."""
+def match_suffix(seq: np.ndarray, max_ngram: int, min_ngram: int, match: str) -> tuple[int, int]:
+    """(n, start): the longest suffix n-gram of ``seq`` found earlier in it, and where its continuation starts;
+    (0, len(seq)) when none is."""
     length = len(seq)
     for n in range(min(max_ngram, length - 1), min_ngram - 1, -1):
         # windows start at 0..length-1-n, so every match has at least one token after it
         windows = sliding_window_view(seq[: length - 1], n)
         hits = np.flatnonzero((windows == seq[length - n :]).all(axis=1))
         if hits.size:
-            start = int(hits[0] if match == "first" else hits[-1]) + n
-            return seq[start : start + num_draft]
-    return seq[:0]
+            return n, int(hits[0] if match == "first" else hits[-1]) + n
+    return 0, length
+
+
+def lookup(seq: np.ndarray, max_ngram: int, min_ngram: int, num_draft: int, match: str) -> np.ndarray:
+    """The continuation (at most ``num_draft`` tokens) of the longest suffix n-gram found earlier in ``seq``."""
+    _, start = match_suffix(seq, max_ngram, min_ngram, match)
+    return seq[start : start + num_draft]
 
 
 class PromptLookup(Drafter):
     name = "pld"
+    # a draft's grade is the length of the matched suffix: on SmolLM2's Spec-Bench answers a 1-token match's
+    # first token is accepted about 15% of the time, a 3-token match's 70-87% (BENCHMARKS.md section 9)
+    grades_proposals = True
 
     def __init__(self, cfg: PLDConfig, stop_ids: set[int]) -> None:
         if not 1 <= cfg.min_ngram <= cfg.max_ngram:
@@ -63,12 +72,13 @@ class PromptLookup(Drafter):
     def propose(self, state: DecodeState, max_depth: int) -> Proposal:
         c = self.cfg
         seq = np.asarray(state.ids, dtype=np.int64)
-        draft = lookup(seq, c.max_ngram, c.min_ngram, min(c.num_draft, max_depth), c.match)
+        n, start = match_suffix(seq, c.max_ngram, c.min_ngram, c.match)
+        draft = seq[start : start + min(c.num_draft, max_depth)]
         if self.stop_ids.size and draft.size:
             stops = np.flatnonzero(np.isin(draft, self.stop_ids))
             if stops.size:
                 draft = draft[: stops[0]]
-        return Proposal.chain(draft.tolist())
+        return Proposal.chain(draft.tolist(), grade=n)
 
 
 @METHODS.register("pld", PLDConfig)

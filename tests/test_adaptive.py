@@ -221,3 +221,57 @@ def test_prompt_carry_one_keeps_the_counts_whole():
     before = (list(d.tried), list(d.passed), d.context)
     d.begin(DecodeState([1, 2, 3], 3, 10_000, None, Sampling(), None), None)
     assert (d.tried, d.passed, d.context) == before
+
+
+class GradedChain(Drafter):
+    """Proposes a chain as deep as allowed, graded 3 (a long match: accepted whole) on every third step and
+    1 (a one-token match: never accepted) otherwise, as prompt lookup grades its drafts."""
+
+    grades_proposals = True
+
+    def __init__(self):
+        self.asked = []
+
+    def propose(self, state, max_depth):
+        self.asked.append(max_depth)
+        return Proposal.chain(list(range(max_depth)), grade=3 if len(self.asked) % 3 == 0 else 1)
+
+
+def graded_steps(d, n):
+    state = DecodeState([1, 2, 3], 3, 10_000, None, Sampling(), None)
+    cut = {1: [], 3: []}
+    for _ in range(n):
+        proposal = d.propose(state, 64)
+        d._t_proposed -= 0.05 * (1 + 0.3 * len(proposal))
+        a = len(proposal) if d.grade == 3 else 0
+        cut[d.grade].append(len(proposal))
+        d.observe(state, proposal, VerifyResult(list(range(a)), 0, a), None)
+    return cut
+
+
+def test_graded_proposals_are_cut_by_the_acceptance_seen_at_their_grade():
+    d = AdaptiveDrafter(GradedChain(), 8, linear)
+    cut = graded_steps(d, 300)
+    assert set(d.inner.asked) == {8}  # always drafted in full: the cut is the wrapper's
+    assert d.best_depth(64, d.context, grade=1) == 0 and d.best_depth(64, d.context, grade=3) == 8
+    assert sum(n > 0 for n in cut[1][-60:]) <= 60 // EXPLORE_EVERY + 1  # one-token probes only
+    assert cut[3][-20:] == [8] * 20
+
+
+def test_graded_false_asks_for_a_depth_and_ignores_grades():
+    d = AdaptiveDrafter(GradedChain(), 8, linear, graded=False)
+    state = DecodeState([1, 2, 3], 3, 10_000, None, Sampling(), None)
+    proposal = d.propose(state, 64)
+    assert d.grade is None and d.inner.asked == [len(proposal)]
+
+
+def test_prompt_lookup_grades_a_draft_by_the_length_of_its_match():
+    from methods.pld import PLDConfig, PromptLookup
+
+    pld = PromptLookup(PLDConfig(), set())
+    state = DecodeState([5, 6, 7, 8, 9, 1, 6, 7], 8, 10_000, None, Sampling(), None)
+    assert pld.propose(state, 4).meta["grade"] == 2 and pld.propose(state, 4).tokens == [8, 9, 1, 6]
+    state.ids = [5, 6, 7, 8, 9, 1, 7]
+    assert pld.propose(state, 2).meta["grade"] == 1 and pld.propose(state, 2).tokens == [8, 9]
+    state.ids = [5, 6, 7]
+    assert pld.propose(state, 2).tokens == [] and pld.grades_proposals

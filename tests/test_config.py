@@ -126,7 +126,7 @@ OPTION_OVERRIDES = {
                "vocab_size": ("null", None), "posterior_threshold": ("0.05", 0.05), "posterior_alpha": ("0.2", 0.2),
                "typical_bonus": ("sample", "sample")},
     "adaptive": {"name": ("ad", "ad"), "rule": ("greedy", "greedy"), "inner": ("eagle2", "eagle2"), "max_depth": ("8", 8),
-                 "expert_term": ("false", False), "prompt_carry": ("0.2", 0.2)},
+                 "expert_term": ("false", False), "prompt_carry": ("0.2", 0.2), "graded": ("false", False)},
     "hydra": {"name": ("hyd", "hyd"), "rule": ("rejection", "rejection"), "head": ("/heads/hydra", "/heads/hydra"),
               "dtype": ("bfloat16", "bfloat16"), "choices": ("chain4", "chain4"), "vocab_size": ("4096", 4096),
               "posterior_threshold": ("0.09", 0.09), "posterior_alpha": ("0.5", 0.5), "typical_bonus": ("argmax", "argmax")},
