@@ -9,12 +9,12 @@ Stages, each cached under --work so a rerun resumes:
    with held-out tau measured by the engine every --eval-every steps (a learning curve);
 3. export: the head in the official layout (config.json + model.safetensors), token frequencies, a README.
 
-Example (the committed heads for smollm2-135m, 40 minutes of training each, side by side; their READMEs
-have the exact commands and learning curves):
+Example (the committed heads for smollm2-135m, 40 minutes of training each: EAGLE-1 on one thread beside
+another run, EAGLE-3 alone on two; their READMEs have the exact commands and learning curves):
     python scripts/train_eagle.py --variant eagle --prompts 3971 --threads 1 --epochs 30 --train-minutes 40 \
         --eval-every 500 --precision bf16 --out drafts/smollm2-135m/eagle
-    python scripts/train_eagle.py --variant eagle3 --prompts 3971 --threads 1 --epochs 30 --train-minutes 40 \
-        --eval-every 200 --precision bf16 --out drafts/smollm2-135m/eagle3
+    python scripts/train_eagle.py --variant eagle3 --prompts 3971 --threads 2 --epochs 30 --train-minutes 40 \
+        --eval-every 1000 --precision bf16 --out drafts/smollm2-135m/eagle3
 """
 
 from __future__ import annotations

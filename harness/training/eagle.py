@@ -163,8 +163,10 @@ class EagleLoss:
         final = batch.hidden["final"]
         losses: dict[str, torch.Tensor] = {}
         total = None
-        for u in self.unroll(batch):
-            ce, acc = self._token_loss(u.out, final, u.where, u.step, u.valid)
+        unrolled = self.unroll(batch)
+        labels = self._labels(final, unrolled)
+        for u in unrolled:
+            ce, acc = self._token_loss(u, labels)
             losses[f"ce{u.step}"] = ce
             if u.step == 0:
                 losses["acc0"] = acc
@@ -177,18 +179,32 @@ class EagleLoss:
                 total = (self.decay ** u.step) * ce if total is None else total + (self.decay ** u.step) * ce
         return {"loss": total, **losses}
 
-    def _token_loss(self, out: torch.Tensor, final: torch.Tensor, where: torch.Tensor, step: int, valid: torch.Tensor):
-        """Soft CE of the head's logits at ``out[b, j]`` (position ``where[b, j]``) against the target's distribution
-        for the token after position where + 1 + step, and the top-1 agreement."""
-        b_idx, j_idx = valid.nonzero(as_tuple=True)
-        if b_idx.numel() == 0:
-            zero = out.sum() * 0.0
-            return zero, zero.detach()
-        rows = out[b_idx, j_idx]
-        src = where[b_idx, j_idx] + 1 + step
+    def _labels(self, final: torch.Tensor, unrolled: list[StepOutput]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The target's distributions over the draft vocabulary that the steps' losses read, each computed once:
+        step k at position t wants the one after position t + 1 + k, which step 0 wants at t + k, so the steps
+        share most of their labels (and the 8,192-column projection is a large part of a training step).
+
+        Returns the distributions [m, V] and, per step, the row of each of its valid outputs."""
+        T = final.shape[1]
+        keys = []
+        for u in unrolled:
+            b_idx, j_idx = u.valid.nonzero(as_tuple=True)
+            keys.append(b_idx * T + u.where[b_idx, j_idx] + 1 + u.step)
+        unique, inverse = torch.unique(torch.cat(keys), return_inverse=True)
         with torch.no_grad():
-            probs = torch.softmax(F.linear(final[b_idx, src], self.w), dim=-1)
-        logits = self.head.logits(rows)
+            probs = torch.softmax(F.linear(final.reshape(-1, final.shape[-1])[unique], self.w), dim=-1)
+        return probs, list(inverse.split([len(k) for k in keys]))
+
+    def _token_loss(self, u: StepOutput, labels: tuple[torch.Tensor, list[torch.Tensor]]):
+        """Soft CE of the head's logits at ``u.out[b, j]`` (position ``u.where[b, j]``) against the target's
+        distribution for the token after position where + 1 + step, and (step 0 only) the top-1 agreement."""
+        b_idx, j_idx = u.valid.nonzero(as_tuple=True)
+        if b_idx.numel() == 0:
+            zero = u.out.sum() * 0.0
+            return zero, zero.detach()
+        probs = labels[0][labels[1][u.step]]
+        logits = self.head.logits(u.out[b_idx, j_idx])
         ce = soft_cross_entropy(logits, probs).mean()
-        acc = (logits.argmax(-1) == probs.argmax(-1)).float().mean().detach()
+        # an argmax over the draft vocabulary costs what a tenth of the step does: measured where it is reported
+        acc = (logits.argmax(-1) == probs.argmax(-1)).float().mean().detach() if u.step == 0 else None
         return ce, acc
