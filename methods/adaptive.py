@@ -146,6 +146,7 @@ class AdaptiveDrafter(Drafter):
         # inner drafter that does not grade its proposals
         self.tried_in: dict[tuple[int | None, int], list[float]] = defaultdict(lambda: [0.0] * (max_depth + 1))
         self.passed_in: dict[tuple[int | None, int], list[float]] = defaultdict(lambda: [0.0] * (max_depth + 1))
+        self._no_counts = [0.0] * (max_depth + 1)
         self.context = MISS
         self.grade: int | None = None  # the grade of the proposal being verified
         self._idle = 0  # undrafted steps in a row
@@ -161,7 +162,9 @@ class AdaptiveDrafter(Drafter):
         """s_d for d = 0..max_depth (s_0 = 1: the target's own token), pooled or after a given outcome (and for a
         proposal of a given grade)."""
         s, rate, here = [1.0], PRIOR_RATE, None
-        key = (grade, context)
+        # read without inserting: a context never visited has no counts
+        tried = self.tried_in.get((grade, context), self._no_counts)
+        passed = self.passed_in.get((grade, context), self._no_counts)
         for d in range(1, self.max_depth + 1):
             # a depth's prior is the rate of the depth above it: acceptance rates along a draft change slowly,
             # so one level past what was tried looks about as good as the last tried level and gets explored
@@ -170,8 +173,7 @@ class AdaptiveDrafter(Drafter):
                 # in a context: depth 1 leans on the pooled rate, deeper levels on this context's level above,
                 # so after a fully accepted draft (copying) the untried depths look as good as the tried ones
                 prior = rate if here is None else here
-                tried, passed = self.tried_in.get(key), self.passed_in.get(key)
-                here = ((passed[d] if passed else 0.0) + prior * PRIOR_WEIGHT) / ((tried[d] if tried else 0.0) + PRIOR_WEIGHT)
+                here = (passed[d] + prior * PRIOR_WEIGHT) / (tried[d] + PRIOR_WEIGHT)
             s.append(s[-1] * (rate if context is None else here))
         return s
 
