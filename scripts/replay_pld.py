@@ -19,13 +19,14 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from methods.pld import PLDConfig, match_suffix  # noqa: E402
-from tasks.base import build_task  # noqa: E402
+from methods.pld import PLDConfig, match_suffix
+from tasks.base import build_task
 
 
 def replay(prompt: list[int], answer: list[int], cfg: PLDConfig, draft: int, depths: int) -> list[tuple[int, int]]:
@@ -55,8 +56,7 @@ def main(argv: list[str] | None = None) -> dict[int, list[float]]:
     rows = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
     answers = {(r["prompt_id"], r["turn"]): r["token_ids"] for r in rows if r["role"] == "baseline" and r["repeat"] == 0}
     task = build_task(OmegaConf.create(config["task"]))
-    import pandas as pd  # the run's model path, as the run resolved it
-
+    # the tokenizer of the model the run resolved
     tok = AutoTokenizer.from_pretrained(pd.read_parquet(run / "results.parquet").model_path.iloc[0])
     counts: dict[int, np.ndarray] = defaultdict(lambda: np.zeros(args.depths + 1))
     for sample in task.samples():
