@@ -28,14 +28,18 @@ class Chain(Drafter):
 
 
 def steps(drafter, accept, n, verify_s=None):
-    """``n`` steps in which the target accepts ``accept(depth)`` tokens; verification takes ``verify_s(width)``."""
+    """``n`` steps in which the target accepts ``accept(depth)`` tokens; verification takes ``verify_s(width)``.
+    Returns (grade, drafted tokens) of each step."""
     state = DecodeState([1, 2, 3], 3, 10_000, None, Sampling(), None)
+    drafted = []
     for _ in range(n):
         proposal = drafter.propose(state, 64)
         if verify_s is not None:
             drafter._t_proposed -= verify_s(1 + len(proposal))  # as if the forward had taken that long
         a = accept(len(proposal))
+        drafted.append((drafter.grade, len(proposal)))
         drafter.observe(state, proposal, VerifyResult(list(range(a)), 0, a), None)
+    return drafted
 
 
 def linear(k):
@@ -237,21 +241,10 @@ class GradedChain(Drafter):
         return Proposal.chain(list(range(max_depth)), grade=3 if len(self.asked) % 3 == 0 else 1)
 
 
-def graded_steps(d, n):
-    state = DecodeState([1, 2, 3], 3, 10_000, None, Sampling(), None)
-    cut = {1: [], 3: []}
-    for _ in range(n):
-        proposal = d.propose(state, 64)
-        d._t_proposed -= 0.05 * (1 + 0.3 * len(proposal))
-        a = len(proposal) if d.grade == 3 else 0
-        cut[d.grade].append(len(proposal))
-        d.observe(state, proposal, VerifyResult(list(range(a)), 0, a), None)
-    return cut
-
-
 def test_graded_proposals_are_cut_by_the_acceptance_seen_at_their_grade():
     d = AdaptiveDrafter(GradedChain(), 8, linear)
-    cut = graded_steps(d, 300)
+    drafted = steps(d, lambda depth: depth if d.grade == 3 else 0, 300, verify_s=lambda w: 0.05 * (1 + 0.3 * (w - 1)))
+    cut = {g: [n for grade, n in drafted if grade == g] for g in (1, 3)}
     assert set(d.inner.asked) == {8}  # always drafted in full: the cut is the wrapper's
     assert d.best_depth(64, d.context, grade=1) == 0 and d.best_depth(64, d.context, grade=3) == 8
     assert sum(n > 0 for n in cut[1][-60:]) <= 60 // EXPLORE_EVERY + 1  # one-token probes only
