@@ -42,21 +42,15 @@ from methods.pld import PLDConfig, match_suffix
 from tasks.base import build_task
 
 
-def replay(prompt: list[int], answer: list[int], cfg: PLDConfig, draft: int, depths: int) -> list[tuple[int, int]]:
-    """(matched suffix length, accepted length up to ``depths``) for each step of a greedy replay; the first answer
-    token is the prompt's forward's, as in the engine, so drafting starts after it."""
-    seq, t, steps = list(prompt) + answer[:1], 1, []
-    while t < len(answer):
-        n, start = match_suffix(np.asarray(seq, dtype=np.int64), cfg.max_ngram, cfg.min_ngram, cfg.match)
-        cont = seq[start : start + depths]
-        accepted = 0
-        while accepted < len(cont) and t + accepted < len(answer) and cont[accepted] == answer[t + accepted]:
-            accepted += 1
-        steps.append((n, accepted))
-        commit = min(min(accepted, draft) + 1, len(answer) - t)
-        seq += answer[t : t + commit]
-        t += commit
-    return steps
+def replay(steps: list[tuple[int, int, int]], draft: int) -> list[tuple[int, int]]:
+    """(matched suffix length, accepted length) for each step of a greedy replay drafting ``draft`` tokens a step,
+    walked over an answer's ``lookahead`` (the accepted length as far as the lookahead's cap, past ``draft``)."""
+    t, out = 0, []
+    while t < len(steps):
+        grade, _, accepted = steps[t]
+        out.append((grade, accepted))
+        t += min(accepted, draft) + 1
+    return out
 
 
 def lookahead(prompt: list[int], answer: list[int], cfg: PLDConfig, cap: int, stops: frozenset[int] = frozenset(),
@@ -249,19 +243,22 @@ def main(argv: list[str] | None = None) -> dict[int, list[float]]:
             raise SystemExit(f"error: {run} has no results.parquet or parts/; pass a run folder")
     model_path = pd.read_parquet(results).model_path.iloc[0]
     tok = AutoTokenizer.from_pretrained(model_path)
-    rendered, keys = [], []  # (group, prompt, answer) of every baseline answer, and its (prompt id, turn)
+    fixed = [int(d) for d in args.fixed.split(",")]
+    stops = stop_ids(tok, model_path)
+    lookaheads = {}  # (prompt id, turn) -> (group, lookahead) of every baseline answer
     for sample in task.samples():
         history: list[str] = []
         for turn in range(len(sample.turns)):
             answer = answers.get((sample.id, turn + 1))
             if answer is None:
                 break
-            rendered.append((sample.group, task.render(sample, turn, history, tok), answer))
-            keys.append((sample.id, turn + 1))
+            prompt = task.render(sample, turn, history, tok)
+            lookaheads[(sample.id, turn + 1)] = (sample.group, lookahead(
+                prompt, answer, PLDConfig(), max(args.depths, args.cap, *fixed), stops, config["max_new_tokens"]))
             history.append(tok.decode(answer, skip_special_tokens=True))
     counts: dict[int, np.ndarray] = defaultdict(lambda: np.zeros(args.depths + 1))
-    for _, prompt, answer in rendered:
-        for n, accepted in replay(prompt, answer, PLDConfig(), args.draft, args.depths):
+    for _, steps in lookaheads.values():
+        for n, accepted in replay(steps, args.draft):
             counts[n][: accepted + 1] += 1
     print("| matched suffix | steps | " + " | ".join(f"depth {d}" for d in range(1, args.depths + 1)) + " |")
     print("|---" * (args.depths + 2) + "|")
@@ -270,12 +267,8 @@ def main(argv: list[str] | None = None) -> dict[int, list[float]]:
         c = counts[n]
         shares[n] = [float(x / c[0]) for x in c[1:]]
         print(f"| {n} | {int(c[0])} | " + " | ".join(f"{x:.2f}" for x in shares[n]) + " |")
-    fixed = [int(d) for d in args.fixed.split(",")]
     if not (args.cost or args.fit_costs):
         return shares
-    stops = stop_ids(tok, model_path)
-    lookaheads = {key: (group, lookahead(prompt, answer, PLDConfig(), max(args.cap, *fixed), stops, config["max_new_tokens"]))
-                  for key, (group, prompt, answer) in zip(keys, rendered)}
     # the baseline's prompt forwards: the same for every policy, and part of the report's per-prompt speedups
     measured = pd.read_parquet(results)
     base = measured[(measured.role == "baseline") & (measured.repeat == 0)]

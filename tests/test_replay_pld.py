@@ -24,9 +24,9 @@ from scripts.replay_pld import (
 def test_replay_accepts_the_common_prefix_and_commits_a_bonus_token():
     prompt = [5, 6, 7, 8, 9]
     answer = [5, 6, 7, 1, 2]
-    steps = replay(prompt, answer, PLDConfig(), draft=2, depths=4)
+    steps = replay(lookahead(prompt, answer, PLDConfig(), cap=4), draft=2)
     # the prompt's forward commits 5; then suffix [9, 5]? no; [5] matched (1 token) -> draft 6 7 8 9: 6, 7
-    # accepted (capped at 2), +bonus 1; then suffix [7, 1]/[1] unseen: no draft; commits 2
+    # accepted (8 is not 1), +bonus 1; then suffix [7, 1]/[1] unseen: no draft; commits 2
     assert steps == [(1, 2), (0, 0)]
 
 
