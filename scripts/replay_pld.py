@@ -44,13 +44,8 @@ from tasks.base import build_task
 
 def replay(steps: list[tuple[int, int, int]], draft: int) -> list[tuple[int, int]]:
     """(matched suffix length, accepted length) for each step of a greedy replay drafting ``draft`` tokens a step,
-    walked over an answer's ``lookahead`` (the accepted length as far as the lookahead's cap, past ``draft``)."""
-    t, out = 0, []
-    while t < len(steps):
-        grade, _, accepted = steps[t]
-        out.append((grade, accepted))
-        t += min(accepted, draft) + 1
-    return out
+    over an answer's ``lookahead`` (the accepted length as far as the lookahead's cap, past ``draft``)."""
+    return [(steps[t][0], steps[t][2]) for t, _ in walk(steps, draft)]
 
 
 def lookahead(prompt: list[int], answer: list[int], cfg: PLDConfig, cap: int, stops: frozenset[int] = frozenset(),
@@ -93,16 +88,22 @@ def cost_curve(spec: str) -> Callable[[int], float]:
     return cost
 
 
-def widths(steps: list[tuple[int, int, int]], draft: int | dict[int, int]) -> list[int]:
-    """The verification widths of drafting ``draft`` tokens every step (as far as prompt lookup has them) through
-    the answer; ``draft`` may depend on the matched suffix's length (a dict from it to the draft length)."""
+def walk(steps: list[tuple[int, int, int]], draft: int | dict[int, int]) -> list[tuple[int, int]]:
+    """(position, tokens drafted) for each step of drafting ``draft`` tokens every step (as far as prompt lookup has
+    them) through an answer's ``lookahead``; ``draft`` may depend on the matched suffix's length (a dict from it to
+    the draft length)."""
     t, out = 0, []
     while t < len(steps):
         grade, available, accepted = steps[t]
         k = min(draft if isinstance(draft, int) else draft.get(grade, 0), available)
-        out.append(k + 1)
+        out.append((t, k))
         t += min(accepted, k) + 1
     return out
+
+
+def widths(steps: list[tuple[int, int, int]], draft: int | dict[int, int]) -> list[int]:
+    """The verification widths of ``walk``."""
+    return [k + 1 for _, k in walk(steps, draft)]
 
 
 def fixed_cost(steps: list[tuple[int, int, int]], draft: int | dict[int, int], cost: Callable[[int], float]) -> float:
