@@ -144,8 +144,9 @@ def fit_costs(results: pd.DataFrame, lookaheads: dict[tuple[str, int], tuple[str
 
 
 def oracle_cost(steps: list[tuple[int, int, int]], cap: int, cost: Callable[[int], float]) -> float:
-    """The least verify time of any per-step choice of draft length <= ``cap``, knowing each draft's fate: drafting
-    past the accepted tokens only costs, so at position t the choice is d <= accepted, then t + d + 1."""
+    """The least verify time of any per-step choice of draft length <= ``cap``, knowing each draft's fate: with a cost
+    that does not fall with width, drafting past the accepted tokens only costs, so at position t the choice is
+    d <= accepted, then t + d + 1."""
     best = [0.0] * (len(steps) + 1)
     for t in range(len(steps) - 1, -1, -1):
         accepted = min(steps[t][2], cap)
