@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> dict[int, list[float]]:
     ceiling = ceiling_table(replayed, cost, fixed, args.cap, args.step_ms)
     cols = [f"pld_{d}" for d in fixed] + ["best graded", "graded depths", "oracle", "best graded / best fixed",
                                           "oracle / best fixed"]
-    print(f"\nspeedup over plain decoding priced by --cost; best graded: the draft length for each matched-suffix "
+    print(f"\nspeedup over plain decoding at that price, prompt forwards included; best graded: the draft length for each matched-suffix "
           f"length 1..{PLDConfig.max_ngram} that is best for the group in hindsight; oracle: the best draft length "
           f"each step, at most {args.cap}\n")
     print("| group | " + " | ".join(f"`{c}`" if c.startswith("pld") else c for c in cols) + " |")
