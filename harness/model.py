@@ -108,6 +108,16 @@ def layer_states(out: Any, hidden_layers: Sequence[int | str]) -> dict[int | str
     return {layer: final if layer == "final" else out.hidden_states[layer][0] for layer in hidden_layers}
 
 
+def stop_token_ids(generation_config: Any, tokenizer: Any) -> set[int]:
+    """The tokens that end a generation: the generation config's eos ids and the tokenizer's."""
+    ids: set[int] = set()
+    for src in (getattr(generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+        if src is None:
+            continue
+        ids.update([src] if isinstance(src, int) else list(src))
+    return ids
+
+
 @dataclass
 class ModelInfo:
     """Provenance of a loaded model, copied into every results row."""
@@ -171,12 +181,7 @@ class TargetModel:
 
     @property
     def stop_ids(self) -> set[int]:
-        ids: set[int] = set()
-        for src in (self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id):
-            if src is None:
-                continue
-            ids.update([src] if isinstance(src, int) else list(src))
-        return ids
+        return stop_token_ids(self.model.generation_config, self.tokenizer)
 
     def new_cache(self, capacity: int) -> KVCache:
         if self.static is not None:

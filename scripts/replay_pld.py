@@ -38,6 +38,7 @@ from transformers import AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from harness.model import stop_token_ids
 from methods.pld import PLDConfig, match_suffix
 from tasks.base import build_task
 
@@ -207,16 +208,14 @@ def ceiling_table(answers: list[Replayed], cost: Callable[[str], Callable[[int],
 
 
 def stop_ids(tok, model_path: str) -> frozenset[int]:
-    """The target's stop tokens, as ``TargetModel.stop_ids`` reads them (generation config and tokenizer)."""
+    """The target's stop tokens, as the engine reads them, without loading the model."""
     from transformers import GenerationConfig
 
-    ids = {tok.eos_token_id} if tok.eos_token_id is not None else set()
     try:
-        eos = GenerationConfig.from_pretrained(model_path).eos_token_id
+        generation_config = GenerationConfig.from_pretrained(model_path)
     except OSError:
-        eos = None
-    ids.update([] if eos is None else [eos] if isinstance(eos, int) else eos)
-    return frozenset(ids)
+        generation_config = None
+    return frozenset(stop_token_ids(generation_config, tok))
 
 
 def main(argv: list[str] | None = None) -> dict[int, list[float]]:
