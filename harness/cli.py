@@ -10,9 +10,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from .config import CONF_DIR
-from .errors import SpeclabError
-from .sweep import warn_if_parallel
+from harness.core.config import CONF_DIR
+from harness.core.errors import SpeclabError
+from harness.bench.sweep import warn_if_parallel
 
 GROUPS = ("model", "method", "task", "baseline", "logger", "experiment")
 
@@ -37,7 +37,7 @@ def check_choices(argv: list[str]) -> None:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
-    from .runner import Runner, as_config, print_summary
+    from harness.bench.runner import Runner, as_config, print_summary
 
     for noisy in ("httpx", "matplotlib"):  # Hydra logs INFO; these libraries would fill the job log
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -50,15 +50,15 @@ def _main(cfg: DictConfig) -> None:
         runner = Runner(cfg)
         df = runner.run()
         summary = print_summary(df, Path(out_dir))
-        from .report import write_reports
+        from harness.results.tables import write_reports
 
         report = write_reports(df, summary, Path(out_dir), cfg)
         if cfg.task.family == "digits":  # image runs: sample quality beside speed (issue 17)
-            from .image_quality import image_report
+            from harness.results.image_quality import image_report
 
             print(image_report([Path(out_dir)]))
         if cfg.logger.name == "wandb":
-            from .wandb_log import log_run
+            from harness.results.wandb_log import log_run
 
             log_run(df, report, cfg)
     except SpeclabError as e:

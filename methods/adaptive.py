@@ -62,15 +62,15 @@ from dataclasses import dataclass
 import numpy as np
 from hydra.core.config_store import ConfigStore
 
-from harness import tree as T
-from harness.config import MethodConfig
-from harness.drafter import DecodeState, Drafter
-from harness.errors import SpeclabError
-from harness.experts import ExpertCounter
-from harness.generator import METHODS, EngineGenerator, MethodContext, inner_drafter
-from harness.model import ForwardOutput
-from harness.proposal import Proposal
-from harness.verify import VerifyResult
+from harness.engine import tree as T
+from harness.core.config import MethodConfig
+from harness.engine.drafter import DecodeState, Drafter
+from harness.core.errors import SpeclabError
+from harness.model.experts import ExpertCounter
+from harness.engine.method import METHODS, EngineGenerator, MethodContext, inner_drafter
+from harness.model.target import ForwardOutput
+from harness.engine.proposal import Proposal
+from harness.engine.verifiers import VerifyResult
 
 PRIOR_RATE, PRIOR_WEIGHT = 0.6, 4.0  # depth 1's acceptance before it is tried, worth 4 steps
 EMA = 0.1  # weight of a new timing in the running means (a few dozen steps of memory)

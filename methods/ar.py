@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 from hydra.core.config_store import ConfigStore
 
-from harness.config import MethodConfig
-from harness.drafter import NoDraft
-from harness.generator import METHODS, EngineGenerator, MethodContext
+from harness.core.config import MethodConfig
+from harness.engine.drafter import NoDraft
+from harness.engine.method import METHODS, EngineGenerator, MethodContext
 
 
 @dataclass

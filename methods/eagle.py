@@ -13,11 +13,11 @@ from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
-from harness.config import MethodConfig
-from harness.errors import SpeclabError
-from harness.generator import METHODS, EngineGenerator, MethodContext
-from harness.head_drafter import TreeShape, build_head_generator
-from harness.trees import resolve_choices
+from harness.core.config import MethodConfig
+from harness.core.errors import SpeclabError
+from harness.engine.method import METHODS, EngineGenerator, MethodContext
+from harness.drafting.heads.eagle_drafter import TreeShape, build_head_generator
+from harness.drafting.tree_shapes import resolve_choices
 
 
 @dataclass

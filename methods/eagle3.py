@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 from hydra.core.config_store import ConfigStore
 
-from harness.generator import METHODS, EngineGenerator, MethodContext
-from harness.head_drafter import build_head_generator
+from harness.engine.method import METHODS, EngineGenerator, MethodContext
+from harness.drafting.heads.eagle_drafter import build_head_generator
 
-from .eagle2 import DynamicTreeConfig, dynamic_shape
+from methods.eagle2 import DynamicTreeConfig, dynamic_shape
 
 
 @dataclass

@@ -26,16 +26,16 @@ from typing import Optional
 import torch
 from hydra.core.config_store import ConfigStore
 
-from harness.config import MethodConfig
-from harness.decoder import PromptResult
-from harness.device import synchronize
-from harness.drafts import export_hf
-from harness.errors import SpeclabError
-from harness.generator import METHODS, Generator, MethodContext
-from harness.loading import load_target
-from harness.model import TargetModel
+from harness.core.config import MethodConfig
+from harness.engine.decoder import PromptResult
+from harness.model.device import synchronize
+from harness.drafting.draft_models import export_hf
+from harness.core.errors import SpeclabError
+from harness.engine.method import METHODS, Generator, MethodContext
+from harness.loading.sources import load_target
+from harness.model.target import TargetModel
 
-from .sps import DraftModelConfig
+from methods.sps import DraftModelConfig
 
 
 @dataclass
@@ -217,7 +217,7 @@ def stock_copy(ctx: MethodContext) -> TargetModel:
         return _STOCK[ctx.target]
     info = ctx.target.info
     if "tiny" in info.extra:
-        from harness.loading import TinySpec
+        from harness.loading.sources import TinySpec
 
         stock = load_target(info.name, "tiny", None, info.dtype, "sdpa", tiny=TinySpec(**info.extra["tiny"]),
                             device=ctx.target.device)
@@ -255,7 +255,7 @@ def build_pld(cfg: HFPLDConfig, ctx: MethodContext) -> HFGenerator:
 def build_assisted(cfg: HFAssistedConfig, ctx: MethodContext) -> HFGenerator:
     from transformers import AutoModelForCausalLM
 
-    from harness.drafts import default_draft
+    from harness.drafting.draft_models import default_draft
 
     stock = stock_copy(ctx)
     folder = export_hf(cfg.draft.path or default_draft(ctx.target.info.name), ctx.target)

@@ -14,15 +14,15 @@ from typing import Any
 import torch
 from hydra.core.config_store import ConfigStore
 
-from harness import trees
-from harness.drafter import DecodeState
-from harness.generator import METHODS, EngineGenerator, MethodContext
-from harness.heads import causal_mask
-from harness.model import ForwardOutput
-from harness.proposal import Proposal
-from harness.verify import VerifyResult
+from harness.drafting import tree_shapes as trees
+from harness.engine.drafter import DecodeState
+from harness.engine.method import METHODS, EngineGenerator, MethodContext
+from harness.drafting.heads.eagle_head import causal_mask
+from harness.model.target import ForwardOutput
+from harness.engine.proposal import Proposal
+from harness.engine.verifiers import VerifyResult
 
-from .medusa import ParallelHeadsConfig, ParallelHeadsDrafter, build_parallel_generator
+from methods.medusa import ParallelHeadsConfig, ParallelHeadsDrafter, build_parallel_generator
 
 
 @dataclass

@@ -16,15 +16,15 @@ from dataclasses import dataclass
 import torch
 from hydra.core.config_store import ConfigStore
 
-from harness.config import MethodConfig
-from harness.drafter import DecodeState, Drafter
-from harness.drafts import DRAFTS_DIR
-from harness.early_exit import EarlyExitAdapter, load_adapter
-from harness.errors import SpeclabError
-from harness.generator import METHODS, EngineGenerator, MethodContext
-from harness.model import TargetModel
-from harness.proposal import Proposal
-from harness.sampling import Sampling, sample, warp
+from harness.core.config import MethodConfig
+from harness.engine.drafter import DecodeState, Drafter
+from harness.drafting.draft_models import DRAFTS_DIR
+from harness.drafting.early_exit import EarlyExitAdapter, load_adapter
+from harness.core.errors import SpeclabError
+from harness.engine.method import METHODS, EngineGenerator, MethodContext
+from harness.model.target import TargetModel
+from harness.engine.proposal import Proposal
+from harness.engine.sampling import Sampling, sample, warp
 
 
 @dataclass

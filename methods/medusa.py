@@ -18,18 +18,18 @@ from typing import Any, Optional
 import torch
 from hydra.core.config_store import ConfigStore
 
-from harness import trees
-from harness.config import MethodConfig
-from harness.drafter import DecodeState, Drafter
-from harness.errors import SpeclabError
-from harness.generator import METHODS, EngineGenerator, MethodContext
-from harness.head_drafter import frequency_vocab, head_path
-from harness.kernels import apply_kernel, draft_dtype
-from harness.model import ForwardOutput
-from harness.parallel_checkpoints import load_parallel_heads
-from harness.parallel_heads import restrict_outputs
-from harness.proposal import Proposal
-from harness.verify import VerifyResult
+from harness.drafting import tree_shapes as trees
+from harness.core.config import MethodConfig
+from harness.engine.drafter import DecodeState, Drafter
+from harness.core.errors import SpeclabError
+from harness.engine.method import METHODS, EngineGenerator, MethodContext
+from harness.drafting.heads.eagle_drafter import frequency_vocab, head_path
+from harness.model.kernels import apply_kernel, draft_dtype
+from harness.model.target import ForwardOutput
+from harness.drafting.heads.medusa_checkpoints import load_parallel_heads
+from harness.drafting.heads.medusa_heads import restrict_outputs
+from harness.engine.proposal import Proposal
+from harness.engine.verifiers import VerifyResult
 
 
 @dataclass

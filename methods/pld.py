@@ -14,11 +14,11 @@ import numpy as np
 from hydra.core.config_store import ConfigStore
 from numpy.lib.stride_tricks import sliding_window_view
 
-from harness.config import MethodConfig
-from harness.drafter import DecodeState, Drafter
-from harness.errors import SpeclabError
-from harness.generator import METHODS, EngineGenerator, MethodContext
-from harness.proposal import Proposal
+from harness.core.config import MethodConfig
+from harness.engine.drafter import DecodeState, Drafter
+from harness.core.errors import SpeclabError
+from harness.engine.method import METHODS, EngineGenerator, MethodContext
+from harness.engine.proposal import Proposal
 
 
 @dataclass

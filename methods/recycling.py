@@ -31,16 +31,16 @@ import numpy as np
 import torch
 from hydra.core.config_store import ConfigStore
 
-from harness import trees
-from harness.config import MethodConfig
-from harness.drafter import DecodeState, Drafter
-from harness.errors import SpeclabError
-from harness.generator import METHODS, EngineGenerator, MethodContext
-from harness.model import ForwardOutput
-from harness.proposal import Proposal
-from harness.verify import VerifyResult
+from harness.drafting import tree_shapes as trees
+from harness.core.config import MethodConfig
+from harness.engine.drafter import DecodeState, Drafter
+from harness.core.errors import SpeclabError
+from harness.engine.method import METHODS, EngineGenerator, MethodContext
+from harness.model.target import ForwardOutput
+from harness.engine.proposal import Proposal
+from harness.engine.verifiers import VerifyResult
 
-from .rest import check_budget
+from methods.rest import check_budget
 
 PRIOR_WEIGHT = 2.0  # pseudo-observations behind a node's prior acceptance rate
 MAX_CONTEXT = 4

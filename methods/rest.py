@@ -24,13 +24,13 @@ from typing import Any, Optional
 import numpy as np
 from hydra.core.config_store import ConfigStore
 
-from harness import datastore as ds
-from harness.config import MethodConfig
-from harness.drafter import DecodeState, Drafter
-from harness.errors import SpeclabError
-from harness.generator import METHODS, EngineGenerator, MethodContext
-from harness.proposal import Proposal
-from harness.trees import best_first_order, cost_optimal_size, prefix_tree
+from harness.drafting import datastore as ds
+from harness.core.config import MethodConfig
+from harness.engine.drafter import DecodeState, Drafter
+from harness.core.errors import SpeclabError
+from harness.engine.method import METHODS, EngineGenerator, MethodContext
+from harness.engine.proposal import Proposal
+from harness.drafting.tree_shapes import best_first_order, cost_optimal_size, prefix_tree
 
 
 @dataclass

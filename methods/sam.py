@@ -22,17 +22,17 @@ from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
-from harness.config import MethodConfig
-from harness.drafter import DecodeState, Drafter
-from harness.errors import SpeclabError
-from harness.generator import METHODS, EngineGenerator, MethodContext, inner_drafter
-from harness.model import ForwardOutput
-from harness.proposal import Proposal
-from harness.suffix_automaton import Matcher, SuffixAutomaton
-from harness.trees import cost_optimal_size
-from harness.verify import VerifyResult
+from harness.core.config import MethodConfig
+from harness.engine.drafter import DecodeState, Drafter
+from harness.core.errors import SpeclabError
+from harness.engine.method import METHODS, EngineGenerator, MethodContext, inner_drafter
+from harness.model.target import ForwardOutput
+from harness.engine.proposal import Proposal
+from harness.drafting.suffix_automaton import Matcher, SuffixAutomaton
+from harness.drafting.tree_shapes import cost_optimal_size
+from harness.engine.verifiers import VerifyResult
 
-from .rest import load_for, resolve_datastore
+from methods.rest import load_for, resolve_datastore
 
 PRIOR_ACCEPT, PRIOR_WEIGHT = 0.6, 10.0  # a draft token's acceptance before any is verified, worth 10 observations
 MATCH_BUCKETS = 6  # acceptance is tracked per match length 1, 2-3, 4-7, 8-15, 16-31, 32+

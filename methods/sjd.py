@@ -21,14 +21,14 @@ from dataclasses import dataclass
 import torch
 from hydra.core.config_store import ConfigStore
 
-from harness.config import MethodConfig
-from harness.drafter import DecodeState, Drafter
-from harness.errors import SpeclabError
-from harness.generator import METHODS, EngineGenerator, MethodContext
-from harness.model import ForwardOutput
-from harness.proposal import Proposal
-from harness.sampling import Sampling, sample, warp
-from harness.verify import VerifyResult
+from harness.core.config import MethodConfig
+from harness.engine.drafter import DecodeState, Drafter
+from harness.core.errors import SpeclabError
+from harness.engine.method import METHODS, EngineGenerator, MethodContext
+from harness.model.target import ForwardOutput
+from harness.engine.proposal import Proposal
+from harness.engine.sampling import Sampling, sample, warp
+from harness.engine.verifiers import VerifyResult
 
 
 @dataclass

@@ -20,17 +20,17 @@ from typing import Optional
 import torch
 from hydra.core.config_store import ConfigStore
 
-from harness.config import MethodConfig
-from harness.drafter import DecodeState, Drafter
-from harness.drafts import default_draft, load_draft
-from harness.errors import SpeclabError
-from harness.generator import METHODS, EngineGenerator, MethodContext
-from harness import static_forward
-from harness.kernels import apply_kernel
-from harness.model import ForwardOutput, TargetModel
-from harness.proposal import Proposal
-from harness.sampling import Sampling, sample, warp
-from harness.verify import VerifyResult
+from harness.core.config import MethodConfig
+from harness.engine.drafter import DecodeState, Drafter
+from harness.drafting.draft_models import default_draft, load_draft
+from harness.core.errors import SpeclabError
+from harness.engine.method import METHODS, EngineGenerator, MethodContext
+from harness.model import cuda_graphs as static_forward
+from harness.model.kernels import apply_kernel
+from harness.model.target import ForwardOutput, TargetModel
+from harness.engine.proposal import Proposal
+from harness.engine.sampling import Sampling, sample, warp
+from harness.engine.verifiers import VerifyResult
 
 
 @dataclass

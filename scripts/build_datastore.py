@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tqdm.auto import tqdm  # noqa: E402
 
-from harness.datastore import Datastore, tokenizer_fingerprint  # noqa: E402
-from harness.errors import SpeclabError  # noqa: E402
-from harness.loading import cache_dir, load_named  # noqa: E402
+from harness.drafting.datastore import Datastore, tokenizer_fingerprint  # noqa: E402
+from harness.core.errors import SpeclabError  # noqa: E402
+from harness.loading.sources import cache_dir, load_named  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

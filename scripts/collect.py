@@ -23,19 +23,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # runnable from a checkout without `pip install -e .`
 
-from harness.report import (  # noqa: E402
-    CAPTION,
-    Report,
-    figures,
-    plot_heatmap,
-    save_figures,
-    summarize_frame,
-    summary_table,
-    with_labels,
-    write_leaderboard,
-    write_table,
-)
-from harness.results import RESULTS, ResultsStore, read_results, run_folders  # noqa: E402
+from harness.results.tables import CAPTION, Report, figures, plot_heatmap, save_figures, summarize_frame, summary_table, with_labels, write_leaderboard, write_table
+from harness.results.store import RESULTS, ResultsStore, read_results, run_folders  # noqa: E402
 
 ROW_KEY = ["run_id", *ResultsStore.ROW_KEY]  # a compare run has a row per method for each prompt, turn and repeat
 MERGED = "collected.parquet"

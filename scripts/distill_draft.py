@@ -35,15 +35,9 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness.errors import SpeclabError  # noqa: E402
-from harness.loading import cache_dir, load_named  # noqa: E402
-from harness.training.data import (  # noqa: E402
-    NON_COMMERCIAL,
-    AnswerSpec,
-    answer_shards,
-    prompts_path,
-    training_prompts,
-)
+from harness.core.errors import SpeclabError  # noqa: E402
+from harness.loading.sources import cache_dir, load_named  # noqa: E402
+from harness.training.data import NON_COMMERCIAL, AnswerSpec, answer_shards, prompts_path, training_prompts
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -204,7 +198,7 @@ def agreement(draft, samples: list[dict], head_ids: torch.Tensor | None = None) 
 
 
 def export(args, target, draft, stats: dict, freq: list[int], out: Path) -> None:
-    from harness.drafts import save_layer_draft
+    from harness.drafting.draft_models import save_layer_draft
 
     command = "python scripts/distill_draft.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     save_layer_draft(draft, out, target, {"init": f"target layers {args.init} and final norm", "command": command, **stats})

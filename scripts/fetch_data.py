@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness.errors import SpeclabError  # noqa: E402
-from harness.results import write_atomic  # noqa: E402
+from harness.core.errors import SpeclabError  # noqa: E402
+from harness.results.store import write_atomic  # noqa: E402
 from tasks.base import hf_offline, hub_reachable, user_data_dir  # noqa: E402
 
 SPEC_BENCH_URL = "https://raw.githubusercontent.com/hemingkx/Spec-Bench/main/data/spec_bench/question.jsonl"

@@ -51,9 +51,9 @@ def random_target(shape: str, device: torch.device, dtype: torch.dtype, seed: in
     weights with transformers' default attention (for the peers)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from harness import static_forward
-    from harness.model import ModelInfo, TargetModel
-    from harness.tiny import byte_tokenizer
+    from harness.model import cuda_graphs as static_forward
+    from harness.model.target import ModelInfo, TargetModel
+    from harness.model.tiny import byte_tokenizer
 
     torch.manual_seed(seed)
     config = LlamaConfig(**SHAPES[shape], rope_theta=10000.0)
@@ -97,15 +97,15 @@ def attempt(result: dict, name: str, fn):
 
 
 def bench_shape(shape: str, args, device: torch.device, dtype: torch.dtype) -> dict:
-    from harness import verify_cost as vc
-    from harness.checkpoints import new_head
-    from harness.decoder import Decoder
-    from harness.drafter import NoDraft
-    from harness.head_drafter import HeadDrafter, TreeShape
-    from harness.runner import divergence_margin
-    from harness.sampling import Sampling
-    from harness.synthetic import SyntheticDrafter, SyntheticVerifier
-    from harness.verify import GreedyVerifier
+    from harness.engine import cost_curve as vc
+    from harness.drafting.heads.eagle_checkpoints import new_head
+    from harness.engine.decoder import Decoder
+    from harness.engine.drafter import NoDraft
+    from harness.drafting.heads.eagle_drafter import HeadDrafter, TreeShape
+    from harness.bench.runner import divergence_margin
+    from harness.engine.sampling import Sampling
+    from harness.bench.synthetic import SyntheticDrafter, SyntheticVerifier
+    from harness.engine.verifiers import GreedyVerifier
     from methods.hf_peers import HFCompiledGenerator, HFGenerator
     from methods.pld import PLDConfig, PromptLookup
 

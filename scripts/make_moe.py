@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from harness.moe_testbed import ROUTERS, TESTBED, moefy, save_routers
+from harness.loading.moe_testbed import ROUTERS, TESTBED, moefy, save_routers
 
 
 def mlp_inputs(dense, samples: list[dict], n_tokens: int, seed: int) -> list[torch.Tensor]:
@@ -220,15 +220,8 @@ def evaluate(model, held: list[dict], moe_experts: int = 0) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from harness.loading import load_named
-    from harness.training.data import (
-        AnswerSpec,
-        answer_shards,
-        prompts_path,
-        split_holdout,
-        training_prompts,
-        training_work_dir,
-    )
+    from harness.loading.sources import load_named
+    from harness.training.data import AnswerSpec, answer_shards, prompts_path, split_holdout, training_prompts, training_work_dir
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--experts", type=int, default=8)

@@ -38,7 +38,7 @@ from transformers import AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness.model import stop_token_ids
+from harness.model.target import stop_token_ids
 from methods.pld import PLDConfig, match_suffix
 from tasks.base import build_task
 

@@ -28,13 +28,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import methods  # noqa: E402,F401  (registers the methods)
-from harness.config import EngineConfig  # noqa: E402
-from harness.errors import SpeclabError  # noqa: E402
-from harness.generator import METHODS, MethodContext  # noqa: E402
-from harness.kernels import apply_kernel, resolve_kernel  # noqa: E402
-from harness.loading import load_named  # noqa: E402
-from harness.runner import method_node  # noqa: E402
-from harness.sampling import Sampling  # noqa: E402
+from harness.core.config import EngineConfig  # noqa: E402
+from harness.core.errors import SpeclabError  # noqa: E402
+from harness.engine.method import METHODS, MethodContext  # noqa: E402
+from harness.model.kernels import apply_kernel, resolve_kernel  # noqa: E402
+from harness.loading.sources import load_named  # noqa: E402
+from harness.bench.runner import method_node  # noqa: E402
+from harness.engine.sampling import Sampling  # noqa: E402
 from harness.training.data import prompts_path, split_holdout, training_prompts  # noqa: E402
 from harness.training.loop import heldout_tau  # noqa: E402
 

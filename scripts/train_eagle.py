@@ -30,10 +30,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness.checkpoints import new_head, save_head  # noqa: E402
-from harness.errors import SpeclabError  # noqa: E402
-from harness.head_drafter import HeadDrafter, TreeShape  # noqa: E402
-from harness.sampling import Sampling  # noqa: E402
+from harness.drafting.heads.eagle_checkpoints import new_head, save_head  # noqa: E402
+from harness.core.errors import SpeclabError  # noqa: E402
+from harness.drafting.heads.eagle_drafter import HeadDrafter, TreeShape  # noqa: E402
+from harness.engine.sampling import Sampling  # noqa: E402
 from harness.training.data import add_head_trainer_arguments, answers_for, split_holdout  # noqa: E402
 from harness.training.eagle import EagleLoss, batches, draft_vocab  # noqa: E402
 from harness.training.loop import Trainer, heldout_tau  # noqa: E402

@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from harness.early_exit import EarlyExitAdapter, save_adapter  # noqa: E402
-from harness.errors import SpeclabError  # noqa: E402
-from harness.loading import load_named  # noqa: E402
-from harness.sampling import Sampling  # noqa: E402
+from harness.drafting.early_exit import EarlyExitAdapter, save_adapter  # noqa: E402
+from harness.core.errors import SpeclabError  # noqa: E402
+from harness.loading.sources import load_named  # noqa: E402
+from harness.engine.sampling import Sampling  # noqa: E402
 from harness.training.data import head_answers, split_holdout  # noqa: E402
 from harness.training.loop import heldout_tau  # noqa: E402
 

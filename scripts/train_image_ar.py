@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from harness.digits import NULL, TESTBED, digits_split, encode, model_config, tokenizer
-from harness.image_quality import CLASSIFIER, train_classifier
+from harness.loading.digits import NULL, TESTBED, digits_split, encode, model_config, tokenizer
+from harness.results.image_quality import CLASSIFIER, train_classifier
 
 
 def sequences(images: np.ndarray, labels: np.ndarray, drop: np.ndarray | None = None) -> torch.Tensor:

@@ -30,13 +30,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness.errors import SpeclabError  # noqa: E402
-from harness.parallel_checkpoints import save_parallel_heads  # noqa: E402
-from harness.parallel_heads import new_hydra, new_medusa, restrict_outputs  # noqa: E402
+from harness.core.errors import SpeclabError  # noqa: E402
+from harness.drafting.heads.medusa_checkpoints import save_parallel_heads  # noqa: E402
+from harness.drafting.heads.medusa_heads import new_hydra, new_medusa, restrict_outputs  # noqa: E402
 from harness.training.data import add_head_trainer_arguments, answers_for, split_holdout  # noqa: E402
 from harness.training.eagle import batches, draft_vocab  # noqa: E402
 from harness.training.loop import Trainer, heldout_tau  # noqa: E402
-from harness.trees import resolve_choices  # noqa: E402
+from harness.drafting.tree_shapes import resolve_choices  # noqa: E402
 from methods.hydra import HydraDrafter  # noqa: E402
 from methods.medusa import MedusaDrafter  # noqa: E402
 

@@ -31,9 +31,9 @@ def load_config_target(overrides: list[str]):
 
     import methods  # noqa: F401
     import tasks  # noqa: F401
-    from harness.config import CONF_DIR
-    from harness.kernels import apply_kernel, resolve_kernel
-    from harness.loading import load_configured
+    from harness.core.config import CONF_DIR
+    from harness.model.kernels import apply_kernel, resolve_kernel
+    from harness.loading.sources import load_configured
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
@@ -48,8 +48,8 @@ def load_config_target(overrides: list[str]):
 def moe_table(moe_overrides: list[str], dense_overrides: list[str], cache_len: int, repeats: int, ks: list[int]) -> str:
     """Markdown: the MoE target's c(k) beside the dense model's, and its distinct experts per layer beside the
     uniform-routing estimate E (1 - (1 - top_k/E)^k), both verifying real text (this repository's README)."""
-    from harness import verify_cost as vc
-    from harness.experts import uniform_distinct
+    from harness.engine import cost_curve as vc
+    from harness.model.experts import uniform_distinct
 
     text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     curves, experts = {}, {}
@@ -76,7 +76,7 @@ def moe_table(moe_overrides: list[str], dense_overrides: list[str], cache_len: i
 
 
 def measure_config(overrides: list[str], cache_len: int, repeats: int, ks: list[int], save: bool = True) -> tuple[dict, dict[int, float]]:
-    from harness import verify_cost as vc
+    from harness.engine import cost_curve as vc
 
     cfg, target, kernel = load_config_target(overrides)
     key = vc.curve_key(target, kernel, int(cfg.engine.threads), cache_len)
@@ -139,10 +139,10 @@ def bound_run(run_dir: Path, cache_len: int) -> None:
     import pandas as pd
     from omegaconf import OmegaConf
 
-    from harness import verify_cost as vc
-    from harness.report import write_reports
-    from harness.results import RESULTS, read_results, write_parquet_atomic
-    from harness.runner import print_summary
+    from harness.engine import cost_curve as vc
+    from harness.results.tables import write_reports
+    from harness.results.store import RESULTS, read_results, write_parquet_atomic
+    from harness.bench.runner import print_summary
     from methods.hf_peers import PEER_FAMILIES
 
     meta = json.loads((run_dir / "run_config.json").read_text())

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.config import REPO, TaskConfig
-from harness.errors import SpeclabError
-from harness.registry import Registry
+from harness.core.config import REPO, TaskConfig
+from harness.core.errors import SpeclabError
+from harness.core.registry import Registry
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from hydra.core.config_store import ConfigStore
 
-from .base import TASKS
-from .generic import GenericTask, GenericTaskConfig
+from tasks.base import TASKS
+from tasks.generic import GenericTask, GenericTaskConfig
 
 
 @dataclass

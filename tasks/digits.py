@@ -14,10 +14,10 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
-from harness.config import TaskConfig
-from harness.digits import CLASSES, parse
+from harness.core.config import TaskConfig
+from harness.loading.digits import CLASSES, parse
 
-from .base import TASKS, Sample, Task
+from tasks.base import TASKS, Sample, Task
 
 
 @dataclass
@@ -35,7 +35,7 @@ class Digits(Task):
                 for i in range(self.cfg.per_class) for c in range(CLASSES)]
 
     def score(self, sample: Sample, turn: int, text: str) -> dict[str, Any] | None:
-        from harness.image_quality import judge
+        from harness.results.image_quality import judge
 
         image = parse(text)
         return {"valid": float(image is not None), "class_correct": judge(image, int(sample.reference))}

@@ -7,10 +7,10 @@ from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
-from harness.config import TaskConfig
-from harness.errors import SpeclabError
+from harness.core.config import TaskConfig
+from harness.core.errors import SpeclabError
 
-from .base import TASKS, Sample, Task
+from tasks.base import TASKS, Sample, Task
 
 
 @dataclass

@@ -6,8 +6,8 @@ import re
 from decimal import Decimal
 from typing import Any
 
-from .base import TASKS, Sample
-from .generic import GenericTask, GenericTaskConfig
+from tasks.base import TASKS, Sample
+from tasks.generic import GenericTask, GenericTaskConfig
 
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 

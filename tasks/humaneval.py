@@ -12,10 +12,10 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
-from harness.config import TaskConfig
-from harness.errors import SpeclabError
+from harness.core.config import TaskConfig
+from harness.core.errors import SpeclabError
 
-from .base import TASKS, Sample, Task, read_records, resolve_path
+from tasks.base import TASKS, Sample, Task, read_records, resolve_path
 
 PROBLEM_FIELDS = ("task_id", "prompt", "test", "entry_point")
 CODE_BLOCK = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)(?:```|$)", re.S | re.I)

@@ -13,11 +13,11 @@ from typing import Optional
 
 from hydra.core.config_store import ConfigStore
 
-from harness.config import TaskConfig
-from harness.errors import SpeclabError
+from harness.core.config import TaskConfig
+from harness.core.errors import SpeclabError
 
-from .base import TASKS, Sample, Task
-from .spec_bench import MT_BENCH_CATEGORIES
+from tasks.base import TASKS, Sample, Task
+from tasks.spec_bench import MT_BENCH_CATEGORIES
 
 
 @dataclass

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 from hydra.core.config_store import ConfigStore
 
-from harness.config import TaskConfig
+from harness.core.config import TaskConfig
 
-from .base import TASKS, Sample, Task
+from tasks.base import TASKS, Sample, Task
 
 MT_BENCH_CATEGORIES = ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities")
 GROUPS = ("mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag")

@@ -25,7 +25,7 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 @pytest.fixture(scope="session")
 def tiny_target():
-    from harness.loading import load_target
+    from harness.loading.sources import load_target
 
     return load_target("tiny-llama", source="tiny")
 
@@ -50,7 +50,7 @@ def compose(*overrides: str):
 
     import methods  # noqa: F401
     import tasks  # noqa: F401
-    from harness.config import CONF_DIR
+    from harness.core.config import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=list(overrides))
@@ -59,7 +59,7 @@ def compose(*overrides: str):
 @pytest.fixture(scope="session")
 def layer_draft_folder(tmp_path_factory, tiny_target):
     """A speclab layer draft: the tiny target's first layer and norm, sharing its embeddings."""
-    from harness.drafts import save_layer_draft
+    from harness.drafting.draft_models import save_layer_draft
     from scripts.distill_draft import build_draft
 
     draft = build_draft(tiny_target, 1)
@@ -151,9 +151,9 @@ def build_with_head(target, schema: type, head, sampling=None, **overrides):
     """A head-based method's engine generator, built from its config schema as run.py would (torch kernels, fp32)."""
     from omegaconf import OmegaConf
 
-    from harness.config import EngineConfig
-    from harness.generator import METHODS, MethodContext
-    from harness.sampling import Sampling
+    from harness.core.config import EngineConfig
+    from harness.engine.method import METHODS, MethodContext
+    from harness.engine.sampling import Sampling
 
     node = OmegaConf.structured(schema)
     node.head = str(head)

@@ -5,11 +5,11 @@ import time
 import pytest
 import torch
 
-from harness.drafter import DecodeState, Drafter
-from harness.errors import SpeclabError
-from harness.proposal import Proposal
-from harness.sampling import Sampling
-from harness.verify import VerifyResult
+from harness.engine.drafter import DecodeState, Drafter
+from harness.core.errors import SpeclabError
+from harness.engine.proposal import Proposal
+from harness.engine.sampling import Sampling
+from harness.engine.verifiers import VerifyResult
 from methods.adaptive import ALL, EXPLORE_EVERY, MISS, PRIOR_RATE, AdaptiveDrafter
 
 from .test_training_free import build_method

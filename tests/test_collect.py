@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.report import leaderboard, summarize_frame
+from harness.results.tables import leaderboard, summarize_frame
 
 from .conftest import REPO
 
@@ -81,8 +81,8 @@ def test_collect_empty_folder_is_one_clear_error(tmp_path):
 def test_compare_run_keeps_every_method_through_report_collect_and_notebook(tmp_path, monkeypatch):
     """``method=pld compare=[hf_generate]``: one run, two methods and a shared baseline; each method keeps its own
     label in the run folder's plots, the collected parquet, leaderboard, summary, plots and the notebook."""
-    from harness.report import figures, write_reports
-    from harness.runner import run
+    from harness.results.tables import figures, write_reports
+    from harness.bench.runner import run
 
     from .conftest import compose
 

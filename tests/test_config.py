@@ -3,8 +3,8 @@
 import pytest
 from omegaconf import OmegaConf
 
-from harness.config import CONF_DIR
-from harness.runner import as_config
+from harness.core.config import CONF_DIR
+from harness.bench.runner import as_config
 
 from .conftest import compose
 
@@ -75,8 +75,8 @@ def test_run_dir_is_derived_from_config_not_time():
 
 @pytest.mark.parametrize("override", ["+method.unknown=1", "+task.unknown=1"])
 def test_force_added_keys_are_rejected_by_the_family_schema(override):
-    from harness.errors import SpeclabError
-    from harness.generator import METHODS
+    from harness.core.errors import SpeclabError
+    from harness.engine.method import METHODS
     from tasks.base import TASKS
 
     cfg = compose(override)
@@ -86,7 +86,7 @@ def test_force_added_keys_are_rejected_by_the_family_schema(override):
 
 
 def test_every_family_schema_accepts_its_yaml():
-    from harness.generator import METHODS
+    from harness.engine.method import METHODS
     from tasks.base import TASKS
 
     for group, registry in (("method", METHODS), ("task", TASKS)):
@@ -135,7 +135,7 @@ OPTION_OVERRIDES = {
 
 @pytest.mark.parametrize("method,key", [(m, k) for m, keys in OPTION_OVERRIDES.items() for k in keys])
 def test_every_method_option_composes(method, key):
-    from harness.generator import METHODS
+    from harness.engine.method import METHODS
 
     given, expect = OPTION_OVERRIDES[method][key]
     typed = METHODS.typed(compose(f"method={method}", f"method.{key}={given}").method)
@@ -143,7 +143,7 @@ def test_every_method_option_composes(method, key):
 
 
 def test_override_table_covers_every_key():
-    from harness.generator import METHODS
+    from harness.engine.method import METHODS
 
     for method, table in OPTION_OVERRIDES.items():
         keys = set(METHODS.typed(compose(f"method={method}").method).keys()) - {"family"}
@@ -151,8 +151,8 @@ def test_override_table_covers_every_key():
 
 
 def test_eagle_choices_take_a_literal_list():
-    from harness.generator import METHODS
-    from harness.trees import resolve_choices
+    from harness.engine.method import METHODS
+    from harness.drafting.tree_shapes import resolve_choices
 
     typed = METHODS.typed(compose("method=eagle", "method.choices=[[0],[1],[0,0],[0,0,0]]").method)
     assert resolve_choices(typed.choices) == [(0,), (1,), (0, 0), (0, 0, 0)]
@@ -166,7 +166,7 @@ def test_eagle_choices_take_a_literal_list():
     ("nope:4", "unknown tree choices 'nope'"),
 ])
 def test_bad_tree_prefix_is_one_clear_error(choices, message):
-    from harness.trees import resolve_choices
+    from harness.drafting.tree_shapes import resolve_choices
 
     with pytest.raises(ValueError, match=message):
         resolve_choices(choices)
@@ -175,7 +175,7 @@ def test_bad_tree_prefix_is_one_clear_error(choices, message):
 @pytest.fixture(scope="module")
 def untrained_head(tmp_path_factory, tiny_target):
     """An EAGLE-1 head folder for the tiny target with no token_frequency.json beside it."""
-    from harness.checkpoints import new_head, save_head
+    from harness.drafting.heads.eagle_checkpoints import new_head, save_head
 
     return save_head(new_head("eagle", tiny_target), tmp_path_factory.mktemp("head") / "eagle", tiny_target, {})
 
@@ -197,10 +197,10 @@ def untrained_head(tmp_path_factory, tiny_target):
     ("eagle2", {"vocab_size": 64}, "token_frequency.json"),
 ])
 def test_bad_eagle_values_are_one_clear_line(tiny_target, untrained_head, method, overrides, expect):
-    from harness.config import EngineConfig
-    from harness.errors import SpeclabError
-    from harness.generator import METHODS, MethodContext
-    from harness.sampling import Sampling
+    from harness.core.config import EngineConfig
+    from harness.core.errors import SpeclabError
+    from harness.engine.method import METHODS, MethodContext
+    from harness.engine.sampling import Sampling
 
     node = compose(f"method={method}").method
     node.head = str(untrained_head)
@@ -236,7 +236,7 @@ def test_engine_and_synthetic_options_compose(override):
 def test_options_added_later_keep_earlier_run_folders():
     """engine.device, engine.cuda_graphs, engine.graph_widths and synthetic at their defaults leave a run's config
     hash (and so its folder) as it was before they existed; set otherwise, they make another run."""
-    from harness.results import config_hash, semantic_config
+    from harness.results.store import config_hash, semantic_config
 
     cfg = compose()
     semantic = semantic_config(cfg)

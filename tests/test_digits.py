@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness.digits import BOS, EOS, NULL, PIXEL0, decode, digits_split, encode, tokenizer
-from harness.image_quality import frechet_distance, precision_recall
+from harness.loading.digits import BOS, EOS, NULL, PIXEL0, decode, digits_split, encode, tokenizer
+from harness.results.image_quality import frechet_distance, precision_recall
 
 
 def test_split_holds_out_a_fifth_of_each_class():
@@ -28,7 +28,7 @@ def test_images_round_trip_through_tokens_and_text():
     tok = tokenizer()
     assert tok("c3")["input_ids"] == [BOS, ids[1] - int(train.labels[0]) + 3]
     text = tok.decode(ids[2:], skip_special_tokens=True)
-    from harness.digits import parse
+    from harness.loading.digits import parse
 
     assert (parse(text) == train.images[0].reshape(8, 8)).all() and parse("p1 p2") is None
     assert tok(text)["input_ids"][1:] == ids[2:-1] and ids[2] >= PIXEL0
@@ -46,7 +46,7 @@ def test_frechet_and_precision_recall_separate_same_from_shifted():
 
 @pytest.fixture(scope="module")
 def digits_target():
-    from harness.loading import load_target
+    from harness.loading.sources import load_target
 
     return load_target("digits-ar", "digits_ar")
 
@@ -57,11 +57,11 @@ def test_jacobi_samples_match_plain_sampling_on_the_testbed(digits_target):
     import torch
     from scipy.stats import ks_2samp
 
-    from harness.decoder import Decoder
-    from harness.drafter import NoDraft
-    from harness.image_quality import sample_logp
-    from harness.sampling import Sampling
-    from harness.verify import make_verifier
+    from harness.engine.decoder import Decoder
+    from harness.engine.drafter import NoDraft
+    from harness.results.image_quality import sample_logp
+    from harness.engine.sampling import Sampling
+    from harness.engine.verifiers import make_verifier
     from methods.sjd import JacobiWindow, SJDConfig
 
     s = Sampling(1.0)
@@ -85,7 +85,7 @@ def test_jacobi_samples_match_plain_sampling_on_the_testbed(digits_target):
 
 
 def test_image_run_reports_quality_and_labels_lossy_rules(tmp_path):
-    from harness.runner import run
+    from harness.bench.runner import run
 
     from .conftest import compose
 
@@ -98,7 +98,7 @@ def test_image_run_reports_quality_and_labels_lossy_rules(tmp_path):
     assert lossless == {"sjd": True, "sjd_coupled": True, "lantern": False}
     assert set(m[m.method == "lantern"].acceptance_rule) == {"lantern:2:0.3"}
     assert m.score_valid.notna().all() and m.score_class_correct.between(0, 1).all()
-    from harness.image_quality import image_report
+    from harness.results.image_quality import image_report
 
     table = image_report([tmp_path])
     assert "frechet" in table and (tmp_path / "samples_sjd.png").is_file() and (tmp_path / "speed_quality.png").is_file()
@@ -110,7 +110,7 @@ GUIDANCE = 3.0
 
 @pytest.fixture
 def guided_target(digits_target, one_thread):
-    from harness.digits import unconditional_prompt
+    from harness.loading.digits import unconditional_prompt
 
     digits_target.set_guidance(GUIDANCE, unconditional_prompt(digits_target.tokenizer))
     yield digits_target
@@ -130,7 +130,7 @@ def test_guided_forward_is_the_guidance_of_two_plain_forwards(guided_target):
     unconditional prompt run separately without guidance; an accepted path kept by gather stays right."""
     import torch
 
-    from harness import tree as T
+    from harness.engine import tree as T
 
     t = guided_target
     prompt = mid_image_prompt()
@@ -164,10 +164,10 @@ def test_guided_forward_is_the_guidance_of_two_plain_forwards(guided_target):
 def test_guided_jacobi_decoding_samples_the_guided_distribution(guided_target):
     """sjd under guidance reproduces the guided law of the next 3 pixels (chi-square against the exact law);
     plain sampling of the unguided model, the same test's control, is rejected: the guidance is real."""
-    from harness.decoder import Decoder
-    from harness.drafter import NoDraft
-    from harness.sampling import Sampling
-    from harness.verify import make_verifier
+    from harness.engine.decoder import Decoder
+    from harness.engine.drafter import NoDraft
+    from harness.engine.sampling import Sampling
+    from harness.engine.verifiers import make_verifier
     from methods.sjd import JacobiWindow, SJDConfig
 
     from .test_sampling_lossless import TargetLaw
@@ -193,10 +193,10 @@ def test_guided_jacobi_decoding_samples_the_guided_distribution(guided_target):
 def test_guided_greedy_decoding_is_identical_for_every_drafter(guided_target):
     import torch
 
-    from harness.decoder import Decoder
-    from harness.drafter import NoDraft
-    from harness.sampling import Sampling
-    from harness.verify import make_verifier
+    from harness.engine.decoder import Decoder
+    from harness.engine.drafter import NoDraft
+    from harness.engine.sampling import Sampling
+    from harness.engine.verifiers import make_verifier
     from methods.pld import PLDConfig, PromptLookup
     from methods.sjd import JacobiWindow, SJDConfig
 
@@ -215,8 +215,8 @@ def test_guided_greedy_decoding_is_identical_for_every_drafter(guided_target):
 
 
 def test_guided_run_records_its_scale_and_refuses_what_it_cannot_guide(tmp_path):
-    from harness.errors import SpeclabError
-    from harness.runner import Runner, run
+    from harness.core.errors import SpeclabError
+    from harness.bench.runner import Runner, run
 
     from .conftest import compose
 

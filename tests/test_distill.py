@@ -4,8 +4,8 @@ import json
 
 import torch
 
-from harness.drafts import load_draft
-from harness.loading import load_target
+from harness.drafting.draft_models import load_draft
+from harness.loading.sources import load_target
 from scripts.distill_draft import main
 
 

@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from harness.runner import run
+from harness.bench.runner import run
 
 from .conftest import compose
 
@@ -46,8 +46,8 @@ def test_committed_draft_exports_as_an_ordinary_hf_model(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from harness.drafts import default_draft, export_hf, load_draft
-    from harness.loading import load_target
+    from harness.drafting.draft_models import default_draft, export_hf, load_draft
+    from harness.loading.sources import load_target
 
     target = load_target("smollm2-135m", "smollm2_wheel")
     folder = export_hf(default_draft("smollm2-135m"), target, tmp_path / "hf")

@@ -15,17 +15,17 @@ from omegaconf import OmegaConf
 
 import methods  # noqa: F401  (registers the method schemas method_node composes)
 import tasks  # noqa: F401
-from harness import static_forward
-from harness import tree as T
-from harness.config import EngineConfig
-from harness.device import resolve_device, resolve_dtype
-from harness.errors import SpeclabError
-from harness.generator import METHODS, MethodContext
-from harness.kernels import resolve_kernel
-from harness.loading import TinySpec, load_target
-from harness.metrics import aggregate
-from harness.runner import NEAR_TIE_MARGIN, Runner, method_node, run
-from harness.sampling import Sampling
+from harness.model import cuda_graphs as static_forward
+from harness.engine import tree as T
+from harness.core.config import EngineConfig
+from harness.model.device import resolve_device, resolve_dtype
+from harness.core.errors import SpeclabError
+from harness.engine.method import METHODS, MethodContext
+from harness.model.kernels import resolve_kernel
+from harness.loading.sources import TinySpec, load_target
+from harness.results.metrics import aggregate
+from harness.bench.runner import NEAR_TIE_MARGIN, Runner, method_node, run
+from harness.engine.sampling import Sampling
 from methods.eagle2 import Eagle2Config
 from methods.eagle3 import Eagle3Config
 from methods.hydra import HydraConfig
@@ -147,7 +147,7 @@ def test_a_run_records_the_static_path(tmp_path):
 
 
 def test_the_warm_up_records_every_width_for_the_longest_generation(tmp_path):
-    from harness.config import REPO
+    from harness.core.config import REPO
 
     runner = Runner(tiny_cfg(tmp_path, "task=mtbench", f"task.path={REPO / 'tests/fixtures/mt_bench_prompts.jsonl'}",
                              "method=recycling", "engine.cuda_graphs=on", "engine.warmup=true", "max_new_tokens=16"))
@@ -191,7 +191,7 @@ def test_hf_compiled_is_compiled_and_reported_beside_ar(tmp_path):
     peer = df[df.method == "hf_compiled"]
     assert peer.equivalent.all() and (peer.steps == peer.new_tokens).all()
     assert (peer.prefill_time_s > 0).all() and (peer.prefill_time_s < peer.wall_time_s).all()
-    from harness.report import summarize_frame
+    from harness.results.tables import summarize_frame
 
     summary = summarize_frame(df).set_index(["method", "group"])
     assert summary.loc[("hf_compiled", "overall"), "speedup_vs_hf_compiled"] == pytest.approx(1.0)

@@ -7,8 +7,8 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from omegaconf import OmegaConf
 
-from harness.config import CONF_DIR
-from harness.runner import as_config
+from harness.core.config import CONF_DIR
+from harness.bench.runner import as_config
 
 from .conftest import compose
 

@@ -9,9 +9,9 @@ import torch
 
 import methods  # noqa: F401
 import tasks  # noqa: F401
-from harness import static_forward
-from harness.loading import load_target
-from harness.runner import NEAR_TIE_MARGIN, equivalence
+from harness.model import cuda_graphs as static_forward
+from harness.loading.sources import load_target
+from harness.bench.runner import NEAR_TIE_MARGIN, equivalence
 from methods.eagle2 import Eagle2Config
 from methods.medusa import MedusaConfig
 
@@ -71,7 +71,7 @@ def test_draft_model_on_cuda(cuda_target, tiny_prompts, cuda_ar, layer_draft_fol
 @pytest.mark.parametrize("method", ["pld", "recycling", "eagle2_tiny"])
 def test_runs_on_cuda_end_to_end(tmp_path, method, eagle_heads):
     extra = [f"method.head={eagle_heads['eagle']['folder']}", "method=eagle2"] if method == "eagle2_tiny" else [f"method={method}"]
-    from harness.runner import run
+    from harness.bench.runner import run
 
     df = run(tiny_cfg(tmp_path, "task.limit=2", "engine.device=cuda", "model.dtype=float32", f"max_new_tokens={MAX_NEW}", *extra))
     assert df.device.str.startswith("cuda").all() and (df.cuda_graphs == "captured").all()
@@ -80,7 +80,7 @@ def test_runs_on_cuda_end_to_end(tmp_path, method, eagle_heads):
 
 
 def test_bf16_on_cuda_diverges_only_at_near_ties(tmp_path):
-    from harness.runner import run
+    from harness.bench.runner import run
 
     df = run(tiny_cfg(tmp_path, "task.limit=4", "engine.device=cuda", "method=pld", "compare=[recycling]", "max_new_tokens=24"))
     m = df[df.role == "method"]
@@ -89,7 +89,7 @@ def test_bf16_on_cuda_diverges_only_at_near_ties(tmp_path):
 
 
 def test_sampling_and_peers_on_cuda(tmp_path, layer_draft_folder):
-    from harness.runner import run
+    from harness.bench.runner import run
 
     df = run(tiny_cfg(tmp_path, "task.limit=2", "engine.device=cuda", "model.dtype=float32", "temperature=1.0",
                       "method=sps", f"method.draft.path={layer_draft_folder}", "method.vocab_size=null",
@@ -98,7 +98,7 @@ def test_sampling_and_peers_on_cuda(tmp_path, layer_draft_folder):
 
 
 def test_synthetic_acceptance_on_cuda(tmp_path):
-    from harness.runner import run
+    from harness.bench.runner import run
 
     df = run(tiny_cfg(tmp_path, "task.limit=2", "engine.device=cuda", "method=pld", "synthetic.mode=rates",
                       "synthetic.rates=[1,1,1]", "max_new_tokens=16"))

@@ -5,12 +5,12 @@ import random
 import pytest
 import torch
 
-from harness.decoder import Decoder
-from harness.drafter import Drafter, NoDraft
-from harness.proposal import Proposal
-from harness.sampling import Sampling
-from harness.trees import prefix_tree
-from harness.verify import make_verifier
+from harness.engine.decoder import Decoder
+from harness.engine.drafter import Drafter, NoDraft
+from harness.engine.proposal import Proposal
+from harness.engine.sampling import Sampling
+from harness.drafting.tree_shapes import prefix_tree
+from harness.engine.verifiers import make_verifier
 from methods.pld import PLDConfig, PromptLookup, lookup
 
 MAX_NEW = 48

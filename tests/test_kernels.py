@@ -5,12 +5,12 @@ import copy
 import pytest
 import torch
 
-from harness.decoder import Decoder
-from harness.drafter import NoDraft
-from harness.errors import SpeclabError
-from harness.kernels import OneDNNLinear, apply_kernel, onednn_available
-from harness.sampling import Sampling
-from harness.verify import make_verifier
+from harness.engine.decoder import Decoder
+from harness.engine.drafter import NoDraft
+from harness.core.errors import SpeclabError
+from harness.model.kernels import OneDNNLinear, apply_kernel, onednn_available
+from harness.engine.sampling import Sampling
+from harness.engine.verifiers import make_verifier
 from methods.pld import PLDConfig, PromptLookup
 
 from .test_greedy_equivalence import MAX_NEW, OracleTree, hf_greedy
@@ -53,7 +53,7 @@ def test_hybrid_runs_one_row_through_torch_and_more_through_onednn():
 
 
 def test_engine_is_lossless_with_hybrid_up_to_near_ties(tiny_target, tiny_prompts):
-    from harness.runner import NEAR_TIE_MARGIN, equivalence
+    from harness.bench.runner import NEAR_TIE_MARGIN, equivalence
 
     target = copy.deepcopy(tiny_target)
     apply_kernel(target.model, "hybrid")
@@ -67,7 +67,7 @@ def test_engine_is_lossless_with_hybrid_up_to_near_ties(tiny_target, tiny_prompt
 
 
 def test_the_one_row_check_times_both_paths_restores_the_kernel_and_caches(tiny_target, tmp_path, monkeypatch):
-    from harness import kernels
+    from harness.model import kernels
 
     monkeypatch.setenv("SPECLAB_CACHE", str(tmp_path))
     target = copy.deepcopy(tiny_target)
@@ -82,7 +82,7 @@ def test_the_one_row_check_times_both_paths_restores_the_kernel_and_caches(tiny_
 def test_a_slow_onednn_step_is_warned_about(tiny_target, monkeypatch, caplog, ratio, warned):
     import logging
 
-    from harness import kernels
+    from harness.model import kernels
 
     monkeypatch.setattr(kernels, "CHECK_PARAMS", 0)
     monkeypatch.setattr(kernels, "one_row_ratio", lambda target: ratio)
@@ -100,7 +100,7 @@ def test_a_slow_onednn_step_is_warned_about(tiny_target, monkeypatch, caplog, ra
     ("auto", False, torch.float32),
 ])
 def test_auto_draft_dtype_is_bf16_only_where_bf16_linears_run_natively(monkeypatch, kernel, bf16_native, expect):
-    from harness import kernels
+    from harness.model import kernels
 
     monkeypatch.setattr(kernels, "onednn_problem", lambda dtype, device: None if bf16_native else "no bf16 units")
     assert kernels.draft_dtype("auto", torch.float32, "cpu", kernel) == expect
@@ -109,7 +109,7 @@ def test_auto_draft_dtype_is_bf16_only_where_bf16_linears_run_natively(monkeypat
 
 
 def test_an_unknown_draft_dtype_names_the_choices():
-    from harness.kernels import draft_dtype
+    from harness.model.kernels import draft_dtype
 
     with pytest.raises(SpeclabError, match="choose auto or one of float32, bfloat16, float16"):
         draft_dtype("float8", torch.float32, "cpu", "auto")

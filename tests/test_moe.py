@@ -14,12 +14,12 @@ import pytest
 import torch
 import transformers as tf
 
-from harness.decoder import Decoder
-from harness.drafter import NoDraft
-from harness.model import ModelInfo, TargetModel
-from harness.sampling import Sampling
-from harness.tiny import _seeded, byte_tokenizer
-from harness.verify import make_verifier
+from harness.engine.decoder import Decoder
+from harness.engine.drafter import NoDraft
+from harness.model.target import ModelInfo, TargetModel
+from harness.engine.sampling import Sampling
+from harness.model.tiny import _seeded, byte_tokenizer
+from harness.engine.verifiers import make_verifier
 from methods.adaptive import AdaptiveDrafter
 from methods.layerskip import EarlyExitDrafter, LayerSkipConfig
 from methods.pld import PLDConfig, PromptLookup
@@ -111,7 +111,7 @@ def test_kernel_refuses_attention_sinks():
 
 
 def test_verifications_count_their_distinct_experts():
-    from harness.experts import uniform_distinct
+    from harness.model.experts import uniform_distinct
 
     target = tiny_moe("mixtral", "speclab")
     assert target.experts is not None and len(target.experts.routers) == 2
@@ -129,7 +129,7 @@ def test_dense_models_have_no_expert_counter(tiny_target):
 
 
 def test_run_rows_carry_experts_per_step(tmp_path):
-    from harness.runner import run
+    from harness.bench.runner import run
 
     from .conftest import compose
 

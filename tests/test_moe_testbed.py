@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.errors import SpeclabError
-from harness.moe_testbed import load_routers, moefy, save_routers
-from harness.tiny import tiny_model
+from harness.core.errors import SpeclabError
+from harness.loading.moe_testbed import load_routers, moefy, save_routers
+from harness.model.tiny import tiny_model
 from scripts.make_moe import balanced_kmeans, cluster_routers, train_experts
 
 

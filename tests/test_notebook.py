@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from harness.report import leaderboard, leaderboard_markdown, summarize_frame
+from harness.results.tables import leaderboard, leaderboard_markdown, summarize_frame
 
 from .conftest import REPO
 

@@ -13,18 +13,18 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from harness.config import EngineConfig
-from harness.errors import SpeclabError
-from harness.generator import METHODS, EngineGenerator, MethodContext
-from harness.heads import causal_mask
-from harness.parallel_checkpoints import load_parallel_heads
-from harness.parallel_heads import HydraHeads, MedusaHeads, ResBlock
-from harness.proposal import Proposal
-from harness.sampling import Sampling
+from harness.core.config import EngineConfig
+from harness.core.errors import SpeclabError
+from harness.engine.method import METHODS, EngineGenerator, MethodContext
+from harness.drafting.heads.eagle_head import causal_mask
+from harness.drafting.heads.medusa_checkpoints import load_parallel_heads
+from harness.drafting.heads.medusa_heads import HydraHeads, MedusaHeads, ResBlock
+from harness.engine.proposal import Proposal
+from harness.engine.sampling import Sampling
 from harness.training.eagle import batches
 from harness.training.parallel import ParallelHeadsLoss
-from harness.trees import MEDUSA_MC_SIM_7B_63, resolve_choices
-from harness.verify import TypicalVerifier
+from harness.drafting.tree_shapes import MEDUSA_MC_SIM_7B_63, resolve_choices
+from harness.engine.verifiers import TypicalVerifier
 from methods.hydra import HydraConfig
 from methods.medusa import MedusaConfig
 
@@ -234,7 +234,7 @@ def test_budget_and_eos_are_respected(tiny_target, tiny_prompts, references, par
 
 def test_medusa_children_ignore_their_parent(tiny_target, tiny_prompts, parallel_heads):
     """Medusa's depth-d nodes are head d-1's top candidates whatever the parent (Hydra's read the parent)."""
-    from harness.drafter import DecodeState
+    from harness.engine.drafter import DecodeState
 
     prompt = tiny_prompts[1]
     for method in ("medusa", "hydra"):
@@ -281,7 +281,7 @@ def test_hydra_training_inputs_equal_the_drafter_inputs(tiny_target, tiny_prompt
 
 
 def _full_vocab(target):
-    from harness.heads import ReducedVocab
+    from harness.drafting.heads.eagle_head import ReducedVocab
 
     return ReducedVocab(torch.arange(target.vocab_size), target.vocab_size)
 

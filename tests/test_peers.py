@@ -2,10 +2,10 @@
 
 from omegaconf import OmegaConf
 
-from harness.config import EngineConfig
-from harness.generator import METHODS, MethodContext
-from harness.metrics import generation_stats
-from harness.sampling import Sampling
+from harness.core.config import EngineConfig
+from harness.engine.method import METHODS, MethodContext
+from harness.results.metrics import generation_stats
+from harness.engine.sampling import Sampling
 from methods.ar import ARConfig
 from methods.hf_peers import HFGenerateConfig, HFPLDConfig, peer_steps
 from methods.pld import PLDConfig

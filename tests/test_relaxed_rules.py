@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.digits import PIXEL0, token_neighbours, tokenizer
-from harness.sampling import Sampling
-from harness.verify import GroupedVerifier, LanternVerifier, MarginVerifier, RejectionVerifier, make_verifier
+from harness.loading.digits import PIXEL0, token_neighbours, tokenizer
+from harness.engine.sampling import Sampling
+from harness.engine.verifiers import GroupedVerifier, LanternVerifier, MarginVerifier, RejectionVerifier, make_verifier
 
 T1 = Sampling(1.0)
 NEIGHBOURS = token_neighbours(tokenizer())
@@ -67,7 +67,7 @@ def test_rule_strings_carry_options_and_bad_ones_name_the_fix():
 
 
 def test_positional_rule_strings_fit_in_compare_entries():
-    from harness.verify import parse_rule
+    from harness.engine.verifiers import parse_rule
 
     assert parse_rule("lantern:3:0.2") == ("lantern", {"k": 3, "delta": 0.2})
     assert parse_rule("mars:0.6") == ("mars", {"ratio": 0.6})
@@ -78,8 +78,8 @@ def test_positional_rule_strings_fit_in_compare_entries():
 def test_greedy_margin_rule_accepts_the_close_second_choice_only():
     """MARS at temperature 0: a drafted second choice passes when the target's softmax gives it at least ratio
     times the first's probability; the argmax child still wins among siblings, and the emitted token is the argmax."""
-    from harness.proposal import Proposal
-    from harness.verify import GreedyVerifier
+    from harness.engine.proposal import Proposal
+    from harness.engine.verifiers import GreedyVerifier
 
     g = Sampling(0.0)
     rule = make_verifier(g, "mars:0.7")

@@ -12,7 +12,7 @@ import time
 
 import pandas as pd
 
-from harness.results import has_results, read_results
+from harness.results.store import has_results, read_results
 
 from .conftest import REPO
 

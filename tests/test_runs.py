@@ -11,9 +11,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from harness.errors import SpeclabError
-from harness.metrics import aggregate, repetition_4gram, summarize
-from harness.runner import Runner, as_config, equivalence, run
+from harness.core.errors import SpeclabError
+from harness.results.metrics import aggregate, repetition_4gram, summarize
+from harness.bench.runner import Runner, as_config, equivalence, run
 
 from .conftest import REPO, compose
 
@@ -139,7 +139,7 @@ def test_cached_baseline_is_shared_across_methods_and_never_across_weights(tmp_p
 
 
 def test_cached_baseline_keeps_its_provenance_and_is_keyed_on_the_engine(tmp_path, monkeypatch):
-    from harness import hostinfo
+    from harness.core import hostinfo
 
     common = ("baseline=cached", f"baseline.cache_dir={tmp_path / 'cache'}", "task.limit=1")
     first = run(tiny_cfg(tmp_path, *common, "method=pld", name="pld"))
@@ -171,7 +171,7 @@ def test_cached_baseline_keeps_its_provenance_and_is_keyed_on_the_engine(tmp_pat
 
 
 def test_equivalence_margin_and_near_tie(tiny_target, tiny_prompts):
-    from harness.loading import load_target
+    from harness.loading.sources import load_target
 
     prompt = tiny_prompts[0]
     baseline = [70, 71, 72, 73, 74, 75]
@@ -215,7 +215,7 @@ def hydra_run_dir(*overrides: str) -> str:
 
     import methods  # noqa: F401  (registers the schemas the config groups start from)
     import tasks  # noqa: F401
-    from harness.config import CONF_DIR
+    from harness.core.config import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
@@ -223,7 +223,7 @@ def hydra_run_dir(*overrides: str) -> str:
 
 
 def test_run_folder_is_derived_from_the_config():
-    from harness.results import config_hash
+    from harness.results.store import config_hash
 
     base = ("model=tiny-llama", "task=spec_bench", "method=pld")
     folder = hydra_run_dir(*base)
@@ -277,7 +277,7 @@ def test_an_empty_prompt_is_refused_before_anything_runs(tmp_path):
 
 
 def test_results_files_are_replaced_atomically(tmp_path, monkeypatch):
-    from harness.results import write_parquet_atomic
+    from harness.results.store import write_parquet_atomic
 
     path = tmp_path / "results.parquet"
     write_parquet_atomic(pd.DataFrame({"a": [1, 2]}), path)
@@ -295,7 +295,7 @@ def test_results_files_are_replaced_atomically(tmp_path, monkeypatch):
 
 
 def test_each_prompt_is_appended_and_a_killed_run_resumes(tmp_path, monkeypatch):
-    from harness import results
+    from harness.results import store as results
 
     cfg = tiny_cfg(tmp_path, "task.limit=3")
     folder = tmp_path / "run"
@@ -362,7 +362,7 @@ def test_scores_are_columns_when_asked_for(tmp_path):
 
 
 def test_bfloat16_runs(tmp_path):
-    from harness.kernels import onednn_problem
+    from harness.model.kernels import onednn_problem
 
     df = run(tiny_cfg(tmp_path, "model.dtype=bfloat16", "compare=[hf_pld]", "task.limit=2"))
     assert (df.dtype == "bfloat16").all() and len(df) == 6
@@ -386,7 +386,7 @@ def test_bound_prices_each_step_with_the_baseline_forward(tmp_path, monkeypatch)
     """A row's least time is its own prefill plus, per step, c(width) x the paired baseline's forward time per
     decode step; its bound is its speedup with that time. (Measured speedup <= bound on the real model is in
     test_e2e_real.py: on this tiny model timing noise is as large as the loop overhead the bound leaves out.)"""
-    from harness import verify_cost as vc
+    from harness.engine import cost_curve as vc
 
     monkeypatch.setenv("SPECLAB_CACHE", str(tmp_path / "cache"))  # c(k) of the tiny model, measured here
     runner = Runner(as_config(tiny_cfg(tmp_path, "compare=[ar,hf_pld]", "task.limit=2", "repeats=2",

@@ -11,13 +11,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness import tree as T
-from harness.decoder import Decoder
-from harness.drafter import DecodeState, Drafter, NoDraft
-from harness.head_drafter import HeadDrafter
-from harness.proposal import Proposal
-from harness.sampling import Sampling, sample, warp
-from harness.verify import RejectionVerifier, VerifyResult, make_verifier
+from harness.engine import tree as T
+from harness.engine.decoder import Decoder
+from harness.engine.drafter import DecodeState, Drafter, NoDraft
+from harness.drafting.heads.eagle_drafter import HeadDrafter
+from harness.engine.proposal import Proposal
+from harness.engine.sampling import Sampling, sample, warp
+from harness.engine.verifiers import RejectionVerifier, VerifyResult, make_verifier
 from methods.pld import PLDConfig, PromptLookup
 from methods.sps import DraftModel, SpSConfig
 
@@ -377,7 +377,7 @@ def test_wrong_eagle_tree_rules_are_caught(tiny_target, eagle_heads, eagle_prefi
 
 def toy_datastore():
     """The toy target's own samples: retrieved continuations are often, not always, what it samples next."""
-    from harness.datastore import Datastore
+    from harness.drafting.datastore import Datastore
 
     gen = torch.Generator().manual_seed(5)
     decoder = Decoder(TARGET, make_verifier(SETTINGS["t1"]))

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from harness.runner import run
+from harness.bench.runner import run
 
 from .conftest import compose
 

@@ -4,14 +4,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from harness.config import EngineConfig
-from harness.decoder import Decoder
-from harness.drafts import export_hf, load_draft
-from harness.errors import SpeclabError
-from harness.generator import METHODS, MethodContext
-from harness.sampling import Sampling
-from harness.tiny import byte_tokenizer, tiny_llama
-from harness.verify import make_verifier
+from harness.core.config import EngineConfig
+from harness.engine.decoder import Decoder
+from harness.drafting.draft_models import export_hf, load_draft
+from harness.core.errors import SpeclabError
+from harness.engine.method import METHODS, MethodContext
+from harness.engine.sampling import Sampling
+from harness.model.tiny import byte_tokenizer, tiny_llama
+from harness.engine.verifiers import make_verifier
 from methods.sps import DraftModel, SpSConfig
 
 from .test_greedy_equivalence import MAX_NEW, hf_greedy

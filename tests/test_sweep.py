@@ -64,7 +64,7 @@ def test_submitit_local_2x2_sweep(tmp_path):
 
 
 def test_basic_launcher_does_not_warn():
-    from harness.sweep import parallel_launcher_warning
+    from harness.bench.sweep import parallel_launcher_warning
 
     assert parallel_launcher_warning("basic") is None
     assert parallel_launcher_warning("slurm_gpu", exclusive=True) is None
@@ -76,7 +76,7 @@ def test_slurm_preset_is_a_one_gpu_job_array_on_whole_nodes():
 
     import methods  # noqa: F401
     import tasks  # noqa: F401
-    from harness.config import CONF_DIR
+    from harness.core.config import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", return_hydra_config=True,

@@ -8,13 +8,13 @@ import re
 import pandas as pd
 import pytest
 
-from harness.errors import SpeclabError
-from harness.proposal import Proposal
-from harness.report import summarize_frame
-from harness.runner import Runner, run
-from harness.sampling import Sampling
-from harness.synthetic import ACCEPT, SyntheticVerifier
-from harness.verify import GreedyVerifier
+from harness.core.errors import SpeclabError
+from harness.engine.proposal import Proposal
+from harness.results.tables import summarize_frame
+from harness.bench.runner import Runner, run
+from harness.engine.sampling import Sampling
+from harness.bench.synthetic import ACCEPT, SyntheticVerifier
+from harness.engine.verifiers import GreedyVerifier
 
 from .test_runs import tiny_cfg
 

@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from harness.errors import SpeclabError
+from harness.core.errors import SpeclabError
 from tasks.base import Sample, build_task
 from tasks.gsm8k import final_number
 from tasks.spec_bench import GROUPS, MT_BENCH_CATEGORIES
@@ -158,7 +158,7 @@ def test_humaneval_pass_at_1_executes_the_tests():
 
 @pytest.fixture(scope="module")
 def tok():
-    from harness.tiny import byte_tokenizer
+    from harness.model.tiny import byte_tokenizer
 
     return byte_tokenizer()
 
@@ -188,7 +188,7 @@ def test_render(tok, overrides, turn, expected):
 
 
 def test_empty_system_prompt_with_a_template_that_has_no_default():
-    from harness.tiny import byte_tokenizer
+    from harness.model.tiny import byte_tokenizer
 
     plain = byte_tokenizer()
     plain.chat_template = (
@@ -200,7 +200,7 @@ def test_empty_system_prompt_with_a_template_that_has_no_default():
 
 
 def test_base_model_without_chat_template_gets_raw_text(tok, caplog):
-    from harness.tiny import byte_tokenizer
+    from harness.model.tiny import byte_tokenizer
 
     bare = byte_tokenizer()
     bare.chat_template = None

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.overlap import evaluation_texts, ngrams, overlapping
+from harness.training.overlap import evaluation_texts, ngrams, overlapping
 
 PROMPTS = Path(os.environ.get("SPECLAB_DATA", "../shared/data")) / "train_prompts" / "prompts.jsonl"
 

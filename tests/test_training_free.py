@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from harness import datastore as ds
-from harness.drafter import DecodeState
-from harness.errors import SpeclabError
-from harness.generator import METHODS, MethodContext
-from harness.sampling import Sampling
-from harness.suffix_automaton import Matcher, SuffixAutomaton
-from harness.trees import best_first_order, cost_optimal_size, prefix_tree
+from harness.drafting import datastore as ds
+from harness.engine.drafter import DecodeState
+from harness.core.errors import SpeclabError
+from harness.engine.method import METHODS, MethodContext
+from harness.engine.sampling import Sampling
+from harness.drafting.suffix_automaton import Matcher, SuffixAutomaton
+from harness.drafting.tree_shapes import best_first_order, cost_optimal_size, prefix_tree
 
 from .conftest import compose
 from .test_greedy_equivalence import MAX_NEW, decode, hf_greedy
@@ -137,7 +137,7 @@ def tiny_datastore(tmp_path_factory, tiny_target, tiny_prompts, references):
 
 
 def build_method(target, *overrides: str):
-    from harness.config import EngineConfig
+    from harness.core.config import EngineConfig
 
     cfg = compose("model=tiny-llama", *overrides).method
     return METHODS.build(cfg, MethodContext(target, Sampling(), EngineConfig(kernel="torch")))
@@ -172,7 +172,7 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_greedy_output_equals_plain_decoding(case, tiny_target, tiny_prompts, references, tiny_datastore,
                                              tmp_path_factory, monkeypatch, request):
-    from harness import verify_cost as vc
+    from harness.engine import cost_curve as vc
 
     monkeypatch.setattr(vc, "cache_dir", lambda: tmp_path_factory.getbasetemp() / "curves")  # auto: a curve of its own
     overrides = CASES[case]
@@ -216,7 +216,7 @@ def early_exit_adapter(eagle_heads, tmp_path_factory):
 
 
 def test_early_exit_adapter_learns_and_is_written_with_its_curve(early_exit_adapter, tiny_target):
-    from harness.early_exit import load_adapter
+    from harness.drafting.early_exit import load_adapter
 
     folder, stats = early_exit_adapter
     curve = stats["curve"]
@@ -280,7 +280,7 @@ def test_recycle_prompt_records_the_targets_top_k_at_every_prompt_position(tiny_
 
 
 def test_lookahead_pools_the_text_only_when_asked(tiny_target):
-    from harness.model import ForwardOutput
+    from harness.model.target import ForwardOutput
 
     ids = [3, 4, 5, 3, 4, 6]
     prefill = ForwardOutput(logits=torch.zeros(1, tiny_target.vocab_size), hidden={})

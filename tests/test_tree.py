@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from harness import tree as T
-from harness.trees import prefix_tree
+from harness.engine import tree as T
+from harness.drafting.tree_shapes import prefix_tree
 
 
 def test_chain_and_depths():

@@ -4,7 +4,7 @@ import random
 
 import torch
 
-from harness import tree as T
+from harness.engine import tree as T
 
 
 def _sequential_logits(target, prefix, path_tokens):

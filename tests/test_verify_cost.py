@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from harness import verify_cost as vc
+from harness.engine import cost_curve as vc
 
 
 def test_curve_interpolates_and_extrapolates():
@@ -34,8 +34,8 @@ def test_measure_and_cache_round_trip(tiny_target, tmp_path, monkeypatch):
 
 def test_bound_runs_fills_the_bound_of_a_run_timed_before_a_curve(tmp_path, monkeypatch):
     """`scripts/verify_cost.py --bound-runs`: a run timed without a curve gets the bound the runner would give."""
-    from harness.results import read_results
-    from harness.runner import run
+    from harness.results.store import read_results
+    from harness.bench.runner import run
     from scripts.verify_cost import bound_run, measure_config
 
     from .test_runs import tiny_cfg
@@ -81,10 +81,10 @@ def test_no_engine_method_beats_its_bound_on_a_simulated_clock(tmp_path, monkeyp
     speedup, and only the left-out overhead and drafting separate them."""
     from types import SimpleNamespace
 
-    from harness import decoder
-    from harness.metrics import summarize
-    from harness.model import TargetModel
-    from harness.runner import run
+    from harness.engine import decoder
+    from harness.results.metrics import summarize
+    from harness.model.target import TargetModel
+    from harness.bench.runner import run
 
     from .test_runs import tiny_cfg
 

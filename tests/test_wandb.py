@@ -50,10 +50,10 @@ def test_cli_logs_a_run_to_wandb_offline(tmp_path):
 def test_online_without_a_key_is_one_clear_error(tmp_path, monkeypatch):
     from omegaconf import OmegaConf
 
-    from harness.errors import SpeclabError
-    from harness.report import Report
-    from harness.runner import as_config
-    from harness.wandb_log import log_run
+    from harness.core.errors import SpeclabError
+    from harness.results.tables import Report
+    from harness.bench.runner import as_config
+    from harness.results.wandb_log import log_run
 
     from .conftest import compose
 

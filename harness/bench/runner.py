@@ -23,19 +23,20 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import hostinfo, static_forward
-from . import verify_cost as vc
-from .config import REPO, RunConfig
-from .decoder import PromptResult
-from .errors import SpeclabError
-from .generator import METHODS, Generator, MethodContext
-from .hostinfo import LoadMonitor
-from .kernels import apply_kernel, resolve_kernel, warn_if_slow_one_row
-from .loading import load_configured
-from .metrics import COMPILED_PEER, first_divergence, generation_stats, summarize
-from .model import TargetModel
-from .results import BaselineCache, ResultsStore, config_hash
-from .sampling import Sampling
+from harness.core import hostinfo
+from harness.model import cuda_graphs as static_forward
+from harness.engine import cost_curve as vc
+from harness.core.config import REPO, RunConfig
+from harness.engine.decoder import PromptResult
+from harness.core.errors import SpeclabError
+from harness.engine.method import METHODS, Generator, MethodContext
+from harness.core.hostinfo import LoadMonitor
+from harness.model.kernels import apply_kernel, resolve_kernel, warn_if_slow_one_row
+from harness.loading.sources import load_configured
+from harness.results.metrics import COMPILED_PEER, first_divergence, generation_stats, summarize
+from harness.model.target import TargetModel
+from harness.results.store import BaselineCache, ResultsStore, config_hash
+from harness.engine.sampling import Sampling
 
 log = logging.getLogger("speclab")
 
@@ -69,7 +70,7 @@ def method_node(entry: str) -> DictConfig:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from .config import CONF_DIR
+    from harness.core.config import CONF_DIR
 
     name, *overrides = entry.split()
     if not (CONF_DIR / "method" / f"{name}.yaml").is_file():
@@ -181,7 +182,7 @@ class Runner:
             self.baseline = METHODS.build(OmegaConf.structured(ARConfig), ctx)
         self.synthetic = None
         if cfg.synthetic.mode != "off":
-            from .synthetic import Synthetic
+            from harness.bench.synthetic import Synthetic
 
             if cfg.baseline.mode == "cached":
                 raise SpeclabError("synthetic acceptance runs its own baseline; set baseline=interleaved (or none)")
@@ -198,7 +199,7 @@ class Runner:
     def _set_guidance(self, scale: float) -> None:
         if scale == 1.0:
             return
-        from .digits import unconditional_prompt
+        from harness.loading.digits import unconditional_prompt
 
         if scale < 0:
             raise SpeclabError(f"guidance must be >= 0 (1 = off, 0 = unconditional), got {scale}")

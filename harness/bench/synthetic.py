@@ -29,14 +29,14 @@ from typing import Any
 import pandas as pd
 import torch
 
-from . import tree as T
-from .decoder import Decoder
-from .drafter import DecodeState, Drafter
-from .errors import SpeclabError
-from .model import ForwardOutput
-from .proposal import Proposal
-from .sampling import sample, warp
-from .verify import Verifier, VerifyResult
+from harness.engine import tree as T
+from harness.engine.decoder import Decoder
+from harness.engine.drafter import DecodeState, Drafter
+from harness.core.errors import SpeclabError
+from harness.model.target import ForwardOutput
+from harness.engine.proposal import Proposal
+from harness.engine.sampling import sample, warp
+from harness.engine.verifiers import Verifier, VerifyResult
 
 MODES = ("off", "trace", "rates")
 ACCEPT = "synthetic_accept"  # Proposal.meta key: how many draft nodes this step accepts
@@ -200,7 +200,7 @@ class Synthetic:
     def wrap(self, gen: Any) -> None:
         """Engine generators draft through a :class:`SyntheticDrafter` and verify by the schedule; every side
         ignores stop tokens. Peers that draft inside transformers' ``generate()`` cannot be scheduled."""
-        from .generator import EngineGenerator
+        from harness.engine.method import EngineGenerator
 
         if isinstance(gen, EngineGenerator):
             if gen.name != "ar":

@@ -14,7 +14,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from .loading import TinySpec
+from harness.loading.sources import TinySpec
 
 REPO = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO / "conf"
@@ -134,7 +134,7 @@ register_schemas()
 def _run_hash(*, _root_) -> str:
     from omegaconf import OmegaConf
 
-    from .results import config_hash
+    from harness.results.store import config_hash
 
     # hydra.run.dir itself calls this resolver, so hash a copy without the hydra node
     return config_hash(OmegaConf.masked_copy(_root_, [k for k in _root_.keys() if k != "hydra"]))

@@ -16,7 +16,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from .config import REPO
+from harness.core.config import REPO
 
 
 @functools.lru_cache(maxsize=1)

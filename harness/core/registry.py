@@ -12,7 +12,7 @@ from typing import Any, Generic, TypeVar
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .errors import SpeclabError
+from harness.core.errors import SpeclabError
 
 F = TypeVar("F", bound=Callable)
 

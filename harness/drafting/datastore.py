@@ -20,14 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from .errors import SpeclabError
+from harness.core.errors import SpeclabError
 
 FORMAT = 1
 
 
 def default_path(model_name: str) -> Path:
     """Where a model's default datastore lives: built from its own answers to the training prompts."""
-    from .drafts import DRAFTS_DIR
+    from harness.drafting.draft_models import DRAFTS_DIR
 
     return DRAFTS_DIR / model_name / "datastore" / "answers.npz"
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from .config import REPO
-from .errors import SpeclabError
-from .loading import DTYPES, build_folder_once, cache_dir, files_hash, load_target
-from .model import ModelInfo, TargetModel
+from harness.core.config import REPO
+from harness.core.errors import SpeclabError
+from harness.loading.sources import DTYPES, build_folder_once, cache_dir, files_hash, load_target
+from harness.model.target import ModelInfo, TargetModel
 
 DRAFTS_DIR = REPO / "drafts"
 

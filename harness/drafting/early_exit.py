@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .errors import SpeclabError
+from harness.core.errors import SpeclabError
 
 
 class EarlyExitAdapter(nn.Module):

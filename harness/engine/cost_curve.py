@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import hostinfo
-from . import tree as T
-from .device import synchronize
-from .loading import cache_dir, keyed_cache_path, read_keyed, write_keyed
-from .model import TargetModel
+from harness.core import hostinfo
+from harness.engine import tree as T
+from harness.model.device import synchronize
+from harness.loading.sources import cache_dir, keyed_cache_path, read_keyed, write_keyed
+from harness.model.target import TargetModel
 
 CACHE_LEN = 256  # the cache length c(k) is measured at (stated with every curve)
 

@@ -12,14 +12,14 @@ from typing import Any
 
 import torch
 
-from . import tree as T
-from .device import synchronize
-from .drafter import DecodeState, Drafter
-from .errors import SpeclabError
-from .experts import summarize
-from .model import TargetModel
-from .proposal import Proposal
-from .verify import Verifier
+from harness.engine import tree as T
+from harness.model.device import synchronize
+from harness.engine.drafter import DecodeState, Drafter
+from harness.core.errors import SpeclabError
+from harness.model.experts import summarize
+from harness.model.target import TargetModel
+from harness.engine.proposal import Proposal
+from harness.engine.verifiers import Verifier
 
 
 @dataclass

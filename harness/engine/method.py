@@ -12,13 +12,13 @@ from typing import Any
 
 import torch
 
-from .decoder import Decoder, PromptResult
-from .drafter import Drafter
-from .errors import SpeclabError
-from .model import TargetModel
-from .registry import Registry
-from .sampling import Sampling
-from .verify import make_verifier
+from harness.engine.decoder import Decoder, PromptResult
+from harness.engine.drafter import Drafter
+from harness.core.errors import SpeclabError
+from harness.model.target import TargetModel
+from harness.core.registry import Registry
+from harness.engine.sampling import Sampling
+from harness.engine.verifiers import make_verifier
 
 
 class Generator:
@@ -38,7 +38,7 @@ class EngineGenerator(Generator):
                  rule_options: dict[str, Any] | None = None) -> None:
         self.name = name
         self.drafter = drafter
-        from .digits import token_neighbours
+        from harness.loading.digits import token_neighbours
 
         try:
             verifier = make_verifier(sampling, rule, token_neighbours(target.tokenizer), **(rule_options or {}))
@@ -66,8 +66,8 @@ class MethodContext:
         for methods that size their drafts by what a verification costs."""
         import logging
 
-        from . import verify_cost as vc
-        from .kernels import resolve_kernel
+        from harness.engine import cost_curve as vc
+        from harness.model.kernels import resolve_kernel
 
         kernel = resolve_kernel(self.engine.kernel, self.target.dtype, self.target.device)
         return vc.Curve(vc.cached_or_measured(self.target, kernel, int(self.engine.threads), logging.getLogger("speclab")))
@@ -79,7 +79,7 @@ METHODS: Registry = Registry("method", "method")
 def inner_drafter(spec: str, ctx: MethodContext, owner: str) -> Drafter:
     """The drafter of the engine method ``spec`` (a conf/method preset with optional overrides, ``"recycling
     total_tokens=8"``), for a method that wraps another (``sam``'s aux, ``adaptive``'s inner)."""
-    from .runner import method_node
+    from harness.bench.runner import method_node
 
     node = method_node(spec)
     if node.family == owner:

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from . import tree as T
+from harness.engine import tree as T
 
 
 @dataclass

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 
 import torch
 
-from . import tree as T
-from .proposal import Proposal
-from .sampling import Sampling, sample, warp
+from harness.engine import tree as T
+from harness.engine.proposal import Proposal
+from harness.engine.sampling import Sampling, sample, warp
 
 
 @dataclass

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SpeclabError
+from harness.core.errors import SpeclabError
 
 SIDE, LEVELS, CLASSES = 8, 17, 10
 PIXELS = SIDE * SIDE

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .errors import SpeclabError
+from harness.core.errors import SpeclabError
 
 TESTBED = Path(__file__).resolve().parent.parent / "models" / "smollm2-moe"
 ROUTERS = "routers.safetensors"
@@ -94,7 +94,7 @@ def testbed_folder() -> Path:
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .loading import _sha256, build_folder_once, cache_dir, smollm2_folder
+    from harness.loading.sources import _sha256, build_folder_once, cache_dir, smollm2_folder
 
     dense_folder = smollm2_folder()
     routers = TESTBED / ROUTERS

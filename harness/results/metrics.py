@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from .decoder import PromptResult
+from harness.engine.decoder import PromptResult
 
 
 def repetition_4gram(ids: Sequence[int]) -> float:

@@ -26,7 +26,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import SpeclabError
+from harness.core.errors import SpeclabError
 
 # Keys that change neither what is generated nor how it is timed, nor which prompts a run covers: a run
 # may be resumed with other values. (task.limit and repeats select prompts: they are the run's identity.)

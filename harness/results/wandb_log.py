@@ -13,8 +13,8 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import SpeclabError
-from .report import Report, summary_table
+from harness.core.errors import SpeclabError
+from harness.results.tables import Report, summary_table
 
 # Per-prompt columns worth browsing in the wandb UI (list columns and provenance stay in the parquet).
 PROMPT_COLUMNS = (

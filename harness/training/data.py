@@ -31,9 +31,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import SpeclabError
-from ..model import TargetModel
-from .loop import PRECISIONS
+from harness.core.errors import SpeclabError
+from harness.model.target import TargetModel
+from harness.training.loop import PRECISIONS
 
 NON_COMMERCIAL = ("alpacaeval", "wizardlm", "codealpaca")  # CC BY-NC sources in train_prompts/SOURCES.md
 
@@ -46,7 +46,7 @@ def prompts_path(explicit: str | None = None) -> Path:
 
 def training_prompts(path: Path, n: int, seed: int = 0, include_noncommercial: bool = False) -> list[dict]:
     """Up to ``n`` training prompts (shuffled by ``seed``) that share no word 8-gram with any evaluation prompt."""
-    from tasks.overlap import evaluation_texts, overlapping
+    from harness.training.overlap import evaluation_texts, overlapping
 
     if not path.is_file():
         raise SpeclabError(f"training prompts {path} not found; pass --prompts-file or set SPECLAB_DATA")
@@ -81,7 +81,7 @@ def head_answer_spec(target: TargetModel, gen_tokens: int = 128, max_prompt_toke
                      seed: int = 0) -> AnswerSpec:
     """The answers the head trainers share (the final state and EAGLE-3's three layers captured): one cache
     serves EAGLE-1/3, Medusa/Hydra and the default retrieval datastore."""
-    from ..checkpoints import default_layers
+    from harness.drafting.heads.eagle_checkpoints import default_layers
 
     return AnswerSpec(gen_tokens=gen_tokens, max_prompt_tokens=max_prompt_tokens, batch=batch,
                       layers=("final", *default_layers("eagle3", target.num_layers)), seed=seed)
@@ -89,7 +89,7 @@ def head_answer_spec(target: TargetModel, gen_tokens: int = 128, max_prompt_toke
 
 def training_work_dir(target: TargetModel) -> Path:
     """Where a target's training caches live unless a script is given ``--work``."""
-    from ..loading import cache_dir
+    from harness.loading.sources import cache_dir
 
     return cache_dir() / "training" / f"{target.info.name}-{target.info.weights_hash}"
 
@@ -136,7 +136,7 @@ def add_head_trainer_arguments(p, prompts: int = 640, batch: int = 8, epochs: fl
 
 def answers_for(args) -> tuple[TargetModel, Path, list[dict], float]:
     """(target, work folder, cached answers, minutes spent reading or making them) for a head trainer's options."""
-    from ..loading import load_named
+    from harness.loading.sources import load_named
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -195,7 +195,7 @@ def answer_shards(target: TargetModel, prompts: Sequence[dict], work: Path, spec
     ``max_minutes`` (stop generating after that long; a rerun continues) the shards so far are an unbiased
     sample of the prompts.
     """
-    from ..kernels import apply_kernel
+    from harness.model.kernels import apply_kernel
 
     folder = Path(work) / spec.folder_name(len(prompts))
     folder.mkdir(parents=True, exist_ok=True)

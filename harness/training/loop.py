@@ -129,9 +129,9 @@ class Trainer:
 
 def heldout_tau(target, drafter_factory: Callable[[], object], prompts: Sequence[list[int]], max_new_tokens: int) -> float:
     """Mean accepted length (new tokens / target forwards) of the engine on held-out training prompts."""
-    from ..decoder import Decoder
-    from ..sampling import Sampling
-    from ..verify import make_verifier
+    from harness.engine.decoder import Decoder
+    from harness.engine.sampling import Sampling
+    from harness.engine.verifiers import make_verifier
 
     decoder = Decoder(target, make_verifier(Sampling()))
     tokens = steps = 0

@@ -18,10 +18,10 @@ def evaluation_texts(task_names: Iterable[str] = ("demo", "spec_bench", "humanev
     from hydra import compose, initialize_config_dir
 
     import methods  # noqa: F401  (the default config names a method schema)
-    from harness.config import CONF_DIR
-    from harness.errors import SpeclabError
+    from harness.core.config import CONF_DIR
+    from harness.core.errors import SpeclabError
 
-    from .base import build_task
+    from tasks.base import build_task
 
     out: dict[str, list[str]] = {}
     for name in task_names:

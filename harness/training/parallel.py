@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from ..heads import ReducedVocab, soft_cross_entropy
-from ..parallel_heads import HydraHeads, MedusaHeads
-from .eagle import Batch
+from harness.drafting.heads.eagle_head import ReducedVocab, soft_cross_entropy
+from harness.drafting.heads.medusa_heads import HydraHeads, MedusaHeads
+from harness.training.eagle import Batch
 
 
 class ParallelHeadsLoss:

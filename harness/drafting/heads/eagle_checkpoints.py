@@ -46,9 +46,9 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 from transformers import LlamaConfig
 
-from .errors import SpeclabError
-from .heads import EagleHead, ReducedVocab, head_llama_config
-from .model import TargetModel
+from harness.core.errors import SpeclabError
+from harness.drafting.heads.eagle_head import EagleHead, ReducedVocab, head_llama_config
+from harness.model.target import TargetModel
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # decoder-layer key prefix in each layout -> EagleHead's (its layer modules sit at the top level of the head)

@@ -24,13 +24,13 @@ from dataclasses import dataclass
 
 import torch
 
-from . import trees
-from .drafter import DecodeState, Drafter
-from .heads import EagleHead, causal_mask, visible_mask
-from .model import ForwardOutput
-from .proposal import Proposal
-from .sampling import Sampling, warp
-from .verify import VerifyResult
+from harness.drafting import tree_shapes as trees
+from harness.engine.drafter import DecodeState, Drafter
+from harness.drafting.heads.eagle_head import EagleHead, causal_mask, visible_mask
+from harness.model.target import ForwardOutput
+from harness.engine.proposal import Proposal
+from harness.engine.sampling import Sampling, warp
+from harness.engine.verifiers import VerifyResult
 
 
 @dataclass
@@ -223,9 +223,9 @@ class HeadDrafter(Drafter):
 
 def head_path(cfg, ctx, default_head: str, train_command: str) -> str:
     """``method.head`` as a local folder (a Hub id is downloaded), or the model's committed default under drafts/."""
-    from .checkpoints import resolve_folder
-    from .drafts import DRAFTS_DIR
-    from .errors import SpeclabError
+    from harness.drafting.heads.eagle_checkpoints import resolve_folder
+    from harness.drafting.draft_models import DRAFTS_DIR
+    from harness.core.errors import SpeclabError
 
     if cfg.head:
         return str(resolve_folder(str(cfg.head)))
@@ -244,8 +244,8 @@ def frequency_vocab(cfg, path: str, vocab_size: int):
     import json
     from pathlib import Path
 
-    from .errors import SpeclabError
-    from .heads import ReducedVocab
+    from harness.core.errors import SpeclabError
+    from harness.drafting.heads.eagle_head import ReducedVocab
 
     n = getattr(cfg, "vocab_size", None)
     if n is None:
@@ -262,9 +262,9 @@ def frequency_vocab(cfg, path: str, vocab_size: int):
 
 def build_head_generator(cfg, ctx, default_head: str, shape: TreeShape):
     """An engine generator for an EAGLE-family method config (``head``, ``vocab_size``, ``dtype`` keys)."""
-    from .checkpoints import load_head
-    from .generator import EngineGenerator
-    from .kernels import apply_kernel, draft_dtype
+    from harness.drafting.heads.eagle_checkpoints import load_head
+    from harness.engine.method import EngineGenerator
+    from harness.model.kernels import apply_kernel, draft_dtype
 
     target = ctx.target
     dtype = draft_dtype(cfg.dtype, target.dtype, target.device, ctx.engine.kernel)

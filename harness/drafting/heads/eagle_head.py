@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaMLP, LlamaRMSNorm, LlamaRotaryEmbedding
 
-from .cache import KVCache
-from .model import ATTENTION, to_additive
+from harness.model.kv_cache import KVCache
+from harness.model.target import ATTENTION, to_additive
 
 VARIANTS = ("eagle", "eagle3")
 

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import _json_object, _read_file, resolve_folder
-from .errors import SpeclabError
-from .heads import head_llama_config
-from .model import TargetModel
-from .parallel_heads import HydraHeads, MedusaHeads
+from harness.drafting.heads.eagle_checkpoints import _json_object, _read_file, resolve_folder
+from harness.core.errors import SpeclabError
+from harness.drafting.heads.eagle_head import head_llama_config
+from harness.model.target import TargetModel
+from harness.drafting.heads.medusa_heads import HydraHeads, MedusaHeads
 
 WEIGHTS = {"medusa": "medusa_lm_head", "hydra": "hydra_lm_head"}
 KINDS = tuple(WEIGHTS)

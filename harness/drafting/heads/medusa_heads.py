@@ -22,10 +22,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
 
-from .cache import KVCache
-from .heads import ReducedVocab, head_llama_config
-from .kernels import apply_kernel
-from .model import ATTENTION
+from harness.model.kv_cache import KVCache
+from harness.drafting.heads.eagle_head import ReducedVocab, head_llama_config
+from harness.model.kernels import apply_kernel
+from harness.model.target import ATTENTION
 
 
 class ResBlock(nn.Module):
