@@ -1,4 +1,6 @@
-"""Speculative decoding methods. Each module registers a builder in ``harness.generator.METHODS`` and a
-config schema in Hydra's ConfigStore; ``conf/method/<name>.yaml`` selects it."""
+"""Speculative decoding methods, one module per method family.
 
-from methods import adaptive, ar, eagle, eagle2, eagle3, hf_peers, hydra, layerskip, lookahead, medusa, pld, recycling, rest, sam, sjd, sps  # noqa: F401
+Each module declares its families in ``FAMILIES`` (:class:`harness.core.registry.Family`: name, config schema,
+builder) and imports no other method; ``conf/method/<name>.yaml`` selects one. ``harness.api.load_plugins()``
+registers them all.
+"""

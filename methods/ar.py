@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hydra.core.config_store import ConfigStore
-
 from harness.core.config import MethodConfig
-from harness.engine.drafter import NoDraft
-from harness.engine.method import METHODS, EngineGenerator, MethodContext
+from harness.core.registry import Family
+from harness.engine.method import EngineGenerator, MethodContext, autoregressive
 
 
 @dataclass
@@ -17,9 +15,8 @@ class ARConfig(MethodConfig):
     family: str = "ar"
 
 
-@METHODS.register("ar", ARConfig)
 def build(cfg: ARConfig, ctx: MethodContext) -> EngineGenerator:
-    return EngineGenerator(cfg.name, ctx.target, NoDraft(), ctx.sampling, cfg.rule)
+    return autoregressive(ctx.target, ctx.sampling, cfg.name, cfg.rule)
 
 
-ConfigStore.instance().store(group="schema/method", name="ar", node=ARConfig)
+FAMILIES = [Family("ar", ARConfig, build)]

@@ -1,6 +1,6 @@
 """EAGLE-1 (Li et al., 2024): a one-layer draft head over [token embedding ; target feature], static tree.
 
-The tree comes from a choices list (``harness/trees.py``: ``eagle_mc_sim_7b_63`` is the paper's 25-node tree;
+The tree comes from a choices list (``harness/drafting/tree_shapes.py``: ``eagle_mc_sim_7b_63`` is the paper's 25-node tree;
 the CPU presets keep verification inside the flat part of this machine's verify-cost curve). ``vocab_size``
 restricts the target's head, which EAGLE-1 drafts through, to the head folder's most frequent answer tokens;
 the rule stays lossless (the draft never proposes other tokens).
@@ -11,13 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from hydra.core.config_store import ConfigStore
-
 from harness.core.config import MethodConfig
 from harness.core.errors import SpeclabError
-from harness.engine.method import METHODS, EngineGenerator, MethodContext
+from harness.core.registry import Family
 from harness.drafting.heads.eagle_drafter import TreeShape, build_head_generator
 from harness.drafting.tree_shapes import resolve_choices
+from harness.engine.method import EngineGenerator, MethodContext
 
 
 @dataclass
@@ -26,11 +25,10 @@ class EagleConfig(MethodConfig):
     family: str = "eagle"
     head: Optional[str] = None  # HF id or folder; null = drafts/<model.name>/eagle/
     dtype: str = "auto"  # auto: bfloat16 where bf16 linears run natively, else the target's dtype
-    choices: Any = "cpu8"  # a preset name in harness/trees.py or a list of rank paths
+    choices: Any = "cpu8"  # a preset name in harness/drafting/tree_shapes.py or a list of rank paths
     vocab_size: Optional[int] = 8192  # null: the target's full head
 
 
-@METHODS.register("eagle", EagleConfig)
 def build(cfg: EagleConfig, ctx: MethodContext) -> EngineGenerator:
     try:
         shape = TreeShape("static", choices=resolve_choices(cfg.choices))
@@ -39,4 +37,4 @@ def build(cfg: EagleConfig, ctx: MethodContext) -> EngineGenerator:
     return build_head_generator(cfg, ctx, "eagle", shape)
 
 
-ConfigStore.instance().store(group="schema/method", name="eagle", node=EagleConfig)
+FAMILIES = [Family("eagle", EagleConfig, build)]

@@ -9,23 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from hydra.core.config_store import ConfigStore
-
-from harness.core.config import MethodConfig
-from harness.core.errors import SpeclabError
-from harness.engine.method import METHODS, EngineGenerator, MethodContext
-from harness.drafting.heads.eagle_drafter import TreeShape, build_head_generator
-
-
-@dataclass
-class DynamicTreeConfig(MethodConfig):
-    """What every method drafting EAGLE-2's dynamic tree with a head sets."""
-
-    head: Optional[str] = None  # HF id or folder; null = the model's default head under drafts/
-    dtype: str = "auto"  # auto: bfloat16 where bf16 linears run natively, else the target's dtype
-    depth: int = 5
-    top_k: int = 2
-    total_tokens: int = 8  # verification width, root included
+from harness.core.registry import Family
+from harness.drafting.heads.eagle_drafter import DynamicTreeConfig, build_head_generator, dynamic_shape
+from harness.engine.method import EngineGenerator, MethodContext
 
 
 @dataclass
@@ -35,16 +21,8 @@ class Eagle2Config(DynamicTreeConfig):
     vocab_size: Optional[int] = 8192  # null: the target's full head
 
 
-def dynamic_shape(cfg) -> TreeShape:
-    try:
-        return TreeShape("dynamic", depth=cfg.depth, top_k=cfg.top_k, total_tokens=cfg.total_tokens)
-    except ValueError as e:
-        raise SpeclabError(f"method: {e}") from None
-
-
-@METHODS.register("eagle2", Eagle2Config)
 def build(cfg: Eagle2Config, ctx: MethodContext) -> EngineGenerator:
     return build_head_generator(cfg, ctx, "eagle", dynamic_shape(cfg))
 
 
-ConfigStore.instance().store(group="schema/method", name="eagle2", node=Eagle2Config)
+FAMILIES = [Family("eagle2", Eagle2Config, build)]

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hydra.core.config_store import ConfigStore
-
-from harness.engine.method import METHODS, EngineGenerator, MethodContext
-from harness.drafting.heads.eagle_drafter import build_head_generator
-
-from methods.eagle2 import DynamicTreeConfig, dynamic_shape
+from harness.core.registry import Family
+from harness.drafting.heads.eagle_drafter import DynamicTreeConfig, build_head_generator, dynamic_shape
+from harness.engine.method import EngineGenerator, MethodContext
 
 
 @dataclass
@@ -19,9 +16,8 @@ class Eagle3Config(DynamicTreeConfig):
     family: str = "eagle3"  # head: EAGLE-3 weights (default drafts/<model.name>/eagle3/)
 
 
-@METHODS.register("eagle3", Eagle3Config)
 def build(cfg: Eagle3Config, ctx: MethodContext) -> EngineGenerator:
     return build_head_generator(cfg, ctx, "eagle3", dynamic_shape(cfg))
 
 
-ConfigStore.instance().store(group="schema/method", name="eagle3", node=Eagle3Config)
+FAMILIES = [Family("eagle3", Eagle3Config, build)]

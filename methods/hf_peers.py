@@ -17,6 +17,7 @@ The prefill time is the time to the end of the first target forward, so ms_per_s
 
 from __future__ import annotations
 
+import copy
 import time
 import weakref
 from collections.abc import Sequence
@@ -24,18 +25,16 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
-from hydra.core.config_store import ConfigStore
 
 from harness.core.config import MethodConfig
-from harness.engine.decoder import PromptResult
-from harness.model.device import synchronize
-from harness.drafting.draft_models import export_hf
 from harness.core.errors import SpeclabError
-from harness.engine.method import METHODS, Generator, MethodContext
+from harness.core.registry import Family
+from harness.drafting.draft_models import DraftModelConfig, export_hf
+from harness.engine.decoder import PromptResult
+from harness.engine.method import Generator, MethodContext
 from harness.loading.sources import load_target
+from harness.model.device import synchronize
 from harness.model.target import TargetModel
-
-from methods.sps import DraftModelConfig
 
 
 @dataclass
@@ -111,12 +110,20 @@ class HFGenerator(Generator):
         self.sampling = sampling
         self.extra = extra
         self.drafts = bool(extra)  # hf_pld and hf_assisted draft inside generate()
-        self.ignore_eos = False  # synthetic acceptance: generate the whole budget, as every side does
+        self.ignore_eos = False  # synthetic acceptance (without_stop_tokens): generate the whole budget
         self._forwards: list[tuple[int, int]] = []
         self._first_done: float | None = None
 
     def _options(self, prompt_len: int, max_new_tokens: int) -> dict:
         return self.extra
+
+    def without_stop_tokens(self) -> "HFGenerator":
+        if self.drafts:
+            raise SpeclabError(f"synthetic acceptance cannot schedule {self.name!r}: it drafts inside transformers' "
+                               "generate(); compare engine methods, hf_generate or hf_compiled")
+        clone = copy.copy(self)
+        clone.ignore_eos = True
+        return clone
 
     def _before(self, module, args, kwargs) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
@@ -217,7 +224,7 @@ def stock_copy(ctx: MethodContext) -> TargetModel:
         return _STOCK[ctx.target]
     info = ctx.target.info
     if "tiny" in info.extra:
-        from harness.loading.sources import TinySpec
+        from harness.core.config import TinySpec
 
         stock = load_target(info.name, "tiny", None, info.dtype, "sdpa", tiny=TinySpec(**info.extra["tiny"]),
                             device=ctx.target.device)
@@ -232,12 +239,10 @@ def stock_copy(ctx: MethodContext) -> TargetModel:
 PEER_FAMILIES = ("hf_generate", "hf_pld", "hf_assisted", "hf_compiled")  # run transformers' own kernels: no engine bound
 
 
-@METHODS.register("hf_generate", HFGenerateConfig)
 def build_generate(cfg: HFGenerateConfig, ctx: MethodContext) -> HFGenerator:
     return HFGenerator(cfg.name, stock_copy(ctx), ctx.sampling, {})
 
 
-@METHODS.register("hf_compiled", HFCompiledConfig)
 def build_compiled(cfg: HFCompiledConfig, ctx: MethodContext) -> HFGenerator:
     modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
     if cfg.mode not in modes:
@@ -245,13 +250,11 @@ def build_compiled(cfg: HFCompiledConfig, ctx: MethodContext) -> HFGenerator:
     return HFCompiledGenerator(cfg.name, stock_copy(ctx), ctx.sampling, cfg.mode, cfg.cache_bucket)
 
 
-@METHODS.register("hf_pld", HFPLDConfig)
 def build_pld(cfg: HFPLDConfig, ctx: MethodContext) -> HFGenerator:
     extra = {"prompt_lookup_num_tokens": cfg.num_draft, "max_matching_ngram_size": cfg.max_ngram}
     return HFGenerator(cfg.name, stock_copy(ctx), ctx.sampling, extra)
 
 
-@METHODS.register("hf_assisted", HFAssistedConfig)
 def build_assisted(cfg: HFAssistedConfig, ctx: MethodContext) -> HFGenerator:
     from transformers import AutoModelForCausalLM
 
@@ -267,8 +270,9 @@ def build_assisted(cfg: HFAssistedConfig, ctx: MethodContext) -> HFGenerator:
     return HFGenerator(cfg.name, stock, ctx.sampling, {"assistant_model": assistant})
 
 
-cs = ConfigStore.instance()
-cs.store(group="schema/method", name="hf_generate", node=HFGenerateConfig)
-cs.store(group="schema/method", name="hf_pld", node=HFPLDConfig)
-cs.store(group="schema/method", name="hf_compiled", node=HFCompiledConfig)
-cs.store(group="schema/method", name="hf_assisted", node=HFAssistedConfig)
+FAMILIES = [
+    Family("hf_generate", HFGenerateConfig, build_generate),
+    Family("hf_compiled", HFCompiledConfig, build_compiled),
+    Family("hf_pld", HFPLDConfig, build_pld),
+    Family("hf_assisted", HFAssistedConfig, build_assisted),
+]

@@ -12,17 +12,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from hydra.core.config_store import ConfigStore
 
-from harness.drafting import tree_shapes as trees
+from harness.core.registry import Family
+from harness.drafting import tree_shapes
+from harness.drafting.heads.layers import causal_mask
+from harness.drafting.heads.medusa_drafter import ParallelHeadsConfig, ParallelHeadsDrafter, build_parallel_generator
 from harness.engine.drafter import DecodeState
-from harness.engine.method import METHODS, EngineGenerator, MethodContext
-from harness.drafting.heads.eagle_head import causal_mask
-from harness.model.target import ForwardOutput
+from harness.engine.method import EngineGenerator, MethodContext
 from harness.engine.proposal import Proposal
 from harness.engine.verifiers import VerifyResult
-
-from methods.medusa import ParallelHeadsConfig, ParallelHeadsDrafter, build_parallel_generator
+from harness.model.target import ForwardOutput
 
 
 @dataclass
@@ -70,12 +69,11 @@ class HydraDrafter(ParallelHeadsDrafter):
             # one level at a time, so every node here sits at the same depth and uses the same head
             return self.heads.head_logits(level[nodes[0]], torch.stack([inputs[n] for n in nodes]))
 
-        trees.grow_choices(self.choices, depth, self.heads.head_logits(0, inputs[-1]), self._pick, add, expand)
+        tree_shapes.grow_choices(self.choices, depth, self.heads.head_logits(0, inputs[-1]), self._pick, add, expand)
 
 
-@METHODS.register("hydra", HydraConfig)
 def build(cfg: HydraConfig, ctx: MethodContext) -> EngineGenerator:
     return build_parallel_generator(cfg, ctx, HydraDrafter)
 
 
-ConfigStore.instance().store(group="schema/method", name="hydra", node=HydraConfig)
+FAMILIES = [Family("hydra", HydraConfig, build)]

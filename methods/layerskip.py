@@ -14,17 +14,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from hydra.core.config_store import ConfigStore
 
 from harness.core.config import MethodConfig
-from harness.engine.drafter import DecodeState, Drafter
+from harness.core.errors import SpeclabError
+from harness.core.registry import Family
 from harness.drafting.draft_models import DRAFTS_DIR
 from harness.drafting.early_exit import EarlyExitAdapter, load_adapter
-from harness.core.errors import SpeclabError
-from harness.engine.method import METHODS, EngineGenerator, MethodContext
-from harness.model.target import TargetModel
+from harness.engine.drafter import DecodeState, Drafter
+from harness.engine.method import EngineGenerator, MethodContext
 from harness.engine.proposal import Proposal
 from harness.engine.sampling import Sampling, sample, warp
+from harness.model.target import TargetModel
 
 
 @dataclass
@@ -85,10 +85,9 @@ def resolve_adapter(spec: str, target: TargetModel) -> EarlyExitAdapter | None:
     return adapter.to(target.device, target.dtype)  # trained in fp32; a bf16/fp16 target reads it in its own dtype
 
 
-@METHODS.register("layerskip", LayerSkipConfig)
 def build(cfg: LayerSkipConfig, ctx: MethodContext) -> EngineGenerator:
     drafter = EarlyExitDrafter(cfg, ctx.target, resolve_adapter(cfg.adapter, ctx.target), ctx.sampling)
-    return EngineGenerator(cfg.name, ctx.target, drafter, ctx.sampling, cfg.rule)
+    return EngineGenerator.with_rule(cfg.name, ctx.target, drafter, ctx.sampling, cfg.rule)
 
 
-ConfigStore.instance().store(group="schema/method", name="layerskip", node=LayerSkipConfig)
+FAMILIES = [Family("layerskip", LayerSkipConfig, build)]

@@ -27,16 +27,15 @@ import random
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from hydra.core.config_store import ConfigStore
-
 from harness.core.config import MethodConfig
-from harness.engine.drafter import DecodeState, Drafter
 from harness.core.errors import SpeclabError
-from harness.engine.method import METHODS, EngineGenerator, MethodContext
-from harness.model.target import ForwardOutput
-from harness.engine.proposal import Proposal
+from harness.core.registry import Family
 from harness.drafting.tree_shapes import prefix_tree
+from harness.engine.drafter import DecodeState, Drafter
+from harness.engine.method import EngineGenerator, MethodContext
+from harness.engine.proposal import Proposal
 from harness.engine.verifiers import VerifyResult
+from harness.model.target import ForwardOutput
 
 
 @dataclass
@@ -120,9 +119,8 @@ class Lookahead(Drafter):
         slot[continuation] = None
 
 
-@METHODS.register("lookahead", LookaheadConfig)
 def build(cfg: LookaheadConfig, ctx: MethodContext) -> EngineGenerator:
-    return EngineGenerator(cfg.name, ctx.target, Lookahead(cfg), ctx.sampling, cfg.rule)
+    return EngineGenerator.with_rule(cfg.name, ctx.target, Lookahead(cfg), ctx.sampling, cfg.rule)
 
 
-ConfigStore.instance().store(group="schema/method", name="lookahead", node=LookaheadConfig)
+FAMILIES = [Family("lookahead", LookaheadConfig, build)]

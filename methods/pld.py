@@ -11,13 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from hydra.core.config_store import ConfigStore
 from numpy.lib.stride_tricks import sliding_window_view
 
 from harness.core.config import MethodConfig
-from harness.engine.drafter import DecodeState, Drafter
 from harness.core.errors import SpeclabError
-from harness.engine.method import METHODS, EngineGenerator, MethodContext
+from harness.core.registry import Family
+from harness.engine.drafter import DecodeState, Drafter
+from harness.engine.method import EngineGenerator, MethodContext
 from harness.engine.proposal import Proposal
 
 
@@ -81,9 +81,8 @@ class PromptLookup(Drafter):
         return Proposal.chain(draft.tolist(), grade=n)
 
 
-@METHODS.register("pld", PLDConfig)
 def build(cfg: PLDConfig, ctx: MethodContext) -> EngineGenerator:
-    return EngineGenerator(cfg.name, ctx.target, PromptLookup(cfg, ctx.target.stop_ids), ctx.sampling, cfg.rule)
+    return EngineGenerator.with_rule(cfg.name, ctx.target, PromptLookup(cfg, ctx.target.stop_ids), ctx.sampling, cfg.rule)
 
 
-ConfigStore.instance().store(group="schema/method", name="pld", node=PLDConfig)
+FAMILIES = [Family("pld", PLDConfig, build)]

@@ -29,18 +29,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from hydra.core.config_store import ConfigStore
 
-from harness.drafting import tree_shapes as trees
 from harness.core.config import MethodConfig
-from harness.engine.drafter import DecodeState, Drafter
 from harness.core.errors import SpeclabError
-from harness.engine.method import METHODS, EngineGenerator, MethodContext
-from harness.model.target import ForwardOutput
+from harness.core.registry import Family
+from harness.drafting import tree_shapes
+from harness.drafting.tree_shapes import check_budget
+from harness.engine.drafter import DecodeState, Drafter
+from harness.engine.method import EngineGenerator, MethodContext
 from harness.engine.proposal import Proposal
 from harness.engine.verifiers import VerifyResult
-
-from methods.rest import check_budget
+from harness.model.target import ForwardOutput
 
 PRIOR_WEIGHT = 2.0  # pseudo-observations behind a node's prior acceptance rate
 MAX_CONTEXT = 4
@@ -51,7 +50,7 @@ class RecyclingConfig(MethodConfig):
     name: str = "recycling"
     family: str = "recycling"
     top_k: int = 8  # successors recorded per token
-    template: Any = "recycling_80"  # a trees.CHOICES preset or a list of rank paths
+    template: Any = "recycling_80"  # a tree_shapes.CHOICES preset or a list of rank paths
     total_tokens: Any = "auto"  # tokens verified per step, root included: an int, or auto (by the verify-cost curve)
     max_tokens: int = 32  # cap on auto
     persist: bool = True  # keep the successor matrix across prompts (the paper's protocol)
@@ -70,7 +69,7 @@ class TokenRecycling(Drafter):
                                f"n tokens), got {cfg.context}")
         check_budget(cfg.total_tokens, cfg.max_tokens)
         try:
-            self.paths = trees.resolve_choices(cfg.template)
+            self.paths = tree_shapes.resolve_choices(cfg.template)
         except ValueError as e:
             raise SpeclabError(f"method.template: {e}") from None
         if max(max(p) for p in self.paths) >= cfg.top_k:
@@ -78,7 +77,7 @@ class TokenRecycling(Drafter):
                                f"method.top_k={cfg.top_k} records only ranks 0..{cfg.top_k - 1}; raise top_k or use a smaller template")
         self.cfg, self.cost, self.vocab_size = cfg, cost, vocab_size
         self.hidden_layers = ("final",) if cfg.recycle_prompt else ()
-        self.parents = trees.choices_parents(self.paths)
+        self.parents = tree_shapes.choices_parents(self.paths)
         ranks = [p[-1] for p in self.paths]
         # prior acceptance of a node: 1/(2 + rank) per level, so deeper and lower-ranked nodes come later
         self.prior = np.array([math.prod(1.0 / (2 + r) for r in p) for p in self.paths])
@@ -133,9 +132,9 @@ class TokenRecycling(Drafter):
 
     def propose(self, state: DecodeState, max_depth: int) -> Proposal:
         p = self.acceptance()
-        order = [i for i in trees.best_first_order(np.log(p).tolist(), self.parents) if len(self.paths[i]) <= max_depth]
+        order = [i for i in tree_shapes.best_first_order(np.log(p).tolist(), self.parents) if len(self.paths[i]) <= max_depth]
         if self.cfg.total_tokens == "auto":
-            n = trees.cost_optimal_size(p[order].tolist(), self.cost, self.cfg.max_tokens - 1)
+            n = tree_shapes.cost_optimal_size(p[order].tolist(), self.cost, self.cfg.max_tokens - 1)
         else:
             n = int(self.cfg.total_tokens) - 1
         tokens: list[int] = []
@@ -174,12 +173,11 @@ class TokenRecycling(Drafter):
             np.add.at(self.accepted, [nodes[j] for j in result.accepted], 1.0)
 
 
-@METHODS.register("recycling", RecyclingConfig)
 def build(cfg: RecyclingConfig, ctx: MethodContext) -> EngineGenerator:
     check_budget(cfg.total_tokens, cfg.max_tokens)
     cost = ctx.verify_cost() if cfg.total_tokens == "auto" else None
     drafter = TokenRecycling(cfg, ctx.target.vocab_size, cost)
-    return EngineGenerator(cfg.name, ctx.target, drafter, ctx.sampling, cfg.rule)
+    return EngineGenerator.with_rule(cfg.name, ctx.target, drafter, ctx.sampling, cfg.rule)
 
 
-ConfigStore.instance().store(group="schema/method", name="recycling", node=RecyclingConfig)
+FAMILIES = [Family("recycling", RecyclingConfig, build)]

@@ -15,22 +15,21 @@ nothing matches (a plain step), continuations never cross from one corpus entry 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-from hydra.core.config_store import ConfigStore
 
-from harness.drafting import datastore as ds
 from harness.core.config import MethodConfig
-from harness.engine.drafter import DecodeState, Drafter
 from harness.core.errors import SpeclabError
-from harness.engine.method import METHODS, EngineGenerator, MethodContext
+from harness.core.registry import Family
+from harness.drafting import datastore as ds
+from harness.drafting.datastore import load_for
+from harness.drafting.tree_shapes import best_first_order, check_budget, cost_optimal_size, prefix_tree
+from harness.engine.drafter import DecodeState, Drafter
+from harness.engine.method import EngineGenerator, MethodContext
 from harness.engine.proposal import Proposal
-from harness.drafting.tree_shapes import best_first_order, cost_optimal_size, prefix_tree
 
 
 @dataclass
@@ -44,20 +43,6 @@ class RESTConfig(MethodConfig):
     length: int = 10  # tokens per continuation
     total_tokens: Any = "auto"  # tokens verified per step, root included: an int, or auto (by the verify-cost curve)
     max_tokens: int = 32  # cap on auto
-
-
-def check_budget(total_tokens: Any, max_tokens: int) -> None:
-    """``total_tokens`` (a verification width, root included) is auto or at least 2; ``max_tokens`` caps auto."""
-    if total_tokens != "auto" and (isinstance(total_tokens, bool) or not isinstance(total_tokens, int) or total_tokens < 2):
-        raise SpeclabError(f"method.total_tokens must be auto or a verification width >= 2 (root included), got {total_tokens!r}")
-    if max_tokens < 2:
-        raise SpeclabError(f"method.max_tokens must be >= 2 (root included), got {max_tokens}")
-
-
-def resolve_datastore(path: str | None, model_name: str) -> Path:
-    if path:
-        return Path(path).expanduser()
-    return ds.default_path(model_name)
 
 
 class RetrievalDrafter(Drafter):
@@ -99,25 +84,11 @@ def unique_rows(grid: np.ndarray) -> tuple[list[list[int]], list[int]]:
     return [[int(t) for t in uniq[i] if t >= 0] for i in order], [int(counts[i]) for i in order]
 
 
-def load_for(target: Any, path: str | None) -> ds.Datastore:
-    t0 = time.perf_counter()
-    where = resolve_datastore(path, target.info.name)
-    if path is None and not where.is_file():
-        name = target.info.name
-        raise SpeclabError(f"no default datastore for model {name!r} (looked for {where}); build it with "
-                           f"`python scripts/build_datastore.py --model {name} --answers --out {where}` "
-                           "or set method.datastore=<a .npz from scripts/build_datastore.py>")
-    store = ds.load(where, target.tokenizer, target.vocab_size)
-    store.meta["load_s"] = time.perf_counter() - t0
-    return store
-
-
-@METHODS.register("rest", RESTConfig)
 def build(cfg: RESTConfig, ctx: MethodContext) -> EngineGenerator:
     check_budget(cfg.total_tokens, cfg.max_tokens)
     store = load_for(ctx.target, cfg.datastore)
     cost = ctx.verify_cost() if cfg.total_tokens == "auto" else None
-    return EngineGenerator(cfg.name, ctx.target, RetrievalDrafter(cfg, store, cost), ctx.sampling, cfg.rule)
+    return EngineGenerator.with_rule(cfg.name, ctx.target, RetrievalDrafter(cfg, store, cost), ctx.sampling, cfg.rule)
 
 
-ConfigStore.instance().store(group="schema/method", name="rest", node=RESTConfig)
+FAMILIES = [Family("rest", RESTConfig, build)]

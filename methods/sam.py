@@ -20,19 +20,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from hydra.core.config_store import ConfigStore
-
 from harness.core.config import MethodConfig
-from harness.engine.drafter import DecodeState, Drafter
 from harness.core.errors import SpeclabError
-from harness.engine.method import METHODS, EngineGenerator, MethodContext, inner_drafter
-from harness.model.target import ForwardOutput
-from harness.engine.proposal import Proposal
+from harness.core.registry import Family
+from harness.drafting.datastore import load_for, resolve_datastore
 from harness.drafting.suffix_automaton import Matcher, SuffixAutomaton
 from harness.drafting.tree_shapes import cost_optimal_size
+from harness.engine.drafter import DecodeState, Drafter
+from harness.engine.method import EngineGenerator, MethodContext, inner_drafter
+from harness.engine.proposal import Proposal
 from harness.engine.verifiers import VerifyResult
-
-from methods.rest import load_for, resolve_datastore
+from harness.model.target import ForwardOutput
 
 PRIOR_ACCEPT, PRIOR_WEIGHT = 0.6, 10.0  # a draft token's acceptance before any is verified, worth 10 observations
 MATCH_BUCKETS = 6  # acceptance is tracked per match length 1, 2-3, 4-7, 8-15, 16-31, 32+
@@ -143,12 +141,11 @@ def static_automaton(target: Any, path: str | None) -> SuffixAutomaton:
     return _STATIC[key]
 
 
-@METHODS.register("sam", SAMConfig)
 def build(cfg: SAMConfig, ctx: MethodContext) -> EngineGenerator:
     aux = inner_drafter(cfg.aux, ctx, "sam") if cfg.aux and cfg.aux != "none" else None
     static = static_automaton(ctx.target, cfg.datastore) if cfg.static else None
     cost = ctx.verify_cost() if cfg.max_tokens == "auto" else None
-    return EngineGenerator(cfg.name, ctx.target, SuffixAutomatonDrafter(cfg, aux, static, cost), ctx.sampling, cfg.rule)
+    return EngineGenerator.with_rule(cfg.name, ctx.target, SuffixAutomatonDrafter(cfg, aux, static, cost), ctx.sampling, cfg.rule)
 
 
-ConfigStore.instance().store(group="schema/method", name="sam", node=SAMConfig)
+FAMILIES = [Family("sam", SAMConfig, build)]

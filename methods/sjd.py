@@ -19,16 +19,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from hydra.core.config_store import ConfigStore
 
 from harness.core.config import MethodConfig
-from harness.engine.drafter import DecodeState, Drafter
 from harness.core.errors import SpeclabError
-from harness.engine.method import METHODS, EngineGenerator, MethodContext
-from harness.model.target import ForwardOutput
+from harness.core.registry import Family
+from harness.engine.drafter import DecodeState, Drafter
+from harness.engine.method import EngineGenerator, MethodContext
 from harness.engine.proposal import Proposal
 from harness.engine.sampling import Sampling, sample, warp
 from harness.engine.verifiers import VerifyResult
+from harness.model.target import ForwardOutput
 
 
 @dataclass
@@ -91,11 +91,10 @@ class JacobiWindow(Drafter):
         self._fill(last, state.generator)
 
 
-@METHODS.register("sjd", SJDConfig)
 def build(cfg: SJDConfig, ctx: MethodContext) -> EngineGenerator:
     if cfg.window < 1:
         raise SpeclabError(f"method.window must be >= 1, got {cfg.window}")
-    return EngineGenerator(cfg.name, ctx.target, JacobiWindow(cfg, ctx.sampling), ctx.sampling, cfg.rule)
+    return EngineGenerator.with_rule(cfg.name, ctx.target, JacobiWindow(cfg, ctx.sampling), ctx.sampling, cfg.rule)
 
 
-ConfigStore.instance().store(group="schema/method", name="sjd", node=SJDConfig)
+FAMILIES = [Family("sjd", SJDConfig, build)]

@@ -12,31 +12,25 @@ step. The rule stays lossless: the draft simply never proposes the other tokens 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import torch
-from hydra.core.config_store import ConfigStore
 
 from harness.core.config import MethodConfig
-from harness.engine.drafter import DecodeState, Drafter
-from harness.drafting.draft_models import default_draft, load_draft
 from harness.core.errors import SpeclabError
-from harness.engine.method import METHODS, EngineGenerator, MethodContext
-from harness.model import cuda_graphs as static_forward
-from harness.model.kernels import apply_kernel
-from harness.model.target import ForwardOutput, TargetModel
+from harness.core.registry import Family
+from harness.drafting.draft_models import DraftModelConfig, default_draft, load_draft
+from harness.drafting.vocab import frequency_vocab
+from harness.engine.drafter import DecodeState, Drafter
+from harness.engine.method import EngineGenerator, MethodContext
 from harness.engine.proposal import Proposal
 from harness.engine.sampling import Sampling, sample, warp
 from harness.engine.verifiers import VerifyResult
-
-
-@dataclass
-class DraftModelConfig:
-    path: Optional[str] = None  # HF id or folder; null = drafts/<model.name>/ (the distilled default)
-    dtype: str = "float32"
+from harness.model import cuda_graphs
+from harness.model.kernels import apply_kernel
+from harness.model.target import ForwardOutput, TargetModel
 
 
 @dataclass
@@ -105,30 +99,20 @@ class DraftModel(Drafter):
             self.k = min(self.cfg.k_max, self.k + 2) if full else max(self.cfg.k_min, self.k - 1)
 
 
-def frequent_tokens(draft_path: Path, n: int) -> torch.Tensor:
-    freq = draft_path / "token_frequency.json"
-    if not freq.is_file():
-        raise SpeclabError(f"method.vocab_size needs {freq} (token ids by frequency); set method.vocab_size=null")
-    ids = json.loads(freq.read_text())["token_ids"][:n]
-    return torch.tensor(sorted(ids), dtype=torch.long)
-
-
-@METHODS.register("sps", SpSConfig)
 def build(cfg: SpSConfig, ctx: MethodContext) -> EngineGenerator:
     draft = load_draft(cfg.draft.path, ctx.target, cfg.draft.dtype)
     token_ids = None
-    if cfg.vocab_size:
+    if cfg.vocab_size is not None:
         path = Path(cfg.draft.path).expanduser() if cfg.draft.path else default_draft(ctx.target.info.name)
-        token_ids = frequent_tokens(path, cfg.vocab_size).to(ctx.target.device)
+        vocab = frequency_vocab(cfg, path, ctx.target.vocab_size)
+        token_ids = vocab.ids.to(ctx.target.device)
         # the head over a subset of the vocabulary: rows of the (tied) output matrix
-        head = torch.nn.Linear(draft.lm_head.in_features, len(token_ids), bias=False)
-        head.weight = torch.nn.Parameter(draft.lm_head.weight.detach()[token_ids].clone(), requires_grad=False)
-        draft.model.set_output_embeddings(head)
+        draft.model.set_output_embeddings(vocab.rows(draft.lm_head.weight))
     apply_kernel(draft.model, ctx.engine.kernel)
     if ctx.target.static is not None:  # the draft's per-token forwards are launch-bound on a GPU too
-        static_forward.enable(draft, "on", list(ctx.engine.graph_widths))
+        cuda_graphs.enable(draft, "on", list(ctx.engine.graph_widths))
     drafter = DraftModel(draft, ctx.sampling, cfg, token_ids)
-    return EngineGenerator(cfg.name, ctx.target, drafter, ctx.sampling, cfg.rule)
+    return EngineGenerator.with_rule(cfg.name, ctx.target, drafter, ctx.sampling, cfg.rule)
 
 
-ConfigStore.instance().store(group="schema/method", name="sps", node=SpSConfig)
+FAMILIES = [Family("sps", SpSConfig, build)]

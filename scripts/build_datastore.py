@@ -31,9 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tqdm.auto import tqdm  # noqa: E402
 
-from harness.drafting.datastore import Datastore, tokenizer_fingerprint  # noqa: E402
+from harness.api import load_plugins
+from harness.core.diskcache import cache_dir
 from harness.core.errors import SpeclabError  # noqa: E402
-from harness.loading.sources import cache_dir, load_named  # noqa: E402
+from harness.drafting.datastore import Datastore, tokenizer_fingerprint  # noqa: E402
+from harness.loading.sources import load_named
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -108,6 +110,7 @@ def corpus_id(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> Path:
+    load_plugins()  # the task families the training-data overlap check composes
     import torch
 
     args = parse_args(argv)

@@ -4,11 +4,11 @@
     python scripts/collect.py results/multirun/spec_bench/smollm2-135m [--out DIR]
 
 Every run folder under SWEEP_DIR (Hydra's multirun layout ``<sweep dir>/<method>-<hash>/``, or any
-nesting of them; finished, under way or killed, see harness/results.py) is merged into
+nesting of them; finished, under way or killed, see harness/results/store.py) is merged into
 ``DIR/collected.parquet`` (default DIR: SWEEP_DIR/collected), with a ``label`` column naming each
 method of each run by its name and whatever settings set it apart. Written beside it: ``leaderboard.{md,csv,tex}`` in
 Spec-Bench's layout, ``summary.{md,csv,tex}`` per method and group, ``heatmap.png`` and the plots of
-``harness.report`` across methods. Numbers come only from the merged rows (harness.metrics).
+``harness.results.tables`` across methods. Numbers come only from the merged rows (harness.results.metrics).
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # runnable from a checkout without `pip install -e .`
 
-from harness.results.tables import CAPTION, Report, figures, plot_heatmap, save_figures, summarize_frame, summary_table, with_labels, write_leaderboard, write_table
+from harness.results.figures import figures, plot_heatmap, save_figures
+from harness.results.report import Report
 from harness.results.store import RESULTS, ResultsStore, read_results, run_folders  # noqa: E402
+from harness.results.tables import CAPTION, summarize_frame, summary_table, with_labels, write_leaderboard, write_table
 
 ROW_KEY = ["run_id", *ResultsStore.ROW_KEY]  # a compare run has a row per method for each prompt, turn and repeat
 MERGED = "collected.parquet"

@@ -35,8 +35,10 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from harness.api import load_plugins
+from harness.core.diskcache import cache_dir
 from harness.core.errors import SpeclabError  # noqa: E402
-from harness.loading.sources import cache_dir, load_named  # noqa: E402
+from harness.loading.sources import load_named
 from harness.training.data import NON_COMMERCIAL, AnswerSpec, answer_shards, prompts_path, training_prompts
 
 
@@ -211,12 +213,13 @@ def export(args, target, draft, stats: dict, freq: list[int], out: Path) -> None
         f"Made by: `{command}`\n\n"
         f"Held-out teacher-forced agreement with the target's greedy token: {stats['agreement']:.3f} "
         f"(before training: {stats['agreement_init']:.3f}).\n\n"
-        "Load it with `harness.drafts.load_draft(path, target)`; `harness.drafts.export_hf(path, target)` writes an "
+        "Load it with `harness.drafting.draft_models.load_draft(path, target)`; `harness.drafting.draft_models.export_hf(path, target)` writes an "
         "ordinary HF folder (`AutoModelForCausalLM.from_pretrained`).\n"
     )
 
 
 def main(argv: list[str] | None = None) -> None:
+    load_plugins()  # the task families the training-data overlap check composes
     args = parse_args(argv)
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)

@@ -7,7 +7,7 @@ measures, in one process on one GPU:
 * the verify cost c(k), k = 1..128, of the engine's static path (CUDA graphs) and of its eager path;
 * tokens/s of ``ar`` (static path), ``ar`` eager, ``hf_generate`` (transformers' eager generate),
   ``hf_compiled`` (static cache + torch.compile), and of ``pld`` and ``eagle2`` with synthetic acceptance
-  (harness/synthetic.py: random weights accept nothing, so per-depth rates stand in; the defaults give the tau
+  (harness/bench/synthetic.py: random weights accept nothing, so per-depth rates stand in; the defaults give the tau
   Spec-Bench publishes for them on Vicuna-7B, PLD 1.75 and EAGLE-2 4.34), every side generating the same
   number of tokens with stop tokens ignored, interleaved prompt by prompt;
 * greedy equivalence of real (not synthetic) ``pld`` with ``ar`` through the static path, the first divergence's
@@ -51,7 +51,7 @@ def random_target(shape: str, device: torch.device, dtype: torch.dtype, seed: in
     weights with transformers' default attention (for the peers)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from harness.model import cuda_graphs as static_forward
+    from harness.model import cuda_graphs
     from harness.model.target import ModelInfo, TargetModel
     from harness.model.tiny import byte_tokenizer
 
@@ -64,7 +64,7 @@ def random_target(shape: str, device: torch.device, dtype: torch.dtype, seed: in
     info = ModelInfo(f"random-{shape}", f"random:{shape}:seed={seed}", f"random-{shape}-{seed}", str(dtype).split(".")[-1],
                      sum(p.numel() for p in model.parameters()))
     target = TargetModel(model, tok, info)
-    static_forward.enable(target, "on", [*static_forward.DEFAULT_WIDTHS, 128])  # c(k) is measured up to 128
+    cuda_graphs.enable(target, "on", [*cuda_graphs.DEFAULT_WIDTHS, 128])  # c(k) is measured up to 128
     stock_config = LlamaConfig(**SHAPES[shape], rope_theta=10000.0)
     stock_config._attn_implementation = "sdpa"
     with torch.device("meta"):
@@ -97,14 +97,14 @@ def attempt(result: dict, name: str, fn):
 
 
 def bench_shape(shape: str, args, device: torch.device, dtype: torch.dtype) -> dict:
-    from harness.engine import cost_curve as vc
+    from harness.bench.equivalence import divergence_margin
+    from harness.bench.synthetic import SyntheticDrafter, SyntheticVerifier
     from harness.drafting.heads.eagle_checkpoints import new_head
+    from harness.drafting.heads.eagle_drafter import HeadDrafter, TreeShape
+    from harness.engine import cost_curve
     from harness.engine.decoder import Decoder
     from harness.engine.drafter import NoDraft
-    from harness.drafting.heads.eagle_drafter import HeadDrafter, TreeShape
-    from harness.bench.runner import divergence_margin
     from harness.engine.sampling import Sampling
-    from harness.bench.synthetic import SyntheticDrafter, SyntheticVerifier
     from harness.engine.verifiers import GreedyVerifier
     from methods.hf_peers import HFCompiledGenerator, HFGenerator
     from methods.pld import PLDConfig, PromptLookup
@@ -118,10 +118,10 @@ def bench_shape(shape: str, args, device: torch.device, dtype: torch.dtype) -> d
     # -- c(k): static path vs eager, on one cache of prompt_len tokens
     ks = [k for k in args.ks if k <= max(target.static.widths)]
     static = target.static
-    result["ck_static_ms"] = attempt(result, "ck_static", lambda: vc.measure(target, ks, cache_len=args.prompt_len,
+    result["ck_static_ms"] = attempt(result, "ck_static", lambda: cost_curve.measure(target, ks, cache_len=args.prompt_len,
                                                                             repeats=args.repeats)) or {}
     target.static = None
-    result["ck_eager_ms"] = attempt(result, "ck_eager", lambda: vc.measure(target, args.ks, cache_len=args.prompt_len,
+    result["ck_eager_ms"] = attempt(result, "ck_eager", lambda: cost_curve.measure(target, args.ks, cache_len=args.prompt_len,
                                                                           repeats=args.repeats)) or {}
     target.static = static
 

@@ -16,8 +16,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness.results.metrics import head_to_head, summarize  # noqa: E402
-from harness.results.tables import to_markdown  # noqa: E402
 from harness.results.store import read_results  # noqa: E402
+from harness.results.tables import to_markdown  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,7 +5,7 @@
     python scripts/image_report.py RUN_A RUN_B ...                          # several, one table
 
 For every method of each run (the baseline ``ar`` included), from its samples in ``samples.jsonl``: class
-accuracy, Fréchet distance and precision/recall against the held-out real images (``harness/image_quality.py``),
+accuracy, Fréchet distance and precision/recall against the held-out real images (``harness/results/image_quality.py``),
 the target's mean log-likelihood per image of the samples, valid images, and from the rows the speedup
 (geometric mean over prompts), target forwards per image and tau. Writes ``image_quality.md`` and ``.csv``, a
 grid picture per method (``samples_<method>.png``) and, with several lossy settings, ``speed_quality.png``.

@@ -9,7 +9,7 @@ clustered by co-activation and the 2 of 8 experts carrying the most output chose
 perplexity goes from 2.2 to over 1,000 (4 of 8: 15; 16 of 32: 6); learned routers do worse. Upcycled experts
 start as copies of the dense MLP, so the model starts as the dense model and keeps its text, while a
 verification reads the union of its tokens' experts, E full MLPs per layer, as on Mixtral. See
-``harness/moe_testbed.py`` for the model.
+``harness/loading/moe_testbed.py`` for the model.
 
 Steps, on the target's own greedy answers to the training prompts (``harness/training/data.py``):
 1. cluster each layer's neurons into E groups that fire together (balanced k-means on each neuron's
@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from harness.api import load_plugins
 from harness.loading.moe_testbed import ROUTERS, TESTBED, moefy, save_routers
 
 
@@ -220,8 +221,16 @@ def evaluate(model, held: list[dict], moe_experts: int = 0) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    load_plugins()  # the task families the training-data overlap check composes
     from harness.loading.sources import load_named
-    from harness.training.data import AnswerSpec, answer_shards, prompts_path, split_holdout, training_prompts, training_work_dir
+    from harness.training.data import (
+        AnswerSpec,
+        answer_shards,
+        prompts_path,
+        split_holdout,
+        training_prompts,
+        training_work_dir,
+    )
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--experts", type=int, default=8)

@@ -38,9 +38,10 @@ from transformers import AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from harness.api import load_plugins
+from harness.core.registry import TASKS
 from harness.model.target import stop_token_ids
 from methods.pld import PLDConfig, match_suffix
-from tasks.base import build_task
 
 
 def replay(steps: list[tuple[int, int, int]], draft: int) -> list[tuple[int, int]]:
@@ -235,7 +236,8 @@ def main(argv: list[str] | None = None) -> dict[int, list[float]]:
     config = json.loads((run / "run_config.json").read_text())["config"]
     rows = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
     answers = {(r["prompt_id"], r["turn"]): r["token_ids"] for r in rows if r["role"] == "baseline" and r["repeat"] == 0}
-    task = build_task(OmegaConf.create(config["task"]))
+    load_plugins()
+    task = TASKS.build(OmegaConf.create(config["task"]))
     # the tokenizer of the model the run resolved; a run still going (or interrupted) has only its parts
     results = run / "results.parquet"
     if not results.is_file():

@@ -27,14 +27,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-import methods  # noqa: E402,F401  (registers the methods)
+from harness.api import load_plugins  # noqa: E402
 from harness.core.config import EngineConfig  # noqa: E402
 from harness.core.errors import SpeclabError  # noqa: E402
-from harness.engine.method import METHODS, MethodContext  # noqa: E402
-from harness.model.kernels import apply_kernel, resolve_kernel  # noqa: E402
-from harness.loading.sources import load_named  # noqa: E402
-from harness.bench.runner import method_node  # noqa: E402
+from harness.core.presets import method_node  # noqa: E402
+from harness.core.registry import METHODS  # noqa: E402
+from harness.engine.method import MethodContext  # noqa: E402
 from harness.engine.sampling import Sampling  # noqa: E402
+from harness.loading.sources import load_named  # noqa: E402
+from harness.model.kernels import apply_kernel, resolve_kernel  # noqa: E402
 from harness.training.data import prompts_path, split_holdout, training_prompts  # noqa: E402
 from harness.training.loop import heldout_tau  # noqa: E402
 
@@ -73,6 +74,7 @@ def tree_nodes(drafter) -> int:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
+    load_plugins()  # the method families it builds, the task families the overlap check composes
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     target = load_named(args.model)

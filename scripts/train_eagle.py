@@ -30,8 +30,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness.drafting.heads.eagle_checkpoints import new_head, save_head  # noqa: E402
+from harness.api import load_plugins  # noqa: E402
 from harness.core.errors import SpeclabError  # noqa: E402
+from harness.drafting.heads.eagle_checkpoints import new_head, save_head  # noqa: E402
 from harness.drafting.heads.eagle_drafter import HeadDrafter, TreeShape  # noqa: E402
 from harness.engine.sampling import Sampling  # noqa: E402
 from harness.training.data import add_head_trainer_arguments, answers_for, split_holdout  # noqa: E402
@@ -50,6 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    load_plugins()  # the task families the training-data overlap check composes
     args = parse_args(argv)
     t0 = time.time()
     target, work, samples, gen_minutes = answers_for(args)
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"Held-out tau (engine, greedy, {len(eval_prompts)} held-out training prompts, {args.eval_tokens} tokens, "
         f"{stats['heldout_tree']}): {stats['heldout_tau']:.3f}.\n\n"
         + (f"Learning curve:\n\n| step | answer tokens seen | minutes | held-out tau |\n|---|---|---|---|\n{curve}\n" if curve else "")
-        + "Official layout (config.json + model.safetensors, no embedding copy): `harness.checkpoints.load_head` reads it, "
+        + "Official layout (config.json + model.safetensors, no embedding copy): `harness.drafting.heads.eagle_checkpoints.load_head` reads it, "
           "and so do loaders that take the target's embedding.\n"
     )
     print(json.dumps({k: v for k, v in stats.items() if k != "learning_curve"}, indent=1, default=str))

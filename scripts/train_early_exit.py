@@ -28,10 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from harness.drafting.early_exit import EarlyExitAdapter, save_adapter  # noqa: E402
+from harness.api import load_plugins  # noqa: E402
 from harness.core.errors import SpeclabError  # noqa: E402
-from harness.loading.sources import load_named  # noqa: E402
+from harness.drafting.early_exit import EarlyExitAdapter, save_adapter  # noqa: E402
 from harness.engine.sampling import Sampling  # noqa: E402
+from harness.loading.sources import load_named  # noqa: E402
 from harness.training.data import head_answers, split_holdout  # noqa: E402
 from harness.training.loop import heldout_tau  # noqa: E402
 
@@ -83,6 +84,7 @@ def agreement(target, adapter: EarlyExitAdapter, early: torch.Tensor, final: tor
 
 
 def main(argv: list[str] | None = None) -> dict:
+    load_plugins()  # the task families the training-data overlap check composes
     from methods.layerskip import EarlyExitDrafter, LayerSkipConfig
 
     args = parse_args(argv)
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
     (out / "README.md").write_text(
         f"# Early-exit adapter for {target.info.name} (exit after layer {args.exit_layer})\n\n"
         f"A residual linear map on the normed state after the first {args.exit_layer} of {target.num_layers} layers, "
-        "read by the target's own head (`harness/early_exit.py`), trained by KL from the full model's next-token "
+        "read by the target's own head (`harness/drafting/early_exit.py`), trained by KL from the full model's next-token "
         f"distribution on the target's own answers to the training prompts ({len(early)} answer positions; never an "
         "evaluation prompt).\n\n"
         f"Made by: `{command}` ({stats['total_minutes']:.1f} min on this machine).\n\n"

@@ -5,7 +5,7 @@ digits as 64 grey-level tokens, and the digit classifier that judges samples. Wr
     python scripts/train_image_ar.py                    # a few minutes on 2 CPU cores
     python scripts/train_image_ar.py --steps 200 --out /tmp/digits   # a quick one
 
-Every fifth image of each class is held out (``harness/digits.py``); the class token is replaced by ``<null>``
+Every fifth image of each class is held out (``harness/loading/digits.py``); the class token is replaced by ``<null>``
 10% of the time, so the same model samples unconditionally (classifier-free guidance). The checkpoint kept is
 the one with the lowest held-out loss, measured every ``--eval-every`` steps.
 """

@@ -30,13 +30,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from harness.api import load_plugins  # noqa: E402
 from harness.core.errors import SpeclabError  # noqa: E402
 from harness.drafting.heads.medusa_checkpoints import save_parallel_heads  # noqa: E402
 from harness.drafting.heads.medusa_heads import new_hydra, new_medusa, restrict_outputs  # noqa: E402
+from harness.drafting.tree_shapes import resolve_choices  # noqa: E402
 from harness.training.data import add_head_trainer_arguments, answers_for, split_holdout  # noqa: E402
 from harness.training.eagle import batches, draft_vocab  # noqa: E402
 from harness.training.loop import Trainer, heldout_tau  # noqa: E402
-from harness.drafting.tree_shapes import resolve_choices  # noqa: E402
 from methods.hydra import HydraDrafter  # noqa: E402
 from methods.medusa import MedusaDrafter  # noqa: E402
 
@@ -55,6 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    load_plugins()  # the task families the training-data overlap check composes
     from harness.training.parallel import ParallelHeadsLoss
 
     args = parse_args(argv)
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"Held-out tau (engine, greedy, {len(eval_prompts)} held-out training prompts, {args.eval_tokens} tokens, tree "
         f"{args.tree}): {stats['heldout_tau']:.3f}{untrained}.\n\n"
         + (f"Learning curve:\n\n| step | answer tokens seen | minutes | held-out tau |\n|---|---|---|---|\n{curve}\n" if curve else "")
-        + f"Official layout (config.json + {heads.variant}_lm_head.pt): `harness.parallel_checkpoints.load_parallel_heads` "
+        + f"Official layout (config.json + {heads.variant}_lm_head.pt): `harness.drafting.heads.medusa_checkpoints.load_parallel_heads` "
           "reads it, and so do the reference loaders (strict=False, output layers from the target's LM head).\n"
     )
     print(json.dumps({k: v for k, v in stats.items() if k != "learning_curve"}, indent=1, default=str))

@@ -27,16 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def load_config_target(overrides: list[str]):
     """(config, target with the run's kernel applied, kernel) for run.py-style overrides."""
     import torch
-    from hydra import compose, initialize_config_dir
 
-    import methods  # noqa: F401
-    import tasks  # noqa: F401
-    from harness.core.config import CONF_DIR
-    from harness.model.kernels import apply_kernel, resolve_kernel
+    from harness.api import compose
     from harness.loading.sources import load_configured
+    from harness.model.kernels import apply_kernel, resolve_kernel
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
+    cfg = compose(*overrides)
     m = cfg.model
     torch.set_num_threads(int(cfg.engine.threads))
     target = load_configured(m, cfg.engine.device)
@@ -48,7 +44,7 @@ def load_config_target(overrides: list[str]):
 def moe_table(moe_overrides: list[str], dense_overrides: list[str], cache_len: int, repeats: int, ks: list[int]) -> str:
     """Markdown: the MoE target's c(k) beside the dense model's, and its distinct experts per layer beside the
     uniform-routing estimate E (1 - (1 - top_k/E)^k), both verifying real text (this repository's README)."""
-    from harness.engine import cost_curve as vc
+    from harness.engine import cost_curve
     from harness.model.experts import uniform_distinct
 
     text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
@@ -57,7 +53,7 @@ def moe_table(moe_overrides: list[str], dense_overrides: list[str], cache_len: i
         _, target, _ = load_config_target(overrides)
         ids = target.tokenizer(text)["input_ids"]
         seen: dict[int, float] = {}
-        curves[label] = (target.info.name, vc.measure(target, ks, cache_len, repeats, text=ids, experts=seen))
+        curves[label] = (target.info.name, cost_curve.measure(target, ks, cache_len, repeats, text=ids, experts=seen))
         if label == "moe":
             if target.experts is None:
                 raise SystemExit(f"error: {target.info.name} is not a Mixture-of-Experts model; pass an MoE model=")
@@ -76,13 +72,13 @@ def moe_table(moe_overrides: list[str], dense_overrides: list[str], cache_len: i
 
 
 def measure_config(overrides: list[str], cache_len: int, repeats: int, ks: list[int], save: bool = True) -> tuple[dict, dict[int, float]]:
-    from harness.engine import cost_curve as vc
+    from harness.engine import cost_curve
 
     cfg, target, kernel = load_config_target(overrides)
-    key = vc.curve_key(target, kernel, int(cfg.engine.threads), cache_len)
-    ms = vc.measure(target, ks, cache_len=cache_len, repeats=repeats)
+    key = cost_curve.curve_key(target, kernel, int(cfg.engine.threads), cache_len)
+    ms = cost_curve.measure(target, ks, cache_len=cache_len, repeats=repeats)
     if save:
-        vc.save(key, ms)
+        cost_curve.save(key, ms)
     return key, ms
 
 
@@ -139,23 +135,23 @@ def bound_run(run_dir: Path, cache_len: int) -> None:
     import pandas as pd
     from omegaconf import OmegaConf
 
-    from harness.engine import cost_curve as vc
-    from harness.results.tables import write_reports
+    from harness.bench.progress import print_summary
+    from harness.engine import cost_curve
+    from harness.results.report import write_reports
     from harness.results.store import RESULTS, read_results, write_parquet_atomic
-    from harness.bench.runner import print_summary
     from methods.hf_peers import PEER_FAMILIES
 
     meta = json.loads((run_dir / "run_config.json").read_text())
     cfg = OmegaConf.create(meta["config"])
     df = read_results(run_dir)
     first = df.iloc[0]
-    key = vc.curve_key_fields(first, cfg.model.attention, cache_len)
-    ms = vc.load(key)
+    key = cost_curve.curve_key_fields(first, cfg.model.attention, cache_len)
+    ms = cost_curve.load(key)
     if ms is None:
         raise SystemExit(f"error: no cached c(k) for {key}; measure it first: python scripts/verify_cost.py "
                          f"model={cfg.model.name if 'name' in cfg.model else '...'} engine.kernel={first['kernel']} "
                          f"engine.threads={first['threads']}")
-    curve = vc.Curve(ms)
+    curve = cost_curve.Curve(ms)
     base = df[df.role == "baseline"].set_index(["prompt_id", "turn", "repeat"])
     out = []
     for _, row in df.iterrows():
@@ -163,7 +159,7 @@ def bound_run(run_dir: Path, cache_len: int) -> None:
         if row["role"] == "method" and row["method_family"] not in PEER_FAMILIES:
             b = base.loc[(row["prompt_id"], row["turn"], row["repeat"])]  # row.repeat is Series.repeat
             b = b.iloc[0] if isinstance(b, pd.DataFrame) else b
-            bound = vc.speedup_bound(curve, row["prefill_time_s"], list(row["drafted_per_step"]), int(row["new_tokens"]),
+            bound = cost_curve.speedup_bound(curve, row["prefill_time_s"], list(row["drafted_per_step"]), int(row["new_tokens"]),
                                      int(b["steps"]), float(b["verify_time_s"]), b["tokens_per_s"])
             for k, v in bound.items():  # new columns when the run had no curve: Series.update would skip them
                 row[k] = v

@@ -1,5 +1,5 @@
-"""Prompt sets. Each module registers a Task in ``tasks.base.TASKS`` and, where it needs fields of its own,
-a schema in Hydra's ConfigStore; ``conf/task/<name>.yaml`` selects it."""
+"""Prompt sets, one module per dataset family (``base.py`` holds the interface and the shared loading).
 
-from tasks import demo, digits, generic, gsm8k, humaneval, mtbench, spec_bench  # noqa: F401
-from tasks.base import TASKS, Sample, Task, build_task  # noqa: F401
+Each module declares its families in ``FAMILIES``; ``conf/task/<name>.yaml`` selects one.
+``harness.api.load_plugins()`` registers them all.
+"""

@@ -14,7 +14,6 @@ from typing import Any
 
 from harness.core.config import REPO, TaskConfig
 from harness.core.errors import SpeclabError
-from harness.core.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +26,6 @@ class Sample:
     turns: list[str]
     reference: Any = None
     meta: dict[str, Any] = field(default_factory=dict)
-
-
-TASKS: Registry = Registry("task", "task")
 
 
 def user_data_dir() -> Path:
@@ -290,7 +286,3 @@ def template_adds_system(tokenizer) -> bool:
         adds = False
     _ADDS_SYSTEM[tokenizer] = (template, adds)
     return adds
-
-
-def build_task(cfg: TaskConfig) -> Task:
-    return TASKS.build(cfg)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hydra.core.config_store import ConfigStore
-
-from tasks.base import TASKS
+from harness.core.registry import Family
 from tasks.generic import GenericTask, GenericTaskConfig
 
 
@@ -18,5 +16,4 @@ class DemoConfig(GenericTaskConfig):
     category_field: str = "category"
 
 
-TASKS.register("demo", DemoConfig)(GenericTask)
-ConfigStore.instance().store(group="schema/task", name="demo", node=DemoConfig)
+FAMILIES = [Family("demo", DemoConfig, GenericTask)]

@@ -12,12 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from hydra.core.config_store import ConfigStore
-
 from harness.core.config import TaskConfig
+from harness.core.registry import Family
 from harness.loading.digits import CLASSES, parse
-
-from tasks.base import TASKS, Sample, Task
+from tasks.base import Sample, Task
 
 
 @dataclass
@@ -41,5 +39,4 @@ class Digits(Task):
         return {"valid": float(image is not None), "class_correct": judge(image, int(sample.reference))}
 
 
-TASKS.register("digits", DigitsConfig)(Digits)
-ConfigStore.instance().store(group="schema/task", name="digits", node=DigitsConfig)
+FAMILIES = [Family("digits", DigitsConfig, Digits)]

@@ -5,12 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from hydra.core.config_store import ConfigStore
-
 from harness.core.config import TaskConfig
 from harness.core.errors import SpeclabError
-
-from tasks.base import TASKS, Sample, Task
+from harness.core.registry import Family
+from tasks.base import Sample, Task
 
 
 @dataclass
@@ -53,5 +51,4 @@ class GenericTask(Task):
         return [self.sample_from(row, i) for i, row in enumerate(self.records())]
 
 
-TASKS.register("generic", GenericTaskConfig)(GenericTask)
-ConfigStore.instance().store(group="schema/task", name="generic", node=GenericTaskConfig)
+FAMILIES = [Family("generic", GenericTaskConfig, GenericTask)]

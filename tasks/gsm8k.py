@@ -6,7 +6,8 @@ import re
 from decimal import Decimal
 from typing import Any
 
-from tasks.base import TASKS, Sample
+from harness.core.registry import Family
+from tasks.base import Sample
 from tasks.generic import GenericTask, GenericTaskConfig
 
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
@@ -34,4 +35,4 @@ class GSM8K(GenericTask):
         return {"exact_match": float(gold is not None and final_number(text) == gold)}
 
 
-TASKS.register("gsm8k", GenericTaskConfig)(GSM8K)
+FAMILIES = [Family("gsm8k", GenericTaskConfig, GSM8K)]

@@ -10,12 +10,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from hydra.core.config_store import ConfigStore
-
 from harness.core.config import TaskConfig
 from harness.core.errors import SpeclabError
-
-from tasks.base import TASKS, Sample, Task, read_records, resolve_path
+from harness.core.registry import Family
+from tasks.base import Sample, Task, read_records, resolve_path
 
 PROBLEM_FIELDS = ("task_id", "prompt", "test", "entry_point")
 CODE_BLOCK = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)(?:```|$)", re.S | re.I)
@@ -72,5 +70,4 @@ class HumanEval(Task):
         return {"pass@1": float(result["passed"])}
 
 
-TASKS.register("humaneval", HumanEvalConfig)(HumanEval)
-ConfigStore.instance().store(group="schema/task", name="humaneval", node=HumanEvalConfig)
+FAMILIES = [Family("humaneval", HumanEvalConfig, HumanEval)]

@@ -11,12 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from hydra.core.config_store import ConfigStore
-
 from harness.core.config import TaskConfig
 from harness.core.errors import SpeclabError
-
-from tasks.base import TASKS, Sample, Task
+from harness.core.registry import Family
+from tasks.base import Sample, Task
 from tasks.spec_bench import MT_BENCH_CATEGORIES
 
 
@@ -54,5 +52,4 @@ class MTBench(Task):
         return out
 
 
-TASKS.register("mtbench", MTBenchConfig)(MTBench)
-ConfigStore.instance().store(group="schema/task", name="mtbench", node=MTBenchConfig)
+FAMILIES = [Family("mtbench", MTBenchConfig, MTBench)]

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hydra.core.config_store import ConfigStore
-
 from harness.core.config import TaskConfig
-
-from tasks.base import TASKS, Sample, Task
+from harness.core.registry import Family
+from tasks.base import Sample, Task
 
 MT_BENCH_CATEGORIES = ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities")
 GROUPS = ("mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag")
@@ -38,5 +36,4 @@ class SpecBench(Task):
         ]
 
 
-TASKS.register("spec_bench", SpecBenchConfig)(SpecBench)
-ConfigStore.instance().store(group="schema/task", name="spec_bench", node=SpecBenchConfig)
+FAMILIES = [Family("spec_bench", SpecBenchConfig, SpecBench)]

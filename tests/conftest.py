@@ -20,6 +20,10 @@ if os.environ.get("SPECLAB_DATA"):
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from harness.api import load_plugins  # noqa: E402
+
+load_plugins()  # every method and task family, as run.py registers them
+
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
@@ -45,15 +49,9 @@ def tiny_prompts(tiny_target):
 
 def compose(*overrides: str):
     """The config ``python run.py <overrides>`` would run (schemas registered, hydra node removed)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from harness.core.presets import compose as compose_config
 
-    import methods  # noqa: F401
-    import tasks  # noqa: F401
-    from harness.core.config import CONF_DIR
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=list(overrides))
+    return compose_config(list(overrides))
 
 
 @pytest.fixture(scope="session")
@@ -152,7 +150,8 @@ def build_with_head(target, schema: type, head, sampling=None, **overrides):
     from omegaconf import OmegaConf
 
     from harness.core.config import EngineConfig
-    from harness.engine.method import METHODS, MethodContext
+    from harness.core.registry import METHODS
+    from harness.engine.method import MethodContext
     from harness.engine.sampling import Sampling
 
     node = OmegaConf.structured(schema)

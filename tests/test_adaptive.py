@@ -5,12 +5,13 @@ import time
 import pytest
 import torch
 
-from harness.engine.drafter import DecodeState, Drafter
 from harness.core.errors import SpeclabError
+from harness.drafting.depth_policy import ALL, MISS, PRIOR_RATE
+from harness.engine.drafter import DecodeState, Drafter
 from harness.engine.proposal import Proposal
 from harness.engine.sampling import Sampling
 from harness.engine.verifiers import VerifyResult
-from methods.adaptive import ALL, EXPLORE_EVERY, MISS, PRIOR_RATE, AdaptiveDrafter
+from methods.adaptive import EXPLORE_EVERY, AdaptiveDrafter
 
 from .test_training_free import build_method
 
@@ -48,7 +49,7 @@ def linear(k):
 
 def test_untried_depths_start_at_the_prior_and_unaccepted_drafts_stop():
     d = AdaptiveDrafter(Chain(), 8, linear)
-    assert d.reach()[:3] == pytest.approx([1.0, PRIOR_RATE, PRIOR_RATE**2])  # untried: each level the one above
+    assert d.acceptance.reach()[:3] == pytest.approx([1.0, PRIOR_RATE, PRIOR_RATE**2])  # untried: each level the one above
     steps(d, lambda depth: 0, 40, verify_s=lambda w: 0.05 * linear(w))
     assert d.inner.asked[0] > 1 and d.best_depth(64, d.context) == 0  # explored, learned that nothing is accepted, stopped
 
@@ -79,9 +80,9 @@ def test_bad_settings_get_one_clear_line(tiny_target):
 
 def test_reach_is_a_product_of_conditional_rates():
     d = AdaptiveDrafter(Chain(), 3, linear)
-    d.tried[1], d.passed[1] = 96, 96
-    assert d.reach()[1] == pytest.approx((96 + PRIOR_RATE * 4) / 100)
-    assert torch.tensor(d.reach()).diff().le(0).all()
+    d.acceptance.tried[1], d.acceptance.passed[1] = 96, 96
+    assert d.acceptance.reach()[1] == pytest.approx((96 + PRIOR_RATE * 4) / 100)
+    assert torch.tensor(d.acceptance.reach()).diff().le(0).all()
 
 
 def test_acceptance_in_runs_gets_deeper_drafts_after_a_full_accept():
@@ -95,7 +96,7 @@ def test_acceptance_in_runs_gets_deeper_drafts_after_a_full_accept():
 
     steps(d, accept, 300, verify_s=lambda w: 0.05 * (1 + 0.5 * (w - 1)))
     assert d.best_depth(64, ALL) >= 4 > d.best_depth(64, MISS)
-    assert d.reach(ALL)[2] > 2 * d.reach(MISS)[2]
+    assert d.acceptance.reach(ALL)[2] > 2 * d.acceptance.reach(MISS)[2]
 
 
 def test_a_context_that_stopped_drafting_explores_again():
@@ -118,9 +119,9 @@ def test_a_depth_is_priced_by_the_widths_it_produced_not_their_mean():
         d._asked, d._t_draft = 1, 0.0
         d._t_proposed = time.perf_counter() - seconds
         d.observe(state, Proposal.chain([0]) if width == 2 else Proposal(), VerifyResult([], 0, 0), None)
-    assert d.verify_seconds(2) == pytest.approx(2.0, rel=0.05)
-    assert d.step_seconds(1) == pytest.approx(1.5, rel=0.05)
-    assert d.step_seconds(2) == pytest.approx(2.0 / linear(2) * linear(3), rel=0.05)  # untried: its full width
+    assert d.cost.verify_seconds(2) == pytest.approx(2.0, rel=0.05)
+    assert d.cost.step_seconds(1) == pytest.approx(1.5, rel=0.05)
+    assert d.cost.step_seconds(2) == pytest.approx(2.0 / linear(2) * linear(3), rel=0.05)  # untried: its full width
 
 
 class Experts:
@@ -146,10 +147,10 @@ def test_expert_term_prices_untimed_widths_by_the_experts_they_activate():
         counter.value = experts
         proposal = Proposal.chain(list(range(width - 1))) if width > 1 else Proposal()
         d.observe(state, proposal, VerifyResult([], 0, 0), None)
-    e9 = d.distinct_experts(9)
+    e9 = d.cost.distinct_experts(9)
     assert 6.5 < e9 < 8.0  # past the widest measured width (4 of 8 at width 2), the uniform form: saturating
-    assert d.verify_seconds(9) == pytest.approx(2.0 + 0.5 * (e9 - 4.0), rel=0.02)  # by experts, not 9x width 1
-    assert d.verify_seconds(1) == pytest.approx(1.0, rel=0.02)
+    assert d.cost.verify_seconds(9) == pytest.approx(2.0 + 0.5 * (e9 - 4.0), rel=0.02)  # by experts, not 9x width 1
+    assert d.cost.verify_seconds(1) == pytest.approx(1.0, rel=0.02)
 
 
 def test_expert_term_is_not_thrown_by_two_widths_with_about_the_same_experts():
@@ -163,9 +164,9 @@ def test_expert_term_is_not_thrown_by_two_widths_with_about_the_same_experts():
         d._t_proposed = time.perf_counter() - seconds
         counter.value = experts
         d.observe(state, Proposal.chain(list(range(width - 1))) if width > 1 else Proposal(), VerifyResult([], 0, 0), None)
-    e9 = d.distinct_experts(9)
+    e9 = d.cost.distinct_experts(9)
     assert e9 > 4.5
-    assert d.verify_seconds(9) == pytest.approx(1.0 + 0.55 * (e9 - 2.0), rel=0.1)
+    assert d.cost.verify_seconds(9) == pytest.approx(1.0 + 0.55 * (e9 - 2.0), rel=0.1)
 
 
 def test_untried_widths_between_measured_ones_read_interpolated_experts():
@@ -178,8 +179,8 @@ def test_untried_widths_between_measured_ones_read_interpolated_experts():
         d._asked, d._t_draft, d._t_proposed = width - 1, 0.0, time.perf_counter()
         counter.value = experts
         d.observe(state, Proposal.chain(list(range(width - 1))) if width > 1 else Proposal(), VerifyResult([], 0, 0), None)
-    assert d.distinct_experts(5) == pytest.approx(3.0)
-    assert 4.5 < d.distinct_experts(16) < 6.0  # past width 11: the uniform form through 4.5 experts at 11 tokens
+    assert d.cost.distinct_experts(5) == pytest.approx(3.0)
+    assert 4.5 < d.cost.distinct_experts(16) < 6.0  # past width 11: the uniform form through 4.5 experts at 11 tokens
 
 
 def test_expert_term_needs_an_moe_target(tiny_target):
@@ -210,10 +211,10 @@ def test_a_new_prompt_keeps_the_run_rates_at_a_fraction_of_their_weight():
     the run's counts carry into it as a light prior, with their rates unchanged."""
     d = AdaptiveDrafter(Chain(), 8, linear, prompt_carry=0.2)
     steps(d, lambda depth: 0, 150, verify_s=lambda w: 0.05 * linear(w))
-    rate, weight = d.passed[1] / d.tried[1], d.tried[1]
+    rate, weight = d.acceptance.passed[1] / d.acceptance.tried[1], d.acceptance.tried[1]
     d.begin(DecodeState([1, 2, 3], 3, 10_000, None, Sampling(), None), None)
-    assert d.passed[1] / d.tried[1] == pytest.approx(rate)
-    assert d.tried[1] == pytest.approx(weight * 0.2) and d.context == MISS
+    assert d.acceptance.passed[1] / d.acceptance.tried[1] == pytest.approx(rate)
+    assert d.acceptance.tried[1] == pytest.approx(weight * 0.2) and d.context == MISS
     asked_before = len(d.inner.asked)
     steps(d, lambda depth: depth, 30, verify_s=lambda w: 0.05 * linear(w))
     assert max(d.inner.asked[asked_before:]) == 8
@@ -222,9 +223,9 @@ def test_a_new_prompt_keeps_the_run_rates_at_a_fraction_of_their_weight():
 def test_prompt_carry_one_keeps_the_counts_whole():
     d = AdaptiveDrafter(Chain(), 8, linear)
     steps(d, lambda depth: min(depth, 2), 40, verify_s=lambda w: 0.05 * linear(w))
-    before = (list(d.tried), list(d.passed), d.context)
+    before = (list(d.acceptance.tried), list(d.acceptance.passed), d.context)
     d.begin(DecodeState([1, 2, 3], 3, 10_000, None, Sampling(), None), None)
-    assert (d.tried, d.passed, d.context) == before
+    assert (d.acceptance.tried, d.acceptance.passed, d.context) == before
 
 
 class GradedChain(Drafter):

@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from harness.drafting.heads.eagle_checkpoints import default_layers, export_official, load_head, new_head, save_head
 from harness.core.errors import SpeclabError
-from harness.drafting.heads.eagle_head import ReducedVocab
+from harness.drafting.heads.eagle_checkpoints import default_layers, export_official, load_head, new_head, save_head
+from harness.drafting.vocab import ReducedVocab
 
 from .test_cli import error_line, run_cli
 
@@ -277,7 +277,8 @@ def saved(head, target, path, **config_changes):
 
 
 def test_hidden_size_mismatch(tiny_target, tmp_path):
-    from harness.loading.sources import TinySpec, load_target
+    from harness.core.config import TinySpec
+    from harness.loading.sources import load_target
 
     narrow = load_target("tiny-narrow", "tiny", tiny=TinySpec(hidden=32, intermediate=64))
     with pytest.raises(SpeclabError) as e:
@@ -343,7 +344,8 @@ def test_hidden_states_index_layer_inputs(tiny_target):
 # -- the command line ----------------------------------------------------------------------------------------
 
 def test_cli_refuses_a_misfit_head(tmp_path):
-    from harness.loading.sources import TinySpec, load_target
+    from harness.core.config import TinySpec
+    from harness.loading.sources import load_target
 
     narrow = load_target("tiny-narrow", "tiny", tiny=TinySpec(hidden=32, intermediate=64))
     head = saved(new_head("eagle", narrow), narrow, tmp_path / "head")

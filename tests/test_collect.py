@@ -81,8 +81,9 @@ def test_collect_empty_folder_is_one_clear_error(tmp_path):
 def test_compare_run_keeps_every_method_through_report_collect_and_notebook(tmp_path, monkeypatch):
     """``method=pld compare=[hf_generate]``: one run, two methods and a shared baseline; each method keeps its own
     label in the run folder's plots, the collected parquet, leaderboard, summary, plots and the notebook."""
-    from harness.results.tables import figures, write_reports
-    from harness.bench.runner import run
+    from harness.api import run
+    from harness.results.figures import figures
+    from harness.results.report import write_reports
 
     from .conftest import compose
 

@@ -1,6 +1,6 @@
 """Several methods in one interleaved run: each paired with the same baseline rows, orders rotated."""
 
-from harness.bench.runner import run
+from harness.api import run
 
 from .conftest import compose
 

@@ -4,7 +4,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from harness.core.config import CONF_DIR
-from harness.bench.runner import as_config
+from harness.core.presets import as_config
 
 from .conftest import compose
 
@@ -59,8 +59,6 @@ def test_run_dir_is_derived_from_config_not_time():
     from hydra import compose as hc
     from hydra import initialize_config_dir
 
-    import methods  # noqa: F401
-    import tasks  # noqa: F401
 
     def run_dir(*overrides):
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -76,8 +74,8 @@ def test_run_dir_is_derived_from_config_not_time():
 @pytest.mark.parametrize("override", ["+method.unknown=1", "+task.unknown=1"])
 def test_force_added_keys_are_rejected_by_the_family_schema(override):
     from harness.core.errors import SpeclabError
-    from harness.engine.method import METHODS
-    from tasks.base import TASKS
+    from harness.core.registry import METHODS
+    from harness.core.registry import TASKS
 
     cfg = compose(override)
     registry, node = (METHODS, cfg.method) if override.startswith("+method") else (TASKS, cfg.task)
@@ -86,8 +84,8 @@ def test_force_added_keys_are_rejected_by_the_family_schema(override):
 
 
 def test_every_family_schema_accepts_its_yaml():
-    from harness.engine.method import METHODS
-    from tasks.base import TASKS
+    from harness.core.registry import METHODS
+    from harness.core.registry import TASKS
 
     for group, registry in (("method", METHODS), ("task", TASKS)):
         for option in options(group):
@@ -135,7 +133,7 @@ OPTION_OVERRIDES = {
 
 @pytest.mark.parametrize("method,key", [(m, k) for m, keys in OPTION_OVERRIDES.items() for k in keys])
 def test_every_method_option_composes(method, key):
-    from harness.engine.method import METHODS
+    from harness.core.registry import METHODS
 
     given, expect = OPTION_OVERRIDES[method][key]
     typed = METHODS.typed(compose(f"method={method}", f"method.{key}={given}").method)
@@ -143,7 +141,7 @@ def test_every_method_option_composes(method, key):
 
 
 def test_override_table_covers_every_key():
-    from harness.engine.method import METHODS
+    from harness.core.registry import METHODS
 
     for method, table in OPTION_OVERRIDES.items():
         keys = set(METHODS.typed(compose(f"method={method}").method).keys()) - {"family"}
@@ -151,7 +149,7 @@ def test_override_table_covers_every_key():
 
 
 def test_eagle_choices_take_a_literal_list():
-    from harness.engine.method import METHODS
+    from harness.core.registry import METHODS
     from harness.drafting.tree_shapes import resolve_choices
 
     typed = METHODS.typed(compose("method=eagle", "method.choices=[[0],[1],[0,0],[0,0,0]]").method)
@@ -199,7 +197,8 @@ def untrained_head(tmp_path_factory, tiny_target):
 def test_bad_eagle_values_are_one_clear_line(tiny_target, untrained_head, method, overrides, expect):
     from harness.core.config import EngineConfig
     from harness.core.errors import SpeclabError
-    from harness.engine.method import METHODS, MethodContext
+    from harness.core.registry import METHODS
+    from harness.engine.method import MethodContext
     from harness.engine.sampling import Sampling
 
     node = compose(f"method={method}").method
@@ -236,7 +235,7 @@ def test_engine_and_synthetic_options_compose(override):
 def test_options_added_later_keep_earlier_run_folders():
     """engine.device, engine.cuda_graphs, engine.graph_widths and synthetic at their defaults leave a run's config
     hash (and so its folder) as it was before they existed; set otherwise, they make another run."""
-    from harness.results.store import config_hash, semantic_config
+    from harness.core.run_identity import config_hash, semantic_config
 
     cfg = compose()
     semantic = semantic_config(cfg)

@@ -59,9 +59,9 @@ def test_jacobi_samples_match_plain_sampling_on_the_testbed(digits_target):
 
     from harness.engine.decoder import Decoder
     from harness.engine.drafter import NoDraft
-    from harness.results.image_quality import sample_logp
     from harness.engine.sampling import Sampling
     from harness.engine.verifiers import make_verifier
+    from harness.results.image_quality import sample_logp
     from methods.sjd import JacobiWindow, SJDConfig
 
     s = Sampling(1.0)
@@ -85,7 +85,7 @@ def test_jacobi_samples_match_plain_sampling_on_the_testbed(digits_target):
 
 
 def test_image_run_reports_quality_and_labels_lossy_rules(tmp_path):
-    from harness.bench.runner import run
+    from harness.api import run
 
     from .conftest import compose
 
@@ -215,8 +215,9 @@ def test_guided_greedy_decoding_is_identical_for_every_drafter(guided_target):
 
 
 def test_guided_run_records_its_scale_and_refuses_what_it_cannot_guide(tmp_path):
+    from harness.api import run
+    from harness.bench.runner import Runner
     from harness.core.errors import SpeclabError
-    from harness.bench.runner import Runner, run
 
     from .conftest import compose
 

@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from harness.bench.runner import run
+from harness.api import run
 
 from .conftest import compose
 

@@ -14,14 +14,14 @@ import pytest
 import torch
 
 from harness.drafting.heads.eagle_checkpoints import load_head
+from harness.drafting.heads.eagle_drafter import HeadDrafter, TreeShape
+from harness.drafting.heads.layers import causal_mask
+from harness.drafting.tree_shapes import CHOICES, EAGLE_MC_SIM_7B_63, best_first, choices_parents, resolve_choices
 from harness.engine.decoder import Decoder
 from harness.engine.method import EngineGenerator
-from harness.drafting.heads.eagle_drafter import HeadDrafter, TreeShape
-from harness.drafting.heads.eagle_head import causal_mask
 from harness.engine.sampling import Sampling
-from harness.training.eagle import EagleLoss, batches
-from harness.drafting.tree_shapes import CHOICES, EAGLE_MC_SIM_7B_63, best_first, choices_parents, resolve_choices
 from harness.engine.verifiers import make_verifier
+from harness.training.eagle import EagleLoss, batches
 from methods.eagle import EagleConfig
 from methods.eagle2 import Eagle2Config
 from methods.eagle3 import Eagle3Config

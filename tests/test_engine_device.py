@@ -13,19 +13,21 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-import methods  # noqa: F401  (registers the method schemas method_node composes)
-import tasks  # noqa: F401
-from harness.model import cuda_graphs as static_forward
-from harness.engine import tree as T
-from harness.core.config import EngineConfig
-from harness.model.device import resolve_device, resolve_dtype
+from harness.api import run
+from harness.bench.equivalence import NEAR_TIE_MARGIN
+from harness.bench.runner import Runner
+from harness.core.config import EngineConfig, TinySpec
 from harness.core.errors import SpeclabError
-from harness.engine.method import METHODS, MethodContext
-from harness.model.kernels import resolve_kernel
-from harness.loading.sources import TinySpec, load_target
-from harness.results.metrics import aggregate
-from harness.bench.runner import NEAR_TIE_MARGIN, Runner, method_node, run
+from harness.core.presets import method_node
+from harness.core.registry import METHODS
+from harness.engine import tree as T
+from harness.engine.method import MethodContext
 from harness.engine.sampling import Sampling
+from harness.loading.sources import load_target
+from harness.model import cuda_graphs
+from harness.model.device import resolve_device, resolve_dtype
+from harness.model.kernels import resolve_kernel
+from harness.results.metrics import aggregate
 from methods.eagle2 import Eagle2Config
 from methods.eagle3 import Eagle3Config
 from methods.hydra import HydraConfig
@@ -42,7 +44,7 @@ MAX_NEW = 32
 def static_target():
     """A second copy of the tiny target (same seeded weights) with the static path on, uncaptured."""
     target = load_target("tiny-llama", "tiny")
-    assert static_forward.enable(target, "on")
+    assert cuda_graphs.enable(target, "on")
     return target
 
 
@@ -102,7 +104,7 @@ def test_a_tree_forward_equals_the_eager_one_row_for_row(tiny_target, static_tar
 
 def test_recording_every_width_ahead_changes_nothing(tiny_target, tiny_prompts):
     ahead = load_target("tiny-llama", "tiny")
-    static_forward.enable(ahead, "on", [1, 2, 4, 8])
+    cuda_graphs.enable(ahead, "on", [1, 2, 4, 8])
     ahead.static.record(256, ("final",))
     assert {w for w, _ in ahead.static.graphs} == {1, 2, 4, 8} and ahead.static.cache.length == 0
     assert generations(engine_method(ahead, "pld"), tiny_prompts) == generations(engine_method(tiny_target, "pld"), tiny_prompts)
@@ -112,7 +114,7 @@ def test_early_exit_forwards_never_take_the_static_path(tiny_target, tiny_prompt
     """Self-speculation drafts with the target's first layers: a graph recorded at that depth must never serve a
     full forward (nor the reverse)."""
     static = load_target("tiny-llama", "tiny")
-    static_forward.enable(static, "on")
+    cuda_graphs.enable(static, "on")
     spec = "layerskip exit_layer=1 adapter=none"
     assert generations(engine_method(static, spec), tiny_prompts) == generations(engine_method(tiny_target, spec), tiny_prompts)
     cache = static.new_cache(64)
@@ -124,20 +126,20 @@ def test_early_exit_forwards_never_take_the_static_path(tiny_target, tiny_prompt
 
 def test_wider_than_the_widest_graph_runs_eagerly_on_the_same_buffers(tiny_target, tiny_prompts):
     narrow = load_target("tiny-llama", "tiny")
-    static_forward.enable(narrow, "on", [1, 2])
+    cuda_graphs.enable(narrow, "on", [1, 2])
     spec = "pld num_draft=10"
     assert generations(engine_method(narrow, spec), tiny_prompts) == generations(engine_method(tiny_target, spec), tiny_prompts)
 
 
 def test_targets_the_static_path_cannot_serve_run_eagerly():
     moe = load_target("tiny-mixtral", "tiny", tiny=TinySpec(family="mixtral"))
-    assert static_forward.unsupported(moe) is not None and not static_forward.enable(moe, "on")
+    assert cuda_graphs.unsupported(moe) is not None and not cuda_graphs.enable(moe, "on")
     sdpa = load_target("tiny-llama", "tiny", attention="sdpa")
-    assert not static_forward.enable(sdpa, "on") and sdpa.static is None
+    assert not cuda_graphs.enable(sdpa, "on") and sdpa.static is None
     plain = load_target("tiny-llama", "tiny")
-    assert not static_forward.enable(plain, "auto")  # auto: only on a GPU
+    assert not cuda_graphs.enable(plain, "auto")  # auto: only on a GPU
     with pytest.raises(SpeclabError, match="engine.cuda_graphs"):
-        static_forward.enable(plain, "always")
+        cuda_graphs.enable(plain, "always")
 
 
 def test_a_run_records_the_static_path(tmp_path):

@@ -8,7 +8,7 @@ from hydra import initialize_config_dir
 from omegaconf import OmegaConf
 
 from harness.core.config import CONF_DIR
-from harness.bench.runner import as_config
+from harness.core.presets import as_config
 
 from .conftest import compose
 
@@ -18,8 +18,6 @@ GROUPS = {"model", "method", "task", "baseline", "logger"}
 
 def sweep_points(preset):
     """The jobs `python run.py experiment=<preset>` launches: the product of its hydra.sweeper.params."""
-    import methods  # noqa: F401
-    import tasks  # noqa: F401
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = hydra_compose(config_name="config", overrides=[f"experiment={preset}"], return_hydra_config=True)

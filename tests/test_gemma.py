@@ -10,13 +10,14 @@ sliding layers keep only the window: an implementation independent of the engine
 import pytest
 import torch
 
+from harness.core.config import TinySpec
+from harness.core.errors import SpeclabError
 from harness.engine.decoder import Decoder
 from harness.engine.drafter import NoDraft
-from harness.core.errors import SpeclabError
-from harness.loading.sources import TinySpec, load_target
-from harness.model.target import speclab_attention, window_visibility
 from harness.engine.sampling import Sampling
 from harness.engine.verifiers import make_verifier
+from harness.loading.sources import load_target
+from harness.model.target import speclab_attention, window_visibility
 from methods.pld import PLDConfig, PromptLookup
 from tests.conftest import TINY_TEXTS
 from tests.test_greedy_equivalence import OracleTree, hf_greedy
@@ -79,9 +80,9 @@ def test_tree_drafts_and_pld_match(gemma, prompts, references):
     ["method=layerskip", "method.adapter=none", "method.exit_layer=2", "method.k=3"],
 ], ids=lambda o: o[0].split("=")[1])
 def test_training_free_methods_match(overrides, gemma, prompts, references, tmp_path, monkeypatch):
-    from harness.engine import cost_curve as vc
+    from harness.engine import cost_curve
 
-    monkeypatch.setattr(vc, "cache_dir", lambda: tmp_path)
+    monkeypatch.setattr(cost_curve, "cache_dir", lambda: tmp_path)
     gen = build_method(gemma, *overrides)
     drafted = 0
     for prompt, ref in zip(prompts, references):
@@ -125,7 +126,7 @@ def test_missing_gemma_package_names_the_install(monkeypatch):
 
 
 def test_reduced_vocabularies_reach_the_top_of_a_262k_vocabulary():
-    from harness.drafting.heads.eagle_head import ReducedVocab
+    from harness.drafting.vocab import ReducedVocab
 
     vocab = 262_144
     ids = torch.tensor([vocab - 1, 200_000, 70_000, 5, 0])
@@ -140,7 +141,7 @@ def test_reduced_vocabularies_reach_the_top_of_a_262k_vocabulary():
 
 
 def test_run_on_tiny_gemma_matches_ar_and_generate(tmp_path):
-    from harness.bench.runner import run
+    from harness.api import run
     from tests.conftest import compose
 
     cfg = compose("model=tiny-gemma3", "method=pld", "compare=[hf_generate,lookahead]", "task.limit=2",

@@ -7,11 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import methods  # noqa: F401
-import tasks  # noqa: F401
-from harness.model import cuda_graphs as static_forward
+from harness.bench.equivalence import NEAR_TIE_MARGIN, equivalence
 from harness.loading.sources import load_target
-from harness.bench.runner import NEAR_TIE_MARGIN, equivalence
+from harness.model import cuda_graphs
 from methods.eagle2 import Eagle2Config
 from methods.medusa import MedusaConfig
 
@@ -25,7 +23,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 @pytest.fixture(scope="module")
 def cuda_target():
     target = load_target("tiny-llama", "tiny", device="cuda")
-    assert static_forward.enable(target, "auto") and target.static.capture
+    assert cuda_graphs.enable(target, "auto") and target.static.capture
     return target
 
 
@@ -71,7 +69,7 @@ def test_draft_model_on_cuda(cuda_target, tiny_prompts, cuda_ar, layer_draft_fol
 @pytest.mark.parametrize("method", ["pld", "recycling", "eagle2_tiny"])
 def test_runs_on_cuda_end_to_end(tmp_path, method, eagle_heads):
     extra = [f"method.head={eagle_heads['eagle']['folder']}", "method=eagle2"] if method == "eagle2_tiny" else [f"method={method}"]
-    from harness.bench.runner import run
+    from harness.api import run
 
     df = run(tiny_cfg(tmp_path, "task.limit=2", "engine.device=cuda", "model.dtype=float32", f"max_new_tokens={MAX_NEW}", *extra))
     assert df.device.str.startswith("cuda").all() and (df.cuda_graphs == "captured").all()
@@ -80,7 +78,7 @@ def test_runs_on_cuda_end_to_end(tmp_path, method, eagle_heads):
 
 
 def test_bf16_on_cuda_diverges_only_at_near_ties(tmp_path):
-    from harness.bench.runner import run
+    from harness.api import run
 
     df = run(tiny_cfg(tmp_path, "task.limit=4", "engine.device=cuda", "method=pld", "compare=[recycling]", "max_new_tokens=24"))
     m = df[df.role == "method"]
@@ -89,7 +87,7 @@ def test_bf16_on_cuda_diverges_only_at_near_ties(tmp_path):
 
 
 def test_sampling_and_peers_on_cuda(tmp_path, layer_draft_folder):
-    from harness.bench.runner import run
+    from harness.api import run
 
     df = run(tiny_cfg(tmp_path, "task.limit=2", "engine.device=cuda", "model.dtype=float32", "temperature=1.0",
                       "method=sps", f"method.draft.path={layer_draft_folder}", "method.vocab_size=null",
@@ -98,7 +96,7 @@ def test_sampling_and_peers_on_cuda(tmp_path, layer_draft_folder):
 
 
 def test_synthetic_acceptance_on_cuda(tmp_path):
-    from harness.bench.runner import run
+    from harness.api import run
 
     df = run(tiny_cfg(tmp_path, "task.limit=2", "engine.device=cuda", "method=pld", "synthetic.mode=rates",
                       "synthetic.rates=[1,1,1]", "max_new_tokens=16"))

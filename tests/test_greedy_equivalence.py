@@ -5,11 +5,11 @@ import random
 import pytest
 import torch
 
+from harness.drafting.tree_shapes import prefix_tree
 from harness.engine.decoder import Decoder
 from harness.engine.drafter import Drafter, NoDraft
 from harness.engine.proposal import Proposal
 from harness.engine.sampling import Sampling
-from harness.drafting.tree_shapes import prefix_tree
 from harness.engine.verifiers import make_verifier
 from methods.pld import PLDConfig, PromptLookup, lookup
 

@@ -5,12 +5,12 @@ import copy
 import pytest
 import torch
 
+from harness.core.errors import SpeclabError
 from harness.engine.decoder import Decoder
 from harness.engine.drafter import NoDraft
-from harness.core.errors import SpeclabError
-from harness.model.kernels import OneDNNLinear, apply_kernel, onednn_available
 from harness.engine.sampling import Sampling
 from harness.engine.verifiers import make_verifier
+from harness.model.kernels import OneDNNLinear, apply_kernel, onednn_available
 from methods.pld import PLDConfig, PromptLookup
 
 from .test_greedy_equivalence import MAX_NEW, OracleTree, hf_greedy
@@ -53,7 +53,7 @@ def test_hybrid_runs_one_row_through_torch_and_more_through_onednn():
 
 
 def test_engine_is_lossless_with_hybrid_up_to_near_ties(tiny_target, tiny_prompts):
-    from harness.bench.runner import NEAR_TIE_MARGIN, equivalence
+    from harness.bench.equivalence import NEAR_TIE_MARGIN, equivalence
 
     target = copy.deepcopy(tiny_target)
     apply_kernel(target.model, "hybrid")
@@ -67,7 +67,7 @@ def test_engine_is_lossless_with_hybrid_up_to_near_ties(tiny_target, tiny_prompt
 
 
 def test_the_one_row_check_times_both_paths_restores_the_kernel_and_caches(tiny_target, tmp_path, monkeypatch):
-    from harness.model import kernels
+    from harness.model import kernel_choice as kernels
 
     monkeypatch.setenv("SPECLAB_CACHE", str(tmp_path))
     target = copy.deepcopy(tiny_target)
@@ -82,7 +82,7 @@ def test_the_one_row_check_times_both_paths_restores_the_kernel_and_caches(tiny_
 def test_a_slow_onednn_step_is_warned_about(tiny_target, monkeypatch, caplog, ratio, warned):
     import logging
 
-    from harness.model import kernels
+    from harness.model import kernel_choice as kernels
 
     monkeypatch.setattr(kernels, "CHECK_PARAMS", 0)
     monkeypatch.setattr(kernels, "one_row_ratio", lambda target: ratio)

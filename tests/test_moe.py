@@ -16,10 +16,10 @@ import transformers as tf
 
 from harness.engine.decoder import Decoder
 from harness.engine.drafter import NoDraft
-from harness.model.target import ModelInfo, TargetModel
 from harness.engine.sampling import Sampling
-from harness.model.tiny import _seeded, byte_tokenizer
 from harness.engine.verifiers import make_verifier
+from harness.model.target import ModelInfo, TargetModel
+from harness.model.tiny import _seeded, byte_tokenizer
 from methods.adaptive import AdaptiveDrafter
 from methods.layerskip import EarlyExitDrafter, LayerSkipConfig
 from methods.pld import PLDConfig, PromptLookup
@@ -129,7 +129,7 @@ def test_dense_models_have_no_expert_counter(tiny_target):
 
 
 def test_run_rows_carry_experts_per_step(tmp_path):
-    from harness.bench.runner import run
+    from harness.api import run
 
     from .conftest import compose
 

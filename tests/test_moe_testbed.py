@@ -1,4 +1,4 @@
-"""The smollm2-moe testbed's construction (harness/moe_testbed.py, scripts/make_moe.py) on a tiny dense model:
+"""The smollm2-moe testbed's construction (harness/loading/moe_testbed.py, scripts/make_moe.py) on a tiny dense model:
 untrained upcycled experts are exactly the dense model whatever the routing, gains make experts differ, the
 clustering is balanced and groups neurons that fire together, the fitted routers follow the clusters, training
 moves gains and routers, and the routers file round-trips."""

@@ -15,16 +15,17 @@ from omegaconf import OmegaConf
 
 from harness.core.config import EngineConfig
 from harness.core.errors import SpeclabError
-from harness.engine.method import METHODS, EngineGenerator, MethodContext
-from harness.drafting.heads.eagle_head import causal_mask
+from harness.core.registry import METHODS
+from harness.drafting.heads.layers import causal_mask
 from harness.drafting.heads.medusa_checkpoints import load_parallel_heads
 from harness.drafting.heads.medusa_heads import HydraHeads, MedusaHeads, ResBlock
+from harness.drafting.tree_shapes import MEDUSA_MC_SIM_7B_63, resolve_choices
+from harness.engine.method import EngineGenerator, MethodContext
 from harness.engine.proposal import Proposal
 from harness.engine.sampling import Sampling
+from harness.engine.verifiers import TypicalVerifier
 from harness.training.eagle import batches
 from harness.training.parallel import ParallelHeadsLoss
-from harness.drafting.tree_shapes import MEDUSA_MC_SIM_7B_63, resolve_choices
-from harness.engine.verifiers import TypicalVerifier
 from methods.hydra import HydraConfig
 from methods.medusa import MedusaConfig
 
@@ -281,7 +282,7 @@ def test_hydra_training_inputs_equal_the_drafter_inputs(tiny_target, tiny_prompt
 
 
 def _full_vocab(target):
-    from harness.drafting.heads.eagle_head import ReducedVocab
+    from harness.drafting.vocab import ReducedVocab
 
     return ReducedVocab(torch.arange(target.vocab_size), target.vocab_size)
 

@@ -3,9 +3,10 @@
 from omegaconf import OmegaConf
 
 from harness.core.config import EngineConfig
-from harness.engine.method import METHODS, MethodContext
-from harness.results.metrics import generation_stats
+from harness.core.registry import METHODS
+from harness.engine.method import MethodContext
 from harness.engine.sampling import Sampling
+from harness.results.metrics import generation_stats
 from methods.ar import ARConfig
 from methods.hf_peers import HFGenerateConfig, HFPLDConfig, peer_steps
 from methods.pld import PLDConfig

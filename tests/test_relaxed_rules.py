@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.loading.digits import PIXEL0, token_neighbours, tokenizer
 from harness.engine.sampling import Sampling
 from harness.engine.verifiers import GroupedVerifier, LanternVerifier, MarginVerifier, RejectionVerifier, make_verifier
+from harness.loading.digits import PIXEL0, token_neighbours, tokenizer
 
 T1 = Sampling(1.0)
 NEIGHBOURS = token_neighbours(tokenizer())

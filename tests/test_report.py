@@ -7,8 +7,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from harness.results.figures import plot_speedup_vs_tau
 from harness.results.metrics import geomean, summarize
-from harness.results.tables import SPEC_BENCH_GROUPS, leaderboard, leaderboard_markdown, plot_speedup_vs_tau, summarize_frame, to_latex, with_labels, write_reports
+from harness.results.report import write_reports
+from harness.results.tables import (
+    SPEC_BENCH_GROUPS,
+    leaderboard,
+    leaderboard_markdown,
+    summarize_frame,
+    to_latex,
+    with_labels,
+)
 
 from .conftest import REPO
 
@@ -155,7 +164,7 @@ def test_latex_escapes_names():
 
 
 def test_progress_bar_shows_the_summary_speedup(pld_run):
-    from harness.bench.runner import running_figures
+    from harness.bench.progress import running_figures
 
     overall = summarize(pld_run).set_index("group").loc["overall"]
     text = running_figures(pld_run.to_dict("records"), ["pld"])

@@ -11,9 +11,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from harness.api import run
+from harness.bench.equivalence import equivalence
+from harness.bench.runner import Runner
 from harness.core.errors import SpeclabError
+from harness.core.presets import as_config
 from harness.results.metrics import aggregate, repetition_4gram, summarize
-from harness.bench.runner import Runner, as_config, equivalence, run
 
 from .conftest import REPO, compose
 
@@ -83,7 +86,8 @@ def test_turn_two_is_asked_after_the_baseline_answer(tmp_path):
             return res
         return wrapped
 
-    runner.method.generate = spy("method", runner.method.generate, True)
+    method = runner.methods[0][1]
+    method.generate = spy("method", method.generate, True)
     runner.baseline.generate = spy("baseline", runner.baseline.generate, False)
     df = runner.run()
 
@@ -213,8 +217,6 @@ def hydra_run_dir(*overrides: str) -> str:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    import methods  # noqa: F401  (registers the schemas the config groups start from)
-    import tasks  # noqa: F401
     from harness.core.config import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -223,7 +225,7 @@ def hydra_run_dir(*overrides: str) -> str:
 
 
 def test_run_folder_is_derived_from_the_config():
-    from harness.results.store import config_hash
+    from harness.core.run_identity import config_hash
 
     base = ("model=tiny-llama", "task=spec_bench", "method=pld")
     folder = hydra_run_dir(*base)
@@ -386,7 +388,7 @@ def test_bound_prices_each_step_with_the_baseline_forward(tmp_path, monkeypatch)
     """A row's least time is its own prefill plus, per step, c(width) x the paired baseline's forward time per
     decode step; its bound is its speedup with that time. (Measured speedup <= bound on the real model is in
     test_e2e_real.py: on this tiny model timing noise is as large as the loop overhead the bound leaves out.)"""
-    from harness.engine import cost_curve as vc
+    from harness.engine import cost_curve
 
     monkeypatch.setenv("SPECLAB_CACHE", str(tmp_path / "cache"))  # c(k) of the tiny model, measured here
     runner = Runner(as_config(tiny_cfg(tmp_path, "compare=[ar,hf_pld]", "task.limit=2", "repeats=2",
@@ -397,7 +399,7 @@ def test_bound_prices_each_step_with_the_baseline_forward(tmp_path, monkeypatch)
     df = runner.run()
     m, b = df[df.role == "method"], df[df.role == "baseline"].set_index(["prompt_id", "repeat"])
     assert m[m.method == "hf_pld"].min_time_s.isna().all()  # peers run other kernels: no bound
-    curve = vc.Curve(vc.load(vc.curve_key(runner.target, runner.kernel, 1, vc.CACHE_LEN)))
+    curve = cost_curve.Curve(cost_curve.load(cost_curve.curve_key(runner.target, runner.kernel, 1, cost_curve.CACHE_LEN)))
     for name in ("pld", "ar"):
         rows = m[m.method == name]
         for row, result in zip(rows.itertuples(), results[name]):

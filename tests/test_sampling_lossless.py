@@ -11,10 +11,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from harness.drafting.heads.eagle_drafter import HeadDrafter
 from harness.engine import tree as T
 from harness.engine.decoder import Decoder
 from harness.engine.drafter import DecodeState, Drafter, NoDraft
-from harness.drafting.heads.eagle_drafter import HeadDrafter
 from harness.engine.proposal import Proposal
 from harness.engine.sampling import Sampling, sample, warp
 from harness.engine.verifiers import RejectionVerifier, VerifyResult, make_verifier

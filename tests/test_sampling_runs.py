@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from harness.bench.runner import run
+from harness.api import run
 
 from .conftest import compose
 

@@ -5,13 +5,14 @@ import torch
 from omegaconf import OmegaConf
 
 from harness.core.config import EngineConfig
-from harness.engine.decoder import Decoder
-from harness.drafting.draft_models import export_hf, load_draft
 from harness.core.errors import SpeclabError
-from harness.engine.method import METHODS, MethodContext
+from harness.core.registry import METHODS
+from harness.drafting.draft_models import export_hf, load_draft
+from harness.engine.decoder import Decoder
+from harness.engine.method import MethodContext
 from harness.engine.sampling import Sampling
-from harness.model.tiny import byte_tokenizer, tiny_llama
 from harness.engine.verifiers import make_verifier
+from harness.model.tiny import byte_tokenizer, tiny_llama
 from methods.sps import DraftModel, SpSConfig
 
 from .test_greedy_equivalence import MAX_NEW, hf_greedy

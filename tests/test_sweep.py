@@ -74,8 +74,6 @@ def test_basic_launcher_does_not_warn():
 def test_slurm_preset_is_a_one_gpu_job_array_on_whole_nodes():
     from hydra import compose, initialize_config_dir
 
-    import methods  # noqa: F401
-    import tasks  # noqa: F401
     from harness.core.config import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

@@ -1,4 +1,4 @@
-"""Synthetic acceptance (harness/synthetic.py): a real run's steps replayed on another model, per-depth rates,
+"""Synthetic acceptance (harness/bench/synthetic.py): a real run's steps replayed on another model, per-depth rates,
 rows labelled and kept apart from real ones, and one clear line for every bad setting."""
 
 from __future__ import annotations
@@ -8,13 +8,14 @@ import re
 import pandas as pd
 import pytest
 
+from harness.api import run
+from harness.bench.runner import Runner
+from harness.bench.synthetic import ACCEPT, SyntheticVerifier
 from harness.core.errors import SpeclabError
 from harness.engine.proposal import Proposal
-from harness.results.tables import summarize_frame
-from harness.bench.runner import Runner, run
 from harness.engine.sampling import Sampling
-from harness.bench.synthetic import ACCEPT, SyntheticVerifier
 from harness.engine.verifiers import GreedyVerifier
+from harness.results.tables import summarize_frame
 
 from .test_runs import tiny_cfg
 

@@ -10,7 +10,8 @@ from collections import Counter
 import pytest
 
 from harness.core.errors import SpeclabError
-from tasks.base import Sample, build_task
+from harness.core.registry import TASKS
+from tasks.base import Sample
 from tasks.gsm8k import final_number
 from tasks.spec_bench import GROUPS, MT_BENCH_CATEGORIES
 
@@ -20,7 +21,7 @@ FIX = REPO / "tests" / "fixtures"
 
 
 def task_of(*overrides: str):
-    return build_task(compose(*overrides).task)
+    return TASKS.build(compose(*overrides).task)
 
 
 @pytest.fixture

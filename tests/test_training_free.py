@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from harness.drafting import datastore as ds
-from harness.engine.drafter import DecodeState
 from harness.core.errors import SpeclabError
-from harness.engine.method import METHODS, MethodContext
-from harness.engine.sampling import Sampling
+from harness.core.registry import METHODS
+from harness.drafting import datastore as ds
 from harness.drafting.suffix_automaton import Matcher, SuffixAutomaton
 from harness.drafting.tree_shapes import best_first_order, cost_optimal_size, prefix_tree
+from harness.engine.drafter import DecodeState
+from harness.engine.method import MethodContext
+from harness.engine.sampling import Sampling
 
 from .conftest import compose
 from .test_greedy_equivalence import MAX_NEW, decode, hf_greedy
@@ -172,9 +173,9 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_greedy_output_equals_plain_decoding(case, tiny_target, tiny_prompts, references, tiny_datastore,
                                              tmp_path_factory, monkeypatch, request):
-    from harness.engine import cost_curve as vc
+    from harness.engine import cost_curve
 
-    monkeypatch.setattr(vc, "cache_dir", lambda: tmp_path_factory.getbasetemp() / "curves")  # auto: a curve of its own
+    monkeypatch.setattr(cost_curve, "cache_dir", lambda: tmp_path_factory.getbasetemp() / "curves")  # auto: a curve of its own
     overrides = CASES[case]
     if case == "sam_eagle2":  # the tiny EAGLE head trained for tests/test_eagle.py
         head = request.getfixturevalue("eagle_heads")["eagle"]["folder"]

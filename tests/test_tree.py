@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from harness.engine import tree as T
 from harness.drafting.tree_shapes import prefix_tree
+from harness.engine import tree as T
 
 
 def test_chain_and_depths():

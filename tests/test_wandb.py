@@ -51,8 +51,8 @@ def test_online_without_a_key_is_one_clear_error(tmp_path, monkeypatch):
     from omegaconf import OmegaConf
 
     from harness.core.errors import SpeclabError
-    from harness.results.tables import Report
-    from harness.bench.runner import as_config
+    from harness.core.presets import as_config
+    from harness.results.report import Report
     from harness.results.wandb_log import log_run
 
     from .conftest import compose

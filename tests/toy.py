@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from scipy import stats
 
-from harness.model.target import ForwardOutput
 from harness.engine.sampling import Sampling, warp
+from harness.model.target import ForwardOutput
 
 
 class ToyCache:

@@ -21,7 +21,6 @@ of speed, never pooled with real results (the report labels the runs apart).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,14 +28,15 @@ from typing import Any
 import pandas as pd
 import torch
 
-from harness.engine import tree as T
-from harness.engine.decoder import Decoder
-from harness.engine.drafter import DecodeState, Drafter
+from harness.bench.timing import derive_seed
 from harness.core.errors import SpeclabError
-from harness.model.target import ForwardOutput
+from harness.engine import tree as T
+from harness.engine.drafter import DecodeState, Drafter, NoDraft
+from harness.engine.method import EngineGenerator, Generator
 from harness.engine.proposal import Proposal
 from harness.engine.sampling import sample, warp
 from harness.engine.verifiers import Verifier, VerifyResult
+from harness.model.target import ForwardOutput
 
 MODES = ("off", "trace", "rates")
 ACCEPT = "synthetic_accept"  # Proposal.meta key: how many draft nodes this step accepts
@@ -197,31 +197,24 @@ class Synthetic:
         self.trace = Trace(cfg.trace) if cfg.mode == "trace" else None
         self.drafters: dict[str, SyntheticDrafter] = {}
 
-    def wrap(self, gen: Any) -> None:
-        """Engine generators draft through a :class:`SyntheticDrafter` and verify by the schedule; every side
-        ignores stop tokens. Peers that draft inside transformers' ``generate()`` cannot be scheduled."""
-        from harness.engine.method import EngineGenerator
-
-        if isinstance(gen, EngineGenerator):
-            if gen.name != "ar":
-                drafter = SyntheticDrafter(gen.drafter, self.rates, self.seed)
-                gen.drafter = self.drafters[gen.name] = drafter
-                if self.trace is not None and gen.name not in self.trace.methods:
-                    raise SpeclabError(f"synthetic.trace {self.trace.path} has no rows of method {gen.name!r} (it has "
-                                       f"{', '.join(self.trace.methods) or 'none'}); trace a real run of the same method")
-            old = gen.decoder
-            gen.decoder = Decoder(old.target, SyntheticVerifier(old.verifier), stop_ids=set())
-            gen.lossless = False
-        elif getattr(gen, "drafts", True):
-            raise SpeclabError(f"synthetic acceptance cannot schedule {gen.name!r}: it drafts inside transformers' "
-                               "generate(); compare engine methods, hf_generate or hf_compiled")
-        else:
-            gen.ignore_eos = True
+    def wrap(self, gen: Generator) -> Generator:
+        """The generator as this mode runs it: an engine method drafts through a :class:`SyntheticDrafter` and is
+        verified by the schedule, and every side generates its whole budget (stop tokens ignored). Peers that draft
+        inside transformers' ``generate()`` cannot be scheduled and refuse."""
+        if not isinstance(gen, EngineGenerator):
+            return gen.without_stop_tokens()
+        drafter = gen.drafter
+        if not isinstance(drafter, NoDraft):
+            if self.trace is not None and gen.name not in self.trace.methods:
+                raise SpeclabError(f"synthetic.trace {self.trace.path} has no rows of method {gen.name!r} (it has "
+                                   f"{', '.join(self.trace.methods) or 'none'}); trace a real run of the same method")
+            drafter = self.drafters[gen.name] = SyntheticDrafter(gen.drafter, self.rates, self.seed)
+        return EngineGenerator(gen.name, gen.target, drafter, SyntheticVerifier(gen.verifier), stop_ids=set(),
+                               acceptance_rule=gen.acceptance_rule)
 
     def prepare(self, prompt_id: str, turn: int, repeat: int, max_new_tokens: int) -> int:
         """Set each drafter's schedule for this generation; the tokens every side generates."""
-        digest = hashlib.sha256(f"{self.seed}|{prompt_id}|{turn}|{repeat}".encode()).digest()
-        seed = int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+        seed = derive_seed(self.seed, prompt_id, turn, repeat)
         length = max_new_tokens
         if self.trace is not None:
             found = self.trace.length(str(prompt_id), turn, list(self.drafters))

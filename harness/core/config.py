@@ -1,8 +1,9 @@
 """Config schemas (Hydra ConfigStore dataclasses): a typo in any key is an error, not a silent default.
 
-Method and task families extend :class:`MethodConfig` / :class:`TaskConfig` in their own modules and
-store them under ``schema/method/<family>`` / ``schema/task/<family>``; each YAML in ``conf/`` starts from
-its schema.
+Method and task families extend :class:`MethodConfig` / :class:`TaskConfig` in their own modules and declare
+them in ``FAMILIES``; ``harness.api.load_plugins()`` stores them as ``schema/method/<family>`` /
+``schema/task/<family>`` beside the run's own schemas (:func:`register_schemas`), and each YAML in ``conf/``
+starts from its schema.
 """
 
 from __future__ import annotations
@@ -14,10 +15,24 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from harness.loading.sources import TinySpec
-
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CONF_DIR = REPO / "conf"
+
+
+@dataclass
+class TinySpec:
+    """A seeded random-weight test model (``model.source=tiny``; harness/model/tiny.py)."""
+
+    family: str = "llama"  # llama | gemma3 (sliding-window layers) | mixtral (MoE, 8 experts, top-2)
+    sliding_window: int = 8  # gemma3 only
+    seed: int = 0
+    layers: int = 2
+    hidden: int = 64
+    intermediate: int = 128
+    heads: int = 4
+    kv_heads: int = 2
+    max_positions: int = 2048
+    init_std: float = 0.2
 
 
 @dataclass
@@ -65,14 +80,14 @@ class BaselineConfig:
 @dataclass
 class EngineConfig:
     device: str = "auto"  # auto (cuda when a GPU is visible) | cpu | cuda | cuda:N
-    # static-shape forwards replayed as CUDA graphs (harness/static_forward.py): auto = on CUDA; on = also on a
+    # static-shape forwards replayed as CUDA graphs (harness/model/cuda_graphs.py): auto = on CUDA; on = also on a
     # CPU, uncaptured (tests); off = eager
     cuda_graphs: str = "auto"
     graph_widths: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
     # 1: on this 2-core CPU a second thread is ~15% faster when the machine is idle, but with one busy process
     # beside it OpenMP's spinning threads make every forward 2.5-4x slower (BENCHMARKS.md, "Threads")
     threads: int = 1
-    kernel: str = "auto"  # linear-layer kernel for target and drafts: auto | onednn | torch | hybrid (harness/kernels.py)
+    kernel: str = "auto"  # linear-layer kernel for target and drafts: auto | onednn | torch | hybrid (harness/model/kernels.py)
     warmup: bool = True
     warmup_tokens: int = 16
     load_check: bool = True  # warn before timing when other processes keep the CPU busy
@@ -81,7 +96,7 @@ class EngineConfig:
 
 @dataclass
 class SyntheticConfig:
-    """Synthetic acceptance (harness/synthetic.py): system speed where real acceptance cannot be measured."""
+    """Synthetic acceptance (harness/bench/synthetic.py): system speed where real acceptance cannot be measured."""
 
     mode: str = "off"  # off | trace (replay a real run's per-step drafts and acceptances) | rates
     trace: Optional[str] = None  # trace mode: the folder or results.parquet of a real run of the same methods and task
@@ -128,13 +143,11 @@ def register_schemas() -> None:
     cs.store(group="schema/logger", name="logger", node=LoggerConfig)
 
 
-register_schemas()
-
 
 def _run_hash(*, _root_) -> str:
     from omegaconf import OmegaConf
 
-    from harness.results.store import config_hash
+    from harness.core.run_identity import config_hash
 
     # hydra.run.dir itself calls this resolver, so hash a copy without the hydra node
     return config_hash(OmegaConf.masked_copy(_root_, [k for k in _root_.keys() if k != "hydra"]))
@@ -152,5 +165,3 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("speclab_basename"):
         OmegaConf.register_new_resolver("speclab_basename", _basename)
 
-
-register_resolvers()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,3 +158,24 @@ def load(path: str | Path, tokenizer: Any | None = None, vocab_size: int | None 
                 f"this model's is {want}: rebuild it with scripts/build_datastore.py --model <this model>"
             )
     return ds
+
+
+def resolve_datastore(path: str | None, model_name: str) -> Path:
+    """``method.datastore`` as a path, or the model's default datastore when it is null."""
+    if path:
+        return Path(path).expanduser()
+    return default_path(model_name)
+
+
+def load_for(target: Any, path: str | None) -> Datastore:
+    """The datastore a retrieval method names for ``target`` (a TargetModel), checked against its tokenizer."""
+    t0 = time.perf_counter()
+    where = resolve_datastore(path, target.info.name)
+    if path is None and not where.is_file():
+        name = target.info.name
+        raise SpeclabError(f"no default datastore for model {name!r} (looked for {where}); build it with "
+                           f"`python scripts/build_datastore.py --model {name} --answers --out {where}` "
+                           "or set method.datastore=<a .npz from scripts/build_datastore.py>")
+    store = load(where, target.tokenizer, target.vocab_size)
+    store.meta["load_s"] = time.perf_counter() - t0
+    return store

@@ -11,17 +11,29 @@ transformers' ``assistant_model=``) load without speclab.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 from safetensors.torch import load_file
 
 from harness.core.config import REPO
+from harness.core.diskcache import build_folder_once, cache_dir, files_hash
 from harness.core.errors import SpeclabError
-from harness.loading.sources import DTYPES, build_folder_once, cache_dir, files_hash, load_target
+from harness.loading.sources import load_target
+from harness.model.device import DTYPES
 from harness.model.target import ModelInfo, TargetModel
 
 DRAFTS_DIR = REPO / "drafts"
+
+
+@dataclass
+class DraftModelConfig:
+    """``method.draft`` of the methods that draft with a separate model (sps, hf_assisted)."""
+
+    path: Optional[str] = None  # HF id or folder; null = drafts/<model.name>/ (the distilled default)
+    dtype: str = "float32"
 
 
 def default_draft(model_name: str) -> Path:

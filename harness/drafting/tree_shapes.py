@@ -12,8 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from numbers import Integral
+from typing import Any
 
 import torch
+
+from harness.core.errors import SpeclabError
 
 # EAGLE-1's default tree (eagle/model/choices.py, "mc_sim_7b_63": 25 nodes, depth 5); not Medusa's tree of that name.
 EAGLE_MC_SIM_7B_63 = [[0], [1], [2], [3], [0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [2, 0], [2, 1], [3, 0],
@@ -226,3 +229,11 @@ def prefix_tree(seqs: Sequence[Sequence[int]], weights: Sequence[float] | None =
         tree.parents.append(tree.index[key[:-1]] if len(key) > 1 else -1)
         tree.counts.append(count[key])
     return tree
+
+
+def check_budget(total_tokens: Any, max_tokens: int) -> None:
+    """``total_tokens`` (a verification width, root included) is auto or at least 2; ``max_tokens`` caps auto."""
+    if total_tokens != "auto" and (isinstance(total_tokens, bool) or not isinstance(total_tokens, int) or total_tokens < 2):
+        raise SpeclabError(f"method.total_tokens must be auto or a verification width >= 2 (root included), got {total_tokens!r}")
+    if max_tokens < 2:
+        raise SpeclabError(f"method.max_tokens must be >= 2 (root included), got {max_tokens}")

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from harness.core import hostinfo
+from harness.core.diskcache import cache_dir, keyed_cache_path, read_keyed, write_keyed
 from harness.engine import tree as T
 from harness.model.device import synchronize
-from harness.loading.sources import cache_dir, keyed_cache_path, read_keyed, write_keyed
 from harness.model.target import TargetModel
 
 CACHE_LEN = 256  # the cache length c(k) is measured at (stated with every curve)

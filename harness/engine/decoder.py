@@ -12,14 +12,14 @@ from typing import Any
 
 import torch
 
-from harness.engine import tree as T
-from harness.model.device import synchronize
-from harness.engine.drafter import DecodeState, Drafter
 from harness.core.errors import SpeclabError
-from harness.model.experts import summarize
-from harness.model.target import TargetModel
+from harness.engine import tree as T
+from harness.engine.drafter import DecodeState, Drafter
 from harness.engine.proposal import Proposal
 from harness.engine.verifiers import Verifier
+from harness.model.device import synchronize
+from harness.model.experts import summarize
+from harness.model.target import TargetModel
 
 
 @dataclass

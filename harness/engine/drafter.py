@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 
-from harness.model.target import ForwardOutput, TargetModel
 from harness.engine.proposal import Proposal
 from harness.engine.sampling import Sampling
 from harness.engine.verifiers import VerifyResult
+from harness.model.target import ForwardOutput, TargetModel
 
 
 @dataclass

@@ -12,13 +12,13 @@ from typing import Any
 
 import torch
 
-from harness.engine.decoder import Decoder, PromptResult
-from harness.engine.drafter import Drafter
 from harness.core.errors import SpeclabError
-from harness.model.target import TargetModel
-from harness.core.registry import Registry
+from harness.core.registry import METHODS
+from harness.engine.decoder import Decoder, PromptResult
+from harness.engine.drafter import Drafter, NoDraft
 from harness.engine.sampling import Sampling
-from harness.engine.verifiers import make_verifier
+from harness.engine.verifiers import Verifier, make_verifier
+from harness.model.target import TargetModel
 
 
 class Generator:
@@ -30,27 +30,50 @@ class Generator:
     def generate(self, prompt_ids: list[int], max_new_tokens: int, generator: torch.Generator | None) -> PromptResult:
         raise NotImplementedError
 
+    def without_stop_tokens(self) -> "Generator":
+        """The same generator generating the whole token budget (synthetic acceptance: every side the same length)."""
+        raise SpeclabError(f"{self.name!r} cannot ignore stop tokens; compare engine methods, hf_generate or hf_compiled")
+
 
 class EngineGenerator(Generator):
+    """A drafter driven by the shared decoding loop and verified by ``verifier``."""
+
     uses_engine = True
 
-    def __init__(self, name: str, target: TargetModel, drafter: Drafter, sampling: Sampling, rule: str = "auto",
-                 rule_options: dict[str, Any] | None = None) -> None:
+    def __init__(self, name: str, target: TargetModel, drafter: Drafter, verifier: Verifier,
+                 stop_ids: set[int] | None = None, acceptance_rule: str | None = None) -> None:
         self.name = name
+        self.target = target
         self.drafter = drafter
+        self.verifier = verifier
+        self.decoder = Decoder(target, verifier, stop_ids)
+        self.acceptance_rule = acceptance_rule or verifier.name
+        self.lossless = verifier.lossless and getattr(drafter, "lossless", True)
+
+    @classmethod
+    def with_rule(cls, name: str, target: TargetModel, drafter: Drafter, sampling: Sampling, rule: str = "auto",
+                  rule_options: dict[str, Any] | None = None) -> "EngineGenerator":
+        """The generator a method config describes: its drafter verified by ``method.rule`` at the run's sampling."""
         from harness.loading.digits import token_neighbours
 
         try:
             verifier = make_verifier(sampling, rule, token_neighbours(target.tokenizer), **(rule_options or {}))
         except (ValueError, TypeError) as e:
             raise SpeclabError(f"method.rule={rule}: {e}") from None
-        self.decoder = Decoder(target, verifier)
         # rows name the rule with its settings ("lantern k=3 delta=0.2"), so lossy settings stay apart
-        self.acceptance_rule = " ".join(rule.split()) if rule.split()[0].split(":")[0] == verifier.name else verifier.name
-        self.lossless = verifier.lossless and getattr(drafter, "lossless", True)
+        named = " ".join(rule.split()) if rule.split()[0].split(":")[0] == verifier.name else verifier.name
+        return cls(name, target, drafter, verifier, acceptance_rule=named)
+
+    def without_stop_tokens(self) -> "EngineGenerator":
+        return EngineGenerator(self.name, self.target, self.drafter, self.verifier, set(), self.acceptance_rule)
 
     def generate(self, prompt_ids, max_new_tokens, generator):
         return self.decoder.generate(prompt_ids, self.drafter, max_new_tokens, generator)
+
+
+def autoregressive(target: TargetModel, sampling: Sampling, name: str = "ar", rule: str = "auto") -> EngineGenerator:
+    """Plain decoding in the engine: the shared loop with a drafter that proposes nothing (every run's baseline)."""
+    return EngineGenerator.with_rule(name, target, NoDraft(), sampling, rule)
 
 
 @dataclass
@@ -66,20 +89,17 @@ class MethodContext:
         for methods that size their drafts by what a verification costs."""
         import logging
 
-        from harness.engine import cost_curve as vc
+        from harness.engine import cost_curve
         from harness.model.kernels import resolve_kernel
 
         kernel = resolve_kernel(self.engine.kernel, self.target.dtype, self.target.device)
-        return vc.Curve(vc.cached_or_measured(self.target, kernel, int(self.engine.threads), logging.getLogger("speclab")))
-
-
-METHODS: Registry = Registry("method", "method")
+        return cost_curve.Curve(cost_curve.cached_or_measured(self.target, kernel, int(self.engine.threads), logging.getLogger("speclab")))
 
 
 def inner_drafter(spec: str, ctx: MethodContext, owner: str) -> Drafter:
     """The drafter of the engine method ``spec`` (a conf/method preset with optional overrides, ``"recycling
     total_tokens=8"``), for a method that wraps another (``sam``'s aux, ``adaptive``'s inner)."""
-    from harness.bench.runner import method_node
+    from harness.core.presets import method_node
 
     node = method_node(spec)
     if node.family == owner:

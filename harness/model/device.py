@@ -46,3 +46,6 @@ def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work (before reading a clock); a no-op on the CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

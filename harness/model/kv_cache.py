@@ -22,7 +22,7 @@ class BufferLayer(DynamicLayer):
         self.length = 0
         self._k: torch.Tensor | None = None
         self._v: torch.Tensor | None = None
-        # static mode (harness/static_forward.py): new keys go to these slots and attention reads the whole
+        # static mode (harness/model/cuda_graphs.py): new keys go to these slots and attention reads the whole
         # buffer, so a forward has the same shapes and addresses every step (what a CUDA graph replays)
         self.slots: torch.Tensor | None = None
 

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface, PreTrainedModel, PreTrainedTokenizerBase
 
-from harness.model.kv_cache import KVCache
 from harness.model.experts import expert_counter
+from harness.model.kv_cache import KVCache
 
 ATTENTION = "speclab"
 
@@ -159,7 +159,7 @@ class TargetModel:
         self.experts = expert_counter(model)  # None for a dense model
         self.guidance = 1.0
         self.unconditional: Callable[[list[int]], list[int]] | None = None
-        self.static = None  # harness/static_forward.py: fixed-shape forwards (CUDA graphs), when the engine enables them
+        self.static = None  # harness/model/cuda_graphs.py: fixed-shape forwards (CUDA graphs), when the engine enables them
 
     def set_guidance(self, scale: float, unconditional: Callable[[list[int]], list[int]] | None) -> None:
         """Classifier-free guidance: logits ``u + scale * (c - u)`` of the conditional row c and the unconditional

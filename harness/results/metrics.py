@@ -4,7 +4,7 @@ Definitions (README, "Definitions"): a step is one target forward, prefill inclu
 steps; acceptance rate = accepted draft tokens / drafted tokens; per-position acceptance is conditional
 (accepted at position i / steps whose draft was evaluated at i) or unconditional (accepted at i /
 verification steps); speedup = method tokens/s over the paired baseline's; the speedup bound is the
-same ratio with the method's least possible time (``min_time_s``, harness/verify_cost.py) for its wall time.
+same ratio with the method's least possible time (``min_time_s``, harness/engine/cost_curve.py) for its wall time.
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def aggregate(method_rows: pd.DataFrame, baseline_rows: pd.DataFrame) -> dict[st
 
 
 def _real_tau(m: pd.DataFrame) -> dict[str, float]:
-    """Synthetic runs (harness/synthetic.py): the traced real run's tau, beside the row's own."""
+    """Synthetic runs (harness/bench/synthetic.py): the traced real run's tau, beside the row's own."""
     if "trace_steps" not in m or m.trace_steps.isna().all():
         return {}
     traced = m.dropna(subset=["trace_steps"])

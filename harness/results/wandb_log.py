@@ -14,7 +14,8 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from harness.core.errors import SpeclabError
-from harness.results.tables import Report, summary_table
+from harness.results.report import Report
+from harness.results.tables import summary_table
 
 # Per-prompt columns worth browsing in the wandb UI (list columns and provenance stay in the parquet).
 PROMPT_COLUMNS = (

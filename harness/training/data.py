@@ -89,7 +89,7 @@ def head_answer_spec(target: TargetModel, gen_tokens: int = 128, max_prompt_toke
 
 def training_work_dir(target: TargetModel) -> Path:
     """Where a target's training caches live unless a script is given ``--work``."""
-    from harness.loading.sources import cache_dir
+    from harness.core.diskcache import cache_dir
 
     return cache_dir() / "training" / f"{target.info.name}-{target.info.weights_hash}"
 

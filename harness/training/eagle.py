@@ -22,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import rotate_half
 
-from harness.drafting.heads.eagle_head import EagleHead, ReducedVocab, soft_cross_entropy
+from harness.drafting.heads.eagle_head import EagleHead
+from harness.drafting.vocab import ReducedVocab
+from harness.training.losses import soft_cross_entropy
 
 
 def draft_vocab(samples: Sequence[dict], n: int, target_vocab: int) -> tuple[ReducedVocab, list[int]]:

@@ -14,21 +14,18 @@ def ngrams(text: str, n: int = 8) -> set[tuple[str, ...]]:
 
 
 def evaluation_texts(task_names: Iterable[str] = ("demo", "spec_bench", "humaneval", "mtbench", "gsm8k", "cnndm")) -> dict[str, list[str]]:
-    """Every prompt turn of the named tasks that can be loaded here (tasks whose data is absent are skipped)."""
-    from hydra import compose, initialize_config_dir
+    """Every prompt turn of the named tasks that can be loaded here (tasks whose data is absent are skipped).
 
-    import methods  # noqa: F401  (the default config names a method schema)
-    from harness.core.config import CONF_DIR
+    The task families must be registered (``harness.api.load_plugins()``, which every script calls)."""
     from harness.core.errors import SpeclabError
-
-    from tasks.base import build_task
+    from harness.core.presets import compose
+    from harness.core.registry import TASKS
 
     out: dict[str, list[str]] = {}
     for name in task_names:
         try:
-            with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-                cfg = compose(config_name="config", overrides=[f"task={name}"]).task
-            out[name] = [turn for s in build_task(cfg).load() for turn in s.turns]
+            cfg = compose([f"task={name}"]).task
+            out[name] = [turn for s in TASKS.build(cfg).load() for turn in s.turns]
         except SpeclabError:
             continue
     return out

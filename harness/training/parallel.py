@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import torch
 
-from harness.drafting.heads.eagle_head import ReducedVocab, soft_cross_entropy
 from harness.drafting.heads.medusa_heads import HydraHeads, MedusaHeads
+from harness.drafting.vocab import ReducedVocab
 from harness.training.eagle import Batch
+from harness.training.losses import soft_cross_entropy
 
 
 class ParallelHeadsLoss:

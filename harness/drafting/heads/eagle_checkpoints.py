@@ -24,33 +24,35 @@ Target taps: the engine's ``hidden[i]`` is HF's ``hidden_states[i]``, the input 
 (``"final"``: the post-norm last state EAGLE-1 reads). Engines concatenate the taps in layer order.
 
 Heads are refused, with one line naming both sizes, when their hidden size, vocabulary, tapped layers or fc
-width do not fit the target, and when they use variants :class:`~harness.heads.EagleHead` does not implement
+width do not fit the target, and when they use variants :class:`~harness.drafting.heads.eagle_head.EagleHead` does not implement
 (several decoder layers, EAGLE-3.1's extra norms). Pickles load with ``weights_only=True``.
 
 :func:`save_head` writes the official layout (config.json + model.safetensors, no embedding copy, with
 ``rope_theta``/``rope_scaling`` at the top level for transformers-4 readers and both conventions of the tapped
 layers, so SGLang and vLLM read them alike) plus a ``speclab_head`` entry naming the target and the command.
 :func:`export_official` writes a standalone copy with the embedding for strict loaders (Spec-Bench's), e.g.
-``python -c "from harness.checkpoints import export_official as e; from harness.loading import load_target as t;
+``python -c "from harness.drafting.heads.eagle_checkpoints import export_official as e; from harness.loading.sources import load_target as t;
 e('drafts/smollm2-135m/eagle', t('smollm2-135m', 'smollm2_wheel'), '/tmp/eagle-standalone')"``.
 """
 
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from transformers import LlamaConfig
 
 from harness.core.errors import SpeclabError
-from harness.drafting.heads.eagle_head import EagleHead, ReducedVocab, head_llama_config
+from harness.drafting.heads.checkpoint_files import read_config, read_weights
+from harness.drafting.heads.eagle_head import EagleHead
+from harness.drafting.heads.layers import head_llama_config
+from harness.drafting.vocab import ReducedVocab
+from harness.loading.hub import resolve_folder
 from harness.model.target import TargetModel
 
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # decoder-layer key prefix in each layout -> EagleHead's (its layer modules sit at the top level of the head)
 LAYER_PREFIXES = {
     "midlayer.": "",  # EAGLE-3 official, SpecForge, SGLang
@@ -68,76 +70,6 @@ NOT_LAYER_CONFIG = ("architectures", "speclab_head", "eagle_config", "torch_dtyp
 
 
 # -- reading ------------------------------------------------------------------------------------------------
-
-def resolve_folder(path_or_id: str) -> Path:
-    """A local folder, or a Hub repository downloaded (or found in the local Hub cache when offline)."""
-    folder = Path(path_or_id).expanduser()
-    if folder.is_dir():
-        return folder
-    if folder.exists() or path_or_id.startswith((".", "/", "~")) or path_or_id.count("/") != 1:
-        raise SpeclabError(f"head {path_or_id!r} is neither a folder nor a Hub id (org/name); fix method.head")
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(path_or_id, allow_patterns=["*.json", "*.safetensors", "*.bin"]))
-    except Exception as e:  # noqa: BLE001 - any hub failure becomes one line for the user
-        raise SpeclabError(f"head {path_or_id!r} is not a folder here and could not be fetched from the Hub "
-                           f"({type(e).__name__}); download it first or point method.head at a local folder") from None
-
-
-def _json_object(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SpeclabError(f"{path} is not valid JSON ({e}); re-download or re-export the head") from None
-    if not isinstance(data, dict):
-        raise SpeclabError(f"{path} holds a {type(data).__name__}, not a JSON object; "
-                           "re-download or re-export the head")
-    return data
-
-
-def read_config(folder: Path) -> dict:
-    if not (folder / "config.json").is_file():
-        raise SpeclabError(f"head folder {folder} has no config.json; point method.head at an EAGLE head folder")
-    return _json_object(folder / "config.json")
-
-
-def _read_file(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        try:
-            return load_file(str(path))
-        except Exception as e:  # noqa: BLE001 - a corrupt file is a user-facing problem
-            raise SpeclabError(f"{path} could not be read as safetensors ({type(e).__name__}); "
-                               "re-download the head") from None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise SpeclabError(f"{path} holds Python objects other than tensors, which speclab does not unpickle "
-                           "(weights_only=True); save the head's state dict alone, or as safetensors") from None
-    except Exception as e:  # noqa: BLE001 - truncated or foreign files
-        raise SpeclabError(f"{path} could not be read as a PyTorch state dict ({type(e).__name__}); "
-                           "re-download the head") from None
-    if not isinstance(state, dict):
-        raise SpeclabError(f"{path} holds a {type(state).__name__}, not a state dict; save the head's state dict")
-    bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
-    if bad:
-        raise SpeclabError(f"{path} holds non-tensor entries ({bad[0]!r}); save the head's flat state dict")
-    return state
-
-
-def read_weights(folder: Path) -> dict[str, torch.Tensor]:
-    for name in WEIGHT_FILES:
-        index = folder / f"{name}.index.json"
-        if index.is_file():  # sharded: the index maps each key to its shard
-            shards = sorted(set(_json_object(index).get("weight_map", {}).values()))
-            state: dict[str, torch.Tensor] = {}
-            for shard in shards:
-                state.update(_read_file(folder / shard))
-            return state
-        if (folder / name).is_file():
-            return _read_file(folder / name)
-    raise SpeclabError(f"no head weights in {folder} (looked for {', '.join(WEIGHT_FILES)}); "
-                       "point method.head at an EAGLE head folder")
 
 
 def split_config(config: dict) -> tuple[dict, dict]:

@@ -21,16 +21,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
 
-from harness.drafting import tree_shapes as trees
+from harness.core.config import MethodConfig
+from harness.core.errors import SpeclabError
+from harness.drafting import tree_shapes
+from harness.drafting.heads.eagle_head import EagleHead
+from harness.drafting.heads.head_files import head_path
+from harness.drafting.heads.layers import causal_mask, visible_mask
+from harness.drafting.vocab import frequency_vocab
 from harness.engine.drafter import DecodeState, Drafter
-from harness.drafting.heads.eagle_head import EagleHead, causal_mask, visible_mask
-from harness.model.target import ForwardOutput
 from harness.engine.proposal import Proposal
 from harness.engine.sampling import Sampling, warp
 from harness.engine.verifiers import VerifyResult
+from harness.model.target import ForwardOutput
 
 
 @dataclass
@@ -91,7 +97,7 @@ class HeadDrafter(Drafter):
         self.shape = shape
         self.sampling = sampling
         self.hidden_layers = head.target_layers
-        self.static_parents = trees.choices_parents(shape.choices) if shape.kind == "static" else None
+        self.static_parents = tree_shapes.choices_parents(shape.choices) if shape.kind == "static" else None
         self.device = head.fc.weight.device if hasattr(head, "fc") else next(head.parameters()).device
         self.vocab_ids = head.vocab.ids.to(self.device) if head.vocab is not None else None
         self.cache = None
@@ -187,7 +193,7 @@ class HeadDrafter(Drafter):
                 keep = list(range(len(tree.tokens)))
             else:
                 self._grow_dynamic(tree, root, stable, max_depth)
-                keep = trees.best_first(tree.score, tree.parents, self.shape.total_tokens - 1)
+                keep = tree_shapes.best_first(tree.score, tree.parents, self.shape.total_tokens - 1)
             self.cache.truncate(stable)
         parents = [tree.parents[i] for i in keep]
         index = {old: new for new, old in enumerate(keep)}
@@ -198,7 +204,7 @@ class HeadDrafter(Drafter):
         return Proposal([tree.tokens[i] for i in keep], parents, q)
 
     def _grow_static(self, tree: _Tree, root: torch.Tensor, stable: int, max_depth: int, generator) -> None:
-        trees.grow_choices(self.shape.choices, max_depth, self.head.logits(root[None])[0],
+        tree_shapes.grow_choices(self.shape.choices, max_depth, self.head.logits(root[None])[0],
                            lambda logits, n: self._children(logits, n, generator), tree.add,
                            lambda nodes: self.head.logits(self._feed(tree, nodes, stable)))
 
@@ -221,46 +227,7 @@ class HeadDrafter(Drafter):
             frontier = sorted(best)
 
 
-def head_path(cfg, ctx, default_head: str, train_command: str) -> str:
-    """``method.head`` as a local folder (a Hub id is downloaded), or the model's committed default under drafts/."""
-    from harness.drafting.heads.eagle_checkpoints import resolve_folder
-    from harness.drafting.draft_models import DRAFTS_DIR
-    from harness.core.errors import SpeclabError
-
-    if cfg.head:
-        return str(resolve_folder(str(cfg.head)))
-    folder = DRAFTS_DIR / ctx.target.info.name / default_head
-    if not (folder / "config.json").is_file():
-        raise SpeclabError(
-            f"no default {default_head} head for model {ctx.target.info.name!r}; set method.head=<HF id or folder>, "
-            f"or train one: {train_command} --model {ctx.target.info.name} --out {folder}"
-        )
-    return str(folder)
-
-
-def frequency_vocab(cfg, path: str, vocab_size: int):
-    """The ``method.vocab_size`` most frequent answer tokens listed in ``<head>/token_frequency.json`` as a draft
-    vocabulary (None when ``method.vocab_size`` is null)."""
-    import json
-    from pathlib import Path
-
-    from harness.core.errors import SpeclabError
-    from harness.drafting.heads.eagle_head import ReducedVocab
-
-    n = getattr(cfg, "vocab_size", None)
-    if n is None:
-        return None
-    if n <= 0:
-        raise SpeclabError(f"method.vocab_size must be positive, got {n}; "
-                           "set method.vocab_size=null for the target's full head")
-    freq = Path(path) / "token_frequency.json"
-    if not freq.is_file():
-        raise SpeclabError(f"method.vocab_size needs {freq} (token ids by frequency); set method.vocab_size=null")
-    ids = json.loads(freq.read_text())["token_ids"][:n]
-    return ReducedVocab(torch.tensor(ids), vocab_size)
-
-
-def build_head_generator(cfg, ctx, default_head: str, shape: TreeShape):
+def build_head_generator(cfg: Any, ctx: Any, default_head: str, shape: TreeShape) -> Any:
     """An engine generator for an EAGLE-family method config (``head``, ``vocab_size``, ``dtype`` keys)."""
     from harness.drafting.heads.eagle_checkpoints import load_head
     from harness.engine.method import EngineGenerator
@@ -281,4 +248,23 @@ def build_head_generator(cfg, ctx, default_head: str, shape: TreeShape):
     drafter = HeadDrafter(head, shape, ctx.sampling)
     drafter.name = cfg.name
     drafter.draft_dtype = str(dtype).removeprefix("torch.")
-    return EngineGenerator(cfg.name, target, drafter, ctx.sampling, cfg.rule)
+    return EngineGenerator.with_rule(cfg.name, target, drafter, ctx.sampling, cfg.rule)
+
+
+@dataclass
+class DynamicTreeConfig(MethodConfig):
+    """What every method drafting EAGLE-2's dynamic tree with a head sets."""
+
+    head: Optional[str] = None  # HF id or folder; null = the model's default head under drafts/
+    dtype: str = "auto"  # auto: bfloat16 where bf16 linears run natively, else the target's dtype
+    depth: int = 5
+    top_k: int = 2
+    total_tokens: int = 8  # verification width, root included
+
+
+def dynamic_shape(cfg: Any) -> TreeShape:
+    """The dynamic tree a :class:`DynamicTreeConfig` describes (one line for a bad setting)."""
+    try:
+        return TreeShape("dynamic", depth=cfg.depth, top_k=cfg.top_k, total_tokens=cfg.total_tokens)
+    except ValueError as e:
+        raise SpeclabError(f"method: {e}") from None

@@ -3,7 +3,7 @@
 * :class:`ReducedVocab`: a subset of the target vocabulary as a draft's output space (EAGLE-3's ``d2t`` /
   ``t2d``, or the most frequent answer tokens): on a CPU the 49152-way head is a large share of a draft step.
 * :class:`EagleHead`: one Llama decoder layer over [token embedding ; target feature], with its own KV cache
-  (the engine's :class:`~harness.cache.KVCache`, so cropping to the accepted path is a length update).
+  (the engine's :class:`~harness.model.kv_cache.KVCache`, so cropping to the accepted path is a length update).
 
   - ``eagle`` (EAGLE-1/2 weights): ``z = fc([emb(x_{t+1}) ; f_t])`` with ``f_t`` the target's post-norm final
     state, then a decoder layer *without* an input norm; the output predicts ``f_{t+1}`` and goes through the
@@ -21,77 +21,14 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaMLP, LlamaRMSNorm, LlamaRotaryEmbedding
 
+from harness.drafting.vocab import ReducedVocab
 from harness.model.kv_cache import KVCache
-from harness.model.target import ATTENTION, to_additive
+from harness.model.target import ATTENTION
 
 VARIANTS = ("eagle", "eagle3")
-
-
-class ReducedVocab:
-    """Draft index i <-> target token ``ids[i]`` (ids ascending); ``d2t[i] = ids[i] - i`` as EAGLE-3 stores it."""
-
-    def __init__(self, ids: torch.Tensor, target_vocab: int) -> None:
-        ids = torch.as_tensor(ids, dtype=torch.long).unique(sorted=True)
-        if ids.numel() == 0 or int(ids[-1]) >= target_vocab or int(ids[0]) < 0:
-            raise ValueError(f"draft vocabulary ids must lie in [0, {target_vocab}), got {ids.numel()} ids")
-        self.ids = ids
-        self.target_vocab = int(target_vocab)
-
-    def __len__(self) -> int:
-        return int(self.ids.numel())
-
-    @classmethod
-    def from_d2t(cls, d2t: torch.Tensor, target_vocab: int) -> "ReducedVocab":
-        return cls(torch.arange(d2t.numel()) + d2t.long(), target_vocab)
-
-    @property
-    def d2t(self) -> torch.Tensor:
-        return self.ids - torch.arange(len(self))
-
-    @property
-    def t2d(self) -> torch.Tensor:
-        mask = torch.zeros(self.target_vocab, dtype=torch.bool)
-        mask[self.ids] = True
-        return mask
-
-    def index(self) -> torch.Tensor:
-        """Target id -> draft index, -1 for tokens outside the draft vocabulary."""
-        out = torch.full((self.target_vocab,), -1, dtype=torch.long)
-        out[self.ids] = torch.arange(len(self))
-        return out
-
-    def rows(self, weight: torch.Tensor, dtype: torch.dtype | None = None) -> nn.Linear:
-        """A bias-free head made of the rows of a full-vocabulary output matrix (cast to ``dtype`` if given)."""
-        head = nn.Linear(weight.shape[1], len(self), bias=False)
-        rows = weight.detach()[self.ids].to(dtype or weight.dtype, copy=True)
-        head.weight = nn.Parameter(rows, requires_grad=False)
-        return head
-
-
-def head_llama_config(target_config, intermediate_size: int | None = None, **extra) -> LlamaConfig:
-    """A one-layer Llama config with the target's attention geometry and RoPE (the head's positions are the target's)."""
-    tc = target_config
-    head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
-    cfg = LlamaConfig(
-        vocab_size=tc.vocab_size,
-        hidden_size=tc.hidden_size,
-        intermediate_size=intermediate_size or tc.intermediate_size,
-        num_hidden_layers=1,
-        num_attention_heads=tc.num_attention_heads,
-        num_key_value_heads=getattr(tc, "num_key_value_heads", tc.num_attention_heads),
-        head_dim=head_dim,
-        hidden_act=getattr(tc, "hidden_act", "silu"),
-        max_position_embeddings=getattr(tc, "max_position_embeddings", 8192),
-        rms_norm_eps=getattr(tc, "rms_norm_eps", 1e-6),
-        rope_parameters=dict(getattr(tc, "rope_parameters", None) or {"rope_type": "default", "rope_theta": 10000.0}),
-        tie_word_embeddings=False,
-        **extra,
-    )
-    return cfg
 
 
 class EagleHead(nn.Module):
@@ -196,29 +133,3 @@ class EagleHead(nn.Module):
         return self.lm_head(self.norm(out)).float()
 
 
-def visible_mask(cache_len: int, rows: Sequence[Sequence[int]], dtype: torch.dtype,
-                 device: torch.device | str = "cpu") -> torch.Tensor:
-    """Additive mask for new tokens that each see the cache prefix ``0..cache_len-1``'s listed slots.
-
-    ``rows[i]`` lists the cache slots (and, for the new tokens, slots ``cache_len + j``) token i may see. Built on
-    the host, then copied to ``device`` once.
-    """
-    n = len(rows)
-    visible = torch.zeros(n, cache_len + n, dtype=torch.bool)
-    for i, slots in enumerate(rows):
-        visible[i, list(slots)] = True
-    return to_additive(visible.to(device, non_blocking=True), dtype)
-
-
-def causal_mask(cache_len: int, n: int, dtype: torch.dtype, device: torch.device | str = "cpu") -> torch.Tensor | None:
-    """New tokens see the whole cache and the new tokens up to themselves (None when the kernel's causal path fits)."""
-    if cache_len == 0:
-        return None
-    visible = torch.ones(n, cache_len + n, dtype=torch.bool, device=device)
-    visible[:, cache_len:] = torch.ones(n, n, dtype=torch.bool, device=device).tril_()
-    return to_additive(visible, dtype)
-
-
-def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
-    """Per-row cross-entropy of ``logits`` against a distribution over the same columns."""
-    return -(target_probs * F.log_softmax(logits.float(), dim=-1)).sum(-1)

@@ -24,11 +24,12 @@ from pathlib import Path
 
 import torch
 
-from harness.drafting.heads.eagle_checkpoints import _json_object, _read_file, resolve_folder
 from harness.core.errors import SpeclabError
-from harness.drafting.heads.eagle_head import head_llama_config
-from harness.model.target import TargetModel
+from harness.drafting.heads.checkpoint_files import _json_object, _read_file
+from harness.drafting.heads.layers import head_llama_config
 from harness.drafting.heads.medusa_heads import HydraHeads, MedusaHeads
+from harness.loading.hub import resolve_folder
+from harness.model.target import TargetModel
 
 WEIGHTS = {"medusa": "medusa_lm_head", "hydra": "hydra_lm_head"}
 KINDS = tuple(WEIGHTS)

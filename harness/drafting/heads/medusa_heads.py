@@ -22,9 +22,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
 
-from harness.model.kv_cache import KVCache
-from harness.drafting.heads.eagle_head import ReducedVocab, head_llama_config
+from harness.drafting.heads.layers import head_llama_config
+from harness.drafting.vocab import ReducedVocab
 from harness.model.kernels import apply_kernel
+from harness.model.kv_cache import KVCache
 from harness.model.target import ATTENTION
 
 
