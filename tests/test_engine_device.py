@@ -142,8 +142,15 @@ def test_targets_the_static_path_cannot_serve_run_eagerly():
         cuda_graphs.enable(plain, "always")
 
 
-def test_a_run_records_the_static_path(tmp_path):
-    df = run(tiny_cfg(tmp_path, "task.limit=2", "method=recycling", "engine.cuda_graphs=on"))
+@pytest.mark.parametrize("overrides", [("method=recycling",), ("method=pld", "engine.verify_cost=measure")],
+                         ids=["auto-sized recycling", "measured c(k)"])
+def test_a_run_records_the_static_path_after_measuring_its_verify_cost(tmp_path, monkeypatch, overrides):
+    """With warm-up on, as every real run: c(k) is measured first (in inference mode, on the static buffers, by
+    recycling's auto size or engine.verify_cost=measure), then the warm-up records every width. A fresh cache, so
+    the curve is measured here and not read back."""
+    monkeypatch.setenv("SPECLAB_CACHE", str(tmp_path / "cache"))
+    df = run(tiny_cfg(tmp_path, "task.limit=2", "engine.cuda_graphs=on", "engine.warmup=true", *overrides))
+    assert list((tmp_path / "cache" / "verify_cost").glob("*.json"))  # measured in this run
     assert (df.cuda_graphs == "uncaptured").all() and (df.device == "cpu").all()
     assert df[df.role == "method"].equivalent.all()
 
@@ -157,6 +164,8 @@ def test_the_warm_up_records_every_width_for_the_longest_generation(tmp_path):
     static = runner.target.static
     assert {w for w, _ in static.graphs} == set(static.widths)
     assert static.cache.layers[0].capacity >= runner.longest_context + max(static.widths)
+    # recorded without autograd: a graph's outputs (what every replay returns) need no gradient
+    assert not any(g.logits.requires_grad for g in static.graphs.values())
 
 
 # -- device and dtype --------------------------------------------------------------------------------------------

@@ -77,7 +77,12 @@ class _Graph:
 
 
 class StaticForward:
-    """The static path of one :class:`TargetModel`: its cache buffers and one graph per width."""
+    """The static path of one :class:`TargetModel`: its cache buffers and one graph per width.
+
+    Its buffers are allocated, written and recorded in inference mode, whoever calls first: buffers made under
+    ``torch.inference_mode()`` (a c(k) measurement, a decoding step) can only be written there, and a graph recorded
+    with autograd on would carry ``requires_grad`` outputs into every replay.
+    """
 
     def __init__(self, target: Any, widths: Sequence[int] = DEFAULT_WIDTHS, capture: bool = True) -> None:
         if not widths or min(widths) < 1:
@@ -91,6 +96,7 @@ class StaticForward:
         self.replays = 0  # forwards served by the static path (tests read it)
 
     # -- the cache -------------------------------------------------------------------------------------------
+    @torch.inference_mode()
     def new_cache(self, capacity: int) -> KVCache:
         """The one static cache, emptied; re-allocated (and the graphs re-recorded) when ``capacity`` outgrows it."""
         need = int(capacity) + self.widths[-1]  # padding rows write past the real ones
@@ -112,6 +118,7 @@ class StaticForward:
         if getattr(self, "_ptr", None) != ptr:
             self.graphs, self._ptr = {}, ptr
 
+    @torch.inference_mode()
     def record(self, capacity: int, hidden_layers: Sequence[int | str]) -> None:
         """Record every width's graph for a drafter that reads ``hidden_layers``, on a cache of ``capacity`` slots,
         before any timing: a recording synchronises the device and empties its allocator's cache."""
@@ -133,6 +140,7 @@ class StaticForward:
         return next(w for w in self.widths if w >= n)
 
     # -- one forward -----------------------------------------------------------------------------------------
+    @torch.inference_mode()
     def forward(self, cache: KVCache, ids: torch.Tensor, positions: torch.Tensor, tree: torch.Tensor | None,
                 width: int, hidden_layers: Sequence[int | str]) -> tuple[torch.Tensor, dict]:
         """Logits [n, vocab] (float32) and the requested hidden states [n, H] of the ``n`` new tokens; the cache
