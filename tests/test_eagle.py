@@ -118,6 +118,23 @@ def test_the_head_and_its_draft_rows_take_method_dtype(tiny_target, eagle_heads,
     assert head._shared["embed"].weight.dtype == torch.float32  # the target's own embedding is untouched
 
 
+@pytest.mark.parametrize("variant", ["eagle", "eagle3"])
+def test_a_bf16_head_keeps_fp32_rope(tiny_target, eagle_heads, parallel_heads, variant):
+    """Casting a head to bf16 keeps its RoPE frequencies fp32: bf16 ones put a position-1000 rotation up to 0.18 rad
+    off. The head's cos/sin then equal the fp32 head's to bf16's own precision (the tables are cast last)."""
+    from harness.drafting.heads.medusa_checkpoints import load_parallel_heads
+
+    fp32, _ = load_head(str(eagle_heads[variant]["folder"]), tiny_target, torch.float32)
+    bf16, _ = load_head(str(eagle_heads[variant]["folder"]), tiny_target, torch.bfloat16)
+    hydra = load_parallel_heads(str(parallel_heads["hydra"]["folder"]), "hydra", tiny_target, torch.bfloat16)
+    for head in (bf16, hydra.prefix_embeding_layer):
+        assert head.rotary.inv_freq.dtype == torch.float32 and head.rotary.original_inv_freq.dtype == torch.float32
+    positions = torch.arange(990, 1010)[None]
+    x = torch.zeros(1, 1, dtype=torch.bfloat16)
+    for got, want in zip(bf16.rotary(x, positions), fp32.rotary(x.float(), positions)):
+        assert got.dtype == torch.bfloat16 and (got.float() - want).abs().max() < 1e-2
+
+
 @pytest.mark.parametrize("method,overrides", GREEDY_CASES, ids=lambda x: x if isinstance(x, str) else
                          "-".join(f"{k}={v}" for k, v in x.items() if k != "choices" or isinstance(v, str)))
 def test_greedy_output_is_plain_greedy(tiny_target, tiny_prompts, references, eagle_heads, method, overrides):

@@ -22,8 +22,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 from transformers import LlamaConfig
-from transformers.models.llama.modeling_llama import LlamaAttention, LlamaMLP, LlamaRMSNorm, LlamaRotaryEmbedding
+from transformers.models.llama.modeling_llama import LlamaAttention, LlamaMLP, LlamaRMSNorm
 
+from harness.drafting.heads.layers import Fp32Rotary
 from harness.drafting.vocab import ReducedVocab
 from harness.model.kv_cache import KVCache
 from harness.model.target import ATTENTION
@@ -72,7 +73,7 @@ class EagleHead(nn.Module):
             self.hidden_norm = LlamaRMSNorm(h, eps=config.rms_norm_eps)
             self.norm = LlamaRMSNorm(h, eps=config.rms_norm_eps)
             self.lm_head = nn.Linear(h, len(vocab) if vocab is not None else config.vocab_size, bias=False)
-        self.rotary = LlamaRotaryEmbedding(config)
+        self.rotary = Fp32Rotary(config)
         # shared with the target: kept out of this module's parameters and state dict
         self._shared = {"embed": embed, "head": target_head}
 

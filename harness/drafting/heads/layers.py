@@ -1,5 +1,5 @@
-"""What every draft head's decoder layer shares: a one-layer Llama config with the target's geometry, and the
-attention masks of its catch-up and tree forwards."""
+"""What every draft head's decoder layer shares: a one-layer Llama config with the target's geometry, RoPE that
+stays fp32, and the attention masks of its catch-up and tree forwards."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import torch
 from transformers import LlamaConfig
+from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from harness.model.target import to_additive
 
@@ -54,3 +55,19 @@ def causal_mask(cache_len: int, n: int, dtype: torch.dtype, device: torch.device
     visible = torch.ones(n, cache_len + n, dtype=torch.bool, device=device)
     visible[:, cache_len:] = torch.ones(n, n, dtype=torch.bool, device=device).tril_()
     return to_additive(visible, dtype)
+
+
+class Fp32Rotary(LlamaRotaryEmbedding):
+    """RoPE whose frequencies stay fp32 when the head is cast (``head.to(torch.bfloat16)``, ``method.dtype=auto``).
+
+    ``Module.to(dtype)`` casts every floating buffer, and bf16 frequencies put a token's rotation up to 0.18 rad off
+    at position 1000: the head would read its positions wrong and accept less for no reason. The cos/sin tables are
+    still cast to the activations' dtype, as the target's are.
+    """
+
+    def _apply(self, fn, recurse=True):
+        kept = {name: getattr(self, name).detach().float().clone() for name in ("inv_freq", "original_inv_freq")}
+        module = super()._apply(fn, recurse)
+        for name, freq in kept.items():
+            setattr(self, name, freq.to(getattr(self, name).device))  # moved by fn, kept fp32
+        return module

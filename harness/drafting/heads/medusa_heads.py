@@ -20,9 +20,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm
 
-from harness.drafting.heads.layers import head_llama_config
+from harness.drafting.heads.layers import Fp32Rotary, head_llama_config
 from harness.drafting.vocab import ReducedVocab
 from harness.model.kernels import apply_kernel
 from harness.model.kv_cache import KVCache
@@ -122,7 +122,7 @@ class PrefixLayer(nn.Module):
         config._attn_implementation = ATTENTION
         self.layers = nn.ModuleList([LlamaDecoderLayer(config, layer_idx=0)])
         self.norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.rotary = LlamaRotaryEmbedding(config)
+        self.rotary = Fp32Rotary(config)
 
     def forward(self, h: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
