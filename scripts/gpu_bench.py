@@ -97,7 +97,7 @@ def attempt(result: dict, name: str, fn):
 
 
 def bench_shape(shape: str, args, device: torch.device, dtype: torch.dtype) -> dict:
-    from harness.bench.equivalence import divergence_margin
+    from harness.bench.equivalence import equivalence
     from harness.bench.synthetic import SyntheticDrafter, SyntheticVerifier
     from harness.drafting.heads.eagle_checkpoints import new_head
     from harness.drafting.heads.eagle_drafter import HeadDrafter, TreeShape
@@ -170,14 +170,14 @@ def bench_shape(shape: str, args, device: torch.device, dtype: torch.dtype) -> d
     result["synthetic_rates"] = RATES
 
     # -- greedy equivalence: real pld (no synthetic acceptance) against ar, both through the static path
-    def equivalence(prompt: list[int]) -> dict:
-        a = engine(None, False).generate(prompt, NoDraft(), args.tokens).token_ids
+    def pld_against_ar(prompt: list[int]) -> dict:
+        a = engine(None, False).generate(prompt, NoDraft(), args.tokens)
         b = engine(None, False).generate(prompt, PromptLookup(PLDConfig(), set()), args.tokens)
-        div = next((i for i, (x, y) in enumerate(zip(a, b.token_ids)) if x != y), None)
-        margin = divergence_margin(target, prompt, a, div) if div is not None else None
-        return {"identical": div is None, "first_divergence": div, "margin": margin, "accepted": sum(b.accepted)}
+        eq = equivalence(target, prompt, b.token_ids, a.token_ids, a.top2)
+        return {"identical": eq["equivalent"], "first_divergence": eq["first_divergence"],
+                "margin": eq["divergence_margin"], "near_tie": eq["near_tie"], "accepted": sum(b.accepted)}
 
-    result["pld_equivalence"] = attempt(result, "pld_equivalence", lambda: [equivalence(p) for p in prompts]) or []
+    result["pld_equivalence"] = attempt(result, "pld_equivalence", lambda: [pld_against_ar(p) for p in prompts]) or []
     return result
 
 

@@ -74,8 +74,7 @@ def test_run_dir_is_derived_from_config_not_time():
 @pytest.mark.parametrize("override", ["+method.unknown=1", "+task.unknown=1"])
 def test_force_added_keys_are_rejected_by_the_family_schema(override):
     from harness.core.errors import SpeclabError
-    from harness.core.registry import METHODS
-    from harness.core.registry import TASKS
+    from harness.core.registry import METHODS, TASKS
 
     cfg = compose(override)
     registry, node = (METHODS, cfg.method) if override.startswith("+method") else (TASKS, cfg.task)
@@ -84,8 +83,7 @@ def test_force_added_keys_are_rejected_by_the_family_schema(override):
 
 
 def test_every_family_schema_accepts_its_yaml():
-    from harness.core.registry import METHODS
-    from harness.core.registry import TASKS
+    from harness.core.registry import METHODS, TASKS
 
     for group, registry in (("method", METHODS), ("task", TASKS)):
         for option in options(group):

@@ -14,7 +14,7 @@ import torch
 from omegaconf import OmegaConf
 
 from harness.api import run
-from harness.bench.equivalence import NEAR_TIE_MARGIN
+from harness.bench.equivalence import NEAR_TIE_FLOOR, near_tie_threshold, resolution
 from harness.bench.runner import Runner
 from harness.core.config import EngineConfig, TinySpec
 from harness.core.errors import SpeclabError
@@ -215,9 +215,13 @@ def test_bad_hf_compiled_mode_is_one_clear_line(tmp_path):
 
 
 # -- equivalence: near ties apart from real mismatches ---------------------------------------------------------
-def test_near_tie_margins_are_pinned():
-    # a bf16 logit carries 8 bits of mantissa: logits of magnitude ~10-30 are rounded by up to ~0.06-0.12
-    assert NEAR_TIE_MARGIN == {"float32": 1e-3, "float16": 2e-2, "bfloat16": 1e-1}
+def test_near_tie_thresholds_follow_the_logits_dtype_at_their_magnitude():
+    assert NEAR_TIE_FLOOR == {"float32": 1e-3, "float16": 2e-2, "bfloat16": 1e-1}
+    # a bf16 logit carries 8 bits of mantissa: one step is 0.0625 from 8 to 16, 0.125 from 16 to 32
+    assert resolution("bfloat16", 20.0) == 0.125 and resolution("bfloat16", 9.0) == 0.0625
+    assert near_tie_threshold("bfloat16", 20.0, 20.0 - 0.125) >= 0.125  # a one-step tie is a near tie
+    assert near_tie_threshold("bfloat16", 2.0, 1.9) == 0.1  # small logits: the floor
+    assert near_tie_threshold("float32", 20.0, 19.0) == 1e-3 and near_tie_threshold("float16", 3000.0, 2998.0) == 4.0
 
 
 def test_the_summary_separates_near_ties_from_mismatches():

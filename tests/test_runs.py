@@ -188,16 +188,45 @@ def test_equivalence_margin_and_near_tie(tiny_target, tiny_prompts):
     margin = float(top[0] - top[1])
     assert margin > 0
 
-    tie = equivalence(tiny_target, prompt, method, baseline, near_tie=margin * 2)
-    assert tie["equivalent"] is False and tie["first_divergence"] == 3 and tie["near_tie"] is True
-    assert tie["divergence_margin"] == pytest.approx(margin, rel=1e-4, abs=1e-4)
-    no_tie = equivalence(tiny_target, prompt, method, baseline, near_tie=margin / 2)
-    assert no_tie["equivalent"] is False and no_tie["near_tie"] is False
+    # without the baseline's own steps the margin is recomputed by a prefill
+    recomputed = equivalence(tiny_target, prompt, method, baseline)
+    assert recomputed["equivalent"] is False and recomputed["first_divergence"] == 3
+    assert recomputed["divergence_margin"] == pytest.approx(margin, rel=1e-4, abs=1e-4)
+    assert recomputed["near_tie"] is (margin <= 1e-3) and recomputed["near_tie_threshold"] == 1e-3  # fp32's floor
 
-    same = equivalence(tiny_target, prompt, baseline, baseline, near_tie=1e9)
-    assert same == {"equivalent": True, "first_divergence": None, "divergence_margin": None, "near_tie": False}
-    longer = equivalence(tiny_target, prompt, baseline + [5], baseline, near_tie=1e9)
+    # with them, the margin is the one at the baseline's step that chose the diverging token
+    steps = [(5.0, 1.0)] * 3 + [(2.0, 2.0 - 5e-4)] + [(5.0, 1.0)] * 2
+    tie = equivalence(tiny_target, prompt, method, baseline, steps)
+    assert tie["divergence_margin"] == pytest.approx(5e-4) and tie["near_tie"] is True
+    steps[3] = (2.0, 1.5)
+    assert equivalence(tiny_target, prompt, method, baseline, steps)["near_tie"] is False
+
+    same = equivalence(tiny_target, prompt, baseline, baseline)
+    assert same == {"equivalent": True, "first_divergence": None, "divergence_margin": None, "near_tie_threshold": None,
+                    "near_tie": False}
+    longer = equivalence(tiny_target, prompt, baseline + [5], baseline)
     assert longer["equivalent"] is False and longer["first_divergence"] == len(baseline)
+
+
+def test_greedy_steps_record_the_two_best_logits_of_each_emitted_token(tiny_target, tiny_prompts):
+    """The top-1/top-2 logits a greedy generation records per emitted token are those of the step that chose it:
+    the same as a fresh prefill's (fp32), and the same whether the token was verified alone or in a draft tree."""
+    from harness.bench.equivalence import recomputed_top2
+    from harness.engine.decoder import Decoder
+    from harness.engine.drafter import NoDraft
+    from harness.engine.sampling import Sampling
+    from harness.engine.verifiers import make_verifier
+    from methods.pld import PLDConfig, PromptLookup
+
+    decoder = Decoder(tiny_target, make_verifier(Sampling()))
+    prompt = tiny_prompts[1]
+    plain = decoder.generate(prompt, NoDraft(), 12)
+    drafted = decoder.generate(prompt, PromptLookup(PLDConfig(), tiny_target.stop_ids), 12)
+    assert drafted.token_ids == plain.token_ids and sum(drafted.drafted) > 0
+    assert len(plain.top2) == len(plain.token_ids) == len(drafted.top2)
+    for i in range(len(plain.token_ids)):
+        fresh = recomputed_top2(tiny_target, prompt, plain.token_ids, i)
+        assert plain.top2[i] == pytest.approx(fresh, abs=1e-4) and drafted.top2[i] == pytest.approx(fresh, abs=1e-4)
 
 
 def test_near_ties_are_never_counted_as_equal(tmp_path):

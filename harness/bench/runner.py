@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from harness.bench.equivalence import NEAR_TIE_MARGIN, equivalence
+from harness.bench.equivalence import equivalence
 from harness.bench.progress import RunningFigures
 from harness.bench.rows import RowMaker
 from harness.bench.timing import Timed, derive_seed, timed_generate, warn_if_busy
@@ -86,7 +86,6 @@ class Runner:
         self.cache = BaselineCache(cfg.baseline.cache_dir) if cfg.baseline.mode == "cached" else None
         self.rows = RowMaker(cfg, self.target, self.kernel, self.store.hash, self.task, self.synthetic,
                              self.baseline is not None)
-        self.near_tie = NEAR_TIE_MARGIN.get(self.target.info.dtype, 1e-3)
         self.curve = self._verify_cost_curve()
         self._warm: set[int] = set()
         self.longest_context = self._check_context()
@@ -188,24 +187,24 @@ class Runner:
                 self.warmup(gen)
                 timed[side] = timed_generate(gen, prompt_ids, budget, seed)
 
-            b_row = b_ids = None
+            b_row = b_ids = b_top2 = None
             if self.baseline is not None:
                 if cached is not None:
                     b_row = self.rows.from_cache(cached["row"])
                     b_text = {**cached["text"], "repeat": repeat}
-                    b_ids = list(b_text["token_ids"])
+                    b_ids, b_top2 = list(b_text["token_ids"]), cached.get("top2")
                 else:
                     b_row = self.rows.row("baseline", None, self.baseline, timed[None], sample, turn, repeat, seed,
                                           sides.index(None))
-                    b_ids = timed[None].result.token_ids
+                    b_ids, b_top2 = timed[None].result.token_ids, timed[None].result.top2
                     b_text = self.rows.text(sample, turn, repeat, "baseline", self.baseline.name, b_ids)
                     if self.cache is not None:
-                        self.cache.put(key, b_row, b_text)
+                        self.cache.put(key, b_row, b_text, top2=b_top2)
             for i, (node, gen) in enumerate(self.methods):
                 m_row = self.rows.row("method", node, gen, timed[i], sample, turn, repeat, seed, sides.index(i))
                 m_ids = timed[i].result.token_ids
                 if b_row is not None:
-                    self._compare(m_row, m_ids, b_row, b_ids, prompt_ids)
+                    self._compare(m_row, m_ids, b_row, b_ids, b_top2, prompt_ids)
                     if self.curve is not None and gen.uses_engine:  # peers run other kernels: no bound
                         m_row.update(self._bound(timed[i].result, b_row))
                 rows.append(m_row)
@@ -217,14 +216,15 @@ class Runner:
             history.append(tok.decode(b_ids if b_ids is not None else timed[0].result.token_ids, skip_special_tokens=True))
         return rows, texts
 
-    def _compare(self, m_row: dict, m_ids: list[int], b_row: dict, b_ids: list[int], prompt_ids: list[int]) -> None:
+    def _compare(self, m_row: dict, m_ids: list[int], b_row: dict, b_ids: list[int], b_top2: list | None,
+                 prompt_ids: list[int]) -> None:
         m_row["speedup"] = (m_row["tokens_per_s"] or 0.0) / b_row["tokens_per_s"] if b_row.get("tokens_per_s") else None
-        for key in ("equivalent", "first_divergence", "divergence_margin", "near_tie"):
+        for key in ("equivalent", "first_divergence", "divergence_margin", "near_tie_threshold", "near_tie"):
             m_row[key] = None
         if not self.sampling.greedy or self.synthetic is not None:
             return  # sampled outputs differ by design (losslessness is checked distributionally, in the tests);
             # synthetic acceptance commits drafts the target did not choose
-        m_row.update(equivalence(self.target, prompt_ids, m_ids, b_ids, self.near_tie))
+        m_row.update(equivalence(self.target, prompt_ids, m_ids, b_ids, b_top2))
 
     def _bound(self, r: PromptResult, b_row: dict[str, Any]) -> dict[str, Any]:
         return cost_curve.speedup_bound(self.curve, r.prefill_time, r.drafted, r.new_tokens, int(b_row["steps"]),

@@ -40,6 +40,8 @@ class PromptResult:
     draft_time: float = 0.0
     verify_time: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    # greedy rules: the target's two best logits at the step that chose each emitted token (equivalence margins)
+    top2: list[tuple[float, float]] | None = None
 
     @property
     def new_tokens(self) -> int:
@@ -99,9 +101,10 @@ class Decoder:
                             cache=cache)
 
         out = target.forward(cache, prompt_ids, logits_rows=[-1], hidden_layers=hidden)
-        _, stop = self._commit(state, [self._verify(out.logits, Proposal(), generator).token])
+        first = self._verify(out.logits, Proposal(), generator)
+        _, stop = self._commit(state, [first.token])
         t_prefill = time.perf_counter()
-        result = PromptResult(len(prompt_ids), [], "", steps=1, prefill_time=t_prefill - t_start)
+        result = PromptResult(len(prompt_ids), [], "", steps=1, prefill_time=t_prefill - t_start, top2=first.top2)
         drafter.begin(state, out)
         synchronize(self.device)
         result.draft_time += time.perf_counter() - t_prefill
@@ -135,6 +138,8 @@ class Decoder:
             vr = self._verify(out.logits, proposal, generator)
             cache.keep(start, [0] + [i + 1 for i in vr.accepted])
             emitted, stop = self._commit(state, [proposal.tokens[i] for i in vr.accepted] + [vr.token])
+            if result.top2 is not None:
+                result.top2 = None if vr.top2 is None else result.top2 + vr.top2[:emitted]
             synchronize(self.device)  # the cache gather is verification work
             t2 = time.perf_counter()
             drafter.observe(state, proposal, vr, out)

@@ -39,6 +39,9 @@ class VerifyResult:
     accepted: list[int]  # draft node indices along the accepted path, root side first
     token: int  # the target's own token after the path (correction or bonus)
     reached: int  # how many draft positions were evaluated (depth of the deepest level tried)
+    # greedy rules: the target's two best logits at each committed token's step (path tokens, then the bonus), which
+    # say how close a token was to a tie where another computation of the same model chose differently
+    top2: list[tuple[float, float]] | None = None
 
 
 class Verifier:
@@ -63,9 +66,10 @@ class GreedyVerifier(Verifier):
         return None
 
     def verify(self, logits, proposal, generator=None):
-        pred = logits.argmax(-1).tolist()
+        pred = logits.argmax(-1).tolist()  # argmax, not topk: the first index wins a tie, as in transformers
+        top2 = logits.topk(2, dim=-1).values.tolist()
         if not proposal.tokens:
-            return VerifyResult([], pred[0], 0)
+            return VerifyResult([], pred[0], 0, [tuple(top2[0])])
         kids = T.children(proposal.parents)
         path: list[int] = []
         row = 0
@@ -79,7 +83,8 @@ class GreedyVerifier(Verifier):
                 break
             path.append(nxt)
             row = nxt + 1
-        return VerifyResult(path, pred[row], reached)
+        rows = [0] + [c + 1 for c in path]  # the row that chose each committed token
+        return VerifyResult(path, pred[row], reached, [tuple(top2[r]) for r in rows])
 
 
 class RejectionVerifier(Verifier):

@@ -198,7 +198,9 @@ class BaselineCache:
         entry = json.loads(path.read_text())
         return entry if entry.get("key") == parts else None
 
-    def put(self, parts: dict[str, Any], row: dict[str, Any], text: dict[str, Any]) -> None:
+    def put(self, parts: dict[str, Any], row: dict[str, Any], text: dict[str, Any], top2: list | None = None) -> None:
+        """Store a baseline generation: its row, its text record and (greedy) the target's two best logits at each
+        of its steps, which the equivalence check reads where a method diverges from it."""
         self.root.mkdir(parents=True, exist_ok=True)
-        entry = {"key": json.loads(json.dumps(parts, default=str)), "row": row, "text": text}
+        entry = {"key": json.loads(json.dumps(parts, default=str)), "row": row, "text": text, "top2": top2}
         write_atomic(self.root / f"{self.key(parts)}.json", json.dumps(entry, default=str).encode())

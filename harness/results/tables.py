@@ -41,8 +41,8 @@ CAPTION = (
     "speedup_geomean: geometric mean of per-prompt speedups with a bootstrap 95% interval (ci_low, ci_high); "
     "speedup_bound: the speedup at the least time c(k) allows each engine method (README, Definitions), aggregated "
     "as speedup_geomean; speedup_vs_hf_compiled (runs that time hf_compiled): the same geometric mean over the "
-    "compiled stock baseline; tau: new tokens per target forward; near_ties: mismatches at a near-zero top-1/top-2 "
-    "logit margin (expected in bf16/fp16); mismatches: divergences at a clear margin (a bug); lossless: false for lossy acceptance rules (typical acceptance), whose score_* columns (when "
+    "compiled stock baseline; tau: new tokens per target forward; near_ties: mismatches at a top-1/top-2 "
+    "logit margin within the logits' dtype resolution (expected in bf16/fp16); mismatches: divergences at a clear margin (a bug); lossless: false for lossy acceptance rules (typical acceptance), whose score_* columns (when "
     "the task scores answers) sit beside the baseline's."
 )
 
