@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -35,7 +36,7 @@ from harness.core.registry import METHODS  # noqa: E402
 from harness.engine.method import MethodContext  # noqa: E402
 from harness.engine.sampling import Sampling  # noqa: E402
 from harness.loading.sources import load_named  # noqa: E402
-from harness.model.kernels import apply_kernel, resolve_kernel  # noqa: E402
+from harness.model.kernel_choice import choose_kernel  # noqa: E402
 from harness.training.data import prompts_path, split_holdout, training_prompts  # noqa: E402
 from harness.training.loop import heldout_tau  # noqa: E402
 
@@ -85,8 +86,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     prompts = [target.encode_chat([{"role": "user", "content": r["prompt"]}])[-args.max_prompt_tokens :]
                for r in held[: args.eval_prompts]]
     engine = EngineConfig(threads=args.threads)
-    apply_kernel(target.model, resolve_kernel(engine.kernel, target.dtype, target.device))  # as run.py prepares the target
-    ctx = MethodContext(target, Sampling(), engine)
+    kernel = choose_kernel(target, engine.kernel, logging.getLogger("speclab")).kernel  # as run.py prepares the target
+    ctx = MethodContext(target, Sampling(), engine, kernel)
     results = []
     for method in args.methods.split(","):
         for tree in args.trees.split(","):

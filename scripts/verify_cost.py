@@ -26,18 +26,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def load_config_target(overrides: list[str]):
     """(config, target with the run's kernel applied, kernel) for run.py-style overrides."""
+    import logging
+
     import torch
 
     from harness.api import compose
     from harness.loading.sources import load_configured
-    from harness.model.kernels import apply_kernel, resolve_kernel
+    from harness.model.kernel_choice import choose_kernel
 
     cfg = compose(*overrides)
     m = cfg.model
     torch.set_num_threads(int(cfg.engine.threads))
     target = load_configured(m, cfg.engine.device)
-    kernel = resolve_kernel(cfg.engine.kernel, target.dtype, target.device)
-    apply_kernel(target.model, kernel)
+    kernel = choose_kernel(target, cfg.engine.kernel, logging.getLogger("speclab")).kernel  # as run.py chooses it
     return cfg, target, kernel
 
 

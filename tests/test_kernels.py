@@ -1,6 +1,7 @@
 """Linear kernels: oneDNN's packed kernel computes the same linear maps and keeps greedy outputs lossless."""
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -66,31 +67,70 @@ def test_engine_is_lossless_with_hybrid_up_to_near_ties(tiny_target, tiny_prompt
             assert equivalence(target, prompt, out, ref)["near_tie"]
 
 
-def test_the_one_row_check_times_both_paths_restores_the_kernel_and_caches(tiny_target, tmp_path, monkeypatch):
-    from harness.model import kernel_choice as kernels
+def test_the_one_row_timing_times_both_paths_restores_the_kernel_and_caches(tiny_target, tmp_path, monkeypatch):
+    from harness.model import kernel_choice
 
     monkeypatch.setenv("SPECLAB_CACHE", str(tmp_path))
     target = copy.deepcopy(tiny_target)
     apply_kernel(target.model, "onednn")
-    ratio = kernels.one_row_ratio(target, repeats=2)
-    assert ratio > 0 and len(list((tmp_path / "kernel_check").glob("*.json"))) == 1
+    class Monitor:  # what other processes used meanwhile, as the load monitor would report it
+        load = 1.5
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.result = SimpleNamespace(foreign_load=Monitor.load)
+
+    monkeypatch.setattr(kernel_choice.hostinfo, "LoadMonitor", Monitor)
+    kernel_choice.one_row_times(target, repeats=2)
+    assert not (tmp_path / "kernel_timing").exists()  # a busy machine's timing is not kept
+    Monitor.load = 0.0
+    onednn_ms, mkl_ms = kernel_choice.one_row_times(target, repeats=2)
+    assert onednn_ms > 0 and mkl_ms > 0 and len(list((tmp_path / "kernel_timing").glob("*.json"))) == 1
     assert all(m.mkl_rows == 0 for m in target.model.modules() if isinstance(m, OneDNNLinear))
-    assert kernels.one_row_ratio(target) == ratio  # read back, not measured again
+    assert kernel_choice.one_row_times(target) == (onednn_ms, mkl_ms)  # read back, not measured again
 
 
-@pytest.mark.parametrize("ratio, warned", [(1.5, True), (1.0, False)])
-def test_a_slow_onednn_step_is_warned_about(tiny_target, monkeypatch, caplog, ratio, warned):
+@pytest.mark.parametrize("requested, onednn_ms, chosen, one_row_on_mkl, warned", [
+    ("auto", 55.0, "onednn", False, False),  # oneDNN not slower at one token: it runs everything
+    ("auto", 66.0, "hybrid", True, False),  # 1.2x slower: MKL takes the 1-token step, and nothing is warned
+    ("onednn", 66.0, "onednn", False, True),  # asked for explicitly: run as asked, warned
+    ("onednn", 55.0, "onednn", False, False),
+    ("torch", 66.0, "torch", False, False),
+])
+def test_auto_takes_onednn_only_where_its_one_token_step_is_not_slower(tiny_target, monkeypatch, caplog, requested,
+                                                                       onednn_ms, chosen, one_row_on_mkl, warned):
     import logging
 
-    from harness.model import kernel_choice as kernels
+    from harness.model import kernel_choice
 
-    monkeypatch.setattr(kernels, "CHECK_PARAMS", 0)
-    monkeypatch.setattr(kernels, "one_row_ratio", lambda target: ratio)
+    monkeypatch.setattr(kernel_choice, "CHECK_PARAMS", 0)  # time the tiny model as a real one
+    monkeypatch.setattr(kernel_choice, "one_row_times", lambda target: (onednn_ms, 55.0))
+    target = copy.deepcopy(tiny_target)
     log = logging.getLogger("speclab-test")
-    with caplog.at_level(logging.WARNING, logger="speclab-test"):
-        assert kernels.warn_if_slow_one_row(tiny_target, "onednn", log) == ratio
-    assert ("engine.kernel=hybrid" in caplog.text) == warned
-    assert kernels.warn_if_slow_one_row(tiny_target, "torch", log) is None  # only the oneDNN kernel is checked
+    with caplog.at_level(logging.INFO, logger="speclab-test"):
+        choice = kernel_choice.choose_kernel(target, requested, log)
+    assert choice.kernel == chosen
+    linears = [m for m in target.model.modules() if isinstance(m, OneDNNLinear)]
+    assert bool(linears) == (chosen != "torch")
+    assert all((m.mkl_rows == 1) == one_row_on_mkl for m in linears)
+    assert ("overstate" in caplog.text) == warned
+    if chosen != "torch":
+        assert choice.row_fields() == {"kernel_onednn_ms": onednn_ms, "kernel_mkl_ms": 55.0}
+
+
+def test_a_run_records_the_kernel_it_chose_and_both_timings(tmp_path, monkeypatch):
+    from harness.api import run
+    from harness.model import kernel_choice
+
+    from .test_runs import tiny_cfg
+
+    monkeypatch.setattr(kernel_choice, "CHECK_PARAMS", 0)
+    monkeypatch.setattr(kernel_choice, "one_row_times", lambda target: (66.0, 55.0))
+    df = run(tiny_cfg(tmp_path, "task.limit=1", "method=pld"))
+    assert (df.kernel == "hybrid").all() and (df.kernel_requested == "auto").all()
+    assert (df.kernel_onednn_ms == 66.0).all() and (df.kernel_mkl_ms == 55.0).all()
 
 
 @pytest.mark.parametrize("kernel, bf16_native, expect", [

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from harness.bench.timing import Timed
 from harness.core import hostinfo
 from harness.engine.method import Generator
+from harness.model.kernel_choice import KernelChoice
 from harness.model.target import TargetModel
 from harness.results.metrics import generation_stats
 
@@ -32,9 +33,10 @@ BASELINE_CONFIG = {"name": "ar", "family": "ar"}
 class RowMaker:
     """Rows of one run: its config, target, resolved kernel and identity are shared by all of them."""
 
-    def __init__(self, cfg: DictConfig, target: TargetModel, kernel: str, run_id: str, task: Any,
+    def __init__(self, cfg: DictConfig, target: TargetModel, kernel: KernelChoice, run_id: str, task: Any,
                  synthetic: Any = None, has_baseline: bool = True) -> None:
-        self.cfg, self.target, self.kernel, self.run_id = cfg, target, kernel, run_id
+        self.cfg, self.target, self.kernel_choice, self.run_id = cfg, target, kernel, run_id
+        self.kernel = kernel.kernel
         self.task, self.synthetic, self.has_baseline = task, synthetic, has_baseline
 
     def common(self) -> dict[str, Any]:
@@ -57,6 +59,8 @@ class RowMaker:
             "max_new_tokens": int(cfg.max_new_tokens),
             "threads": int(cfg.engine.threads),
             "kernel": self.kernel,
+            "kernel_requested": cfg.engine.kernel,
+            **self.kernel_choice.row_fields(),
             "cuda_graphs": "off" if static is None else "captured" if static.capture else "uncaptured",
             "baseline_mode": cfg.baseline.mode,
             "config_hash": self.run_id,

@@ -31,8 +31,7 @@ from harness.engine.method import Generator, MethodContext, autoregressive
 from harness.engine.sampling import Sampling
 from harness.loading.sources import load_configured
 from harness.model import cuda_graphs
-from harness.model.kernel_choice import warn_if_slow_one_row
-from harness.model.kernels import apply_kernel, resolve_kernel
+from harness.model.kernel_choice import choose_kernel
 from harness.results.store import BaselineCache, ResultsStore
 
 log = logging.getLogger("speclab")
@@ -55,14 +54,13 @@ class Runner:
 
         self.target = load_configured(cfg.model, cfg.engine.device)
         self._set_guidance(float(cfg.guidance))
-        self.kernel = resolve_kernel(cfg.engine.kernel, self.target.dtype, self.target.device)
-        apply_kernel(self.target.model, self.kernel)
-        warn_if_slow_one_row(self.target, self.kernel, log)
+        self.kernel_choice = choose_kernel(self.target, cfg.engine.kernel, log)
+        self.kernel = self.kernel_choice.kernel
         cuda_graphs.enable(self.target, cfg.engine.cuda_graphs, list(cfg.engine.graph_widths), log)
         self.task = TASKS.build(cfg.task)
         self.samples = self.task.samples()
 
-        ctx = MethodContext(self.target, self.sampling, cfg.engine)
+        ctx = MethodContext(self.target, self.sampling, cfg.engine, self.kernel)
         # the method, then the methods it is compared with in the same interleaved run (cfg.compare)
         nodes = [cfg.method] + [method_node(entry) for entry in cfg.compare]
         self.methods: list[tuple[Any, Generator]] = [(node, METHODS.build(node, ctx)) for node in nodes]
@@ -84,7 +82,7 @@ class Runner:
             self.methods = [(node, self.synthetic.wrap(gen)) for node, gen in self.methods]
             self.baseline = self.synthetic.wrap(self.baseline) if self.baseline is not None else None
         self.cache = BaselineCache(cfg.baseline.cache_dir) if cfg.baseline.mode == "cached" else None
-        self.rows = RowMaker(cfg, self.target, self.kernel, self.store.hash, self.task, self.synthetic,
+        self.rows = RowMaker(cfg, self.target, self.kernel_choice, self.store.hash, self.task, self.synthetic,
                              self.baseline is not None)
         self.curve = self._verify_cost_curve()
         self._warm: set[int] = set()

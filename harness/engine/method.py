@@ -83,6 +83,15 @@ class MethodContext:
     target: TargetModel
     sampling: Sampling
     engine: Any  # EngineConfig
+    # the linear kernel the target runs (harness/model/kernel_choice.py: auto is decided per host); None: what
+    # engine.kernel resolves to without timing (unit tests that build methods on a bare target)
+    kernel: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kernel is None:
+            from harness.model.kernels import resolve_kernel
+
+            self.kernel = resolve_kernel(self.engine.kernel, self.target.dtype, self.target.device)
 
     def verify_cost(self) -> Callable[[int], float]:
         """c(k) of this target on this machine with the run's kernel and threads (measured once, then cached),
@@ -90,10 +99,9 @@ class MethodContext:
         import logging
 
         from harness.engine import cost_curve
-        from harness.model.kernels import resolve_kernel
 
-        kernel = resolve_kernel(self.engine.kernel, self.target.dtype, self.target.device)
-        return cost_curve.Curve(cost_curve.cached_or_measured(self.target, kernel, int(self.engine.threads), logging.getLogger("speclab")))
+        ms = cost_curve.cached_or_measured(self.target, self.kernel, int(self.engine.threads), logging.getLogger("speclab"))
+        return cost_curve.Curve(ms)
 
 
 def inner_drafter(spec: str, ctx: MethodContext, owner: str) -> Drafter:

@@ -17,7 +17,9 @@ the baseline MKL's speed and verification oneDNN's flat cost; a token's values t
 computed alone or among others, so fp32 greedy outputs are identical up to numerical ties (reported as near ties).
 
 ``auto`` (the default): ``onednn`` where oneDNN can pack the model's dtype on this CPU (fp32 everywhere,
-bf16 only with avx512bw/vl/dq or avx_ne_convert), else ``torch``; always ``torch`` on a GPU. Rows record the kernel it resolved to.
+bf16 only with avx512bw/vl/dq or avx_ne_convert), else ``torch``; always ``torch`` on a GPU. For a real model the
+runner then times the 1-token step through both paths and runs ``hybrid`` where oneDNN's is the slower one
+(harness/model/kernel_choice.py). Rows record the kernel it resolved to.
 """
 
 from __future__ import annotations
