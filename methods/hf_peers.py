@@ -209,10 +209,30 @@ class HFCompiledGenerator(HFGenerator):
         # peer is what its name says on every machine
         self.compile_config = CompileConfig(mode=mode)
         self.compile_config._compile_all_devices = True
+        self._cache_len: int | None = None  # warm-up: the static cache size to compile for
+
+    def cache_len(self, prompt_len: int, max_new_tokens: int) -> int:
+        """The static cache's size for a generation: prompt + budget rounded up to the bucket."""
+        return -(-(prompt_len + max_new_tokens) // self.bucket) * self.bucket
 
     def _options(self, prompt_len: int, max_new_tokens: int) -> dict:
-        size = -(-(prompt_len + max_new_tokens) // self.bucket) * self.bucket
+        size = self._cache_len or self.cache_len(prompt_len, max_new_tokens)
         return {"cache_implementation": "static", "max_cache_len": size, "compile_config": self.compile_config}
+
+    def warm_up(self, prompt_ids, max_new_tokens, generator, lengths) -> None:
+        """Compile for every static cache size the timed generations can meet (each size is a new shape, and
+        torch.compile would otherwise compile inside a timed call), twice each: the first calls of a fresh graph
+        also pay for its set-up."""
+        # a re-tokenized earlier answer can run a few tokens past its budget: one bucket more than the bound
+        sizes = range(self.cache_len(lengths[0], 0), self.cache_len(lengths[1] + self.bucket, 0) + 1, self.bucket)
+        try:
+            for size in sizes:
+                self._cache_len = size
+                prompt = prompt_ids[: max(1, size - max_new_tokens)]  # prompt + budget must fit the size
+                for _ in range(2):
+                    self.generate(prompt, min(max_new_tokens, size - len(prompt)), generator)
+        finally:
+            self._cache_len = None
 
 
 _STOCK: "weakref.WeakKeyDictionary[TargetModel, TargetModel]" = weakref.WeakKeyDictionary()

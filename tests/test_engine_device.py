@@ -209,6 +209,34 @@ def test_hf_compiled_is_compiled_and_reported_beside_ar(tmp_path):
     assert summary.loc[("pld", "overall"), "speedup_vs_hf_compiled"] > 0
 
 
+def test_hf_compiled_never_compiles_inside_a_timed_call(tmp_path, monkeypatch):
+    """The warm-up compiles every static cache size the run's generations can meet (two-turn prompts whose lengths
+    span several 32-token buckets), so no timed call traces or compiles a graph (dynamo's counters)."""
+    from torch._dynamo.utils import counters
+
+    from harness.bench import runner as runner_module
+    from harness.core.config import REPO
+
+    compiled_calls = []
+    timed_generate = runner_module.timed_generate
+
+    def watched(gen, prompt_ids, max_new_tokens, seed):
+        before = (counters["stats"]["unique_graphs"], counters["frames"]["total"])
+        timed = timed_generate(gen, prompt_ids, max_new_tokens, seed)
+        if gen.name == "hf_compiled":
+            compiled_calls.append((len(prompt_ids), before, (counters["stats"]["unique_graphs"], counters["frames"]["total"])))
+        return timed
+
+    monkeypatch.setattr(runner_module, "timed_generate", watched)
+    counters.clear()
+    run(tiny_cfg(tmp_path, "task=mtbench", f"task.path={REPO / 'tests/fixtures/mt_bench_prompts.jsonl'}", "method=ar",
+                 "compare=['hf_compiled cache_bucket=32']", "engine.warmup=true", "max_new_tokens=12"))
+    sizes = {-(-(n + 12) // 32) for n, _, _ in compiled_calls}
+    assert len(compiled_calls) >= 4 and len(sizes) >= 2  # timed calls met several cache sizes
+    assert counters["stats"]["unique_graphs"] > 0  # and the warm-up did compile
+    assert all(before == after for _, before, after in compiled_calls), compiled_calls
+
+
 def test_bad_hf_compiled_mode_is_one_clear_line(tmp_path):
     with pytest.raises(SpeclabError, match="unknown hf_compiled mode"):
         Runner(tiny_cfg(tmp_path, "method=pld", "compare=['hf_compiled mode=fastest']"))

@@ -86,7 +86,8 @@ class Runner:
                              self.baseline is not None)
         self.curve = self._verify_cost_curve()
         self._warm: set[int] = set()
-        self.longest_context = self._check_context()
+        self.lengths = self._check_context()  # (shortest, longest) prompt + budget of any generation
+        self.longest_context = self.lengths[1] + 64  # the static path's buffers are sized to it once
 
     # -- set-up -----------------------------------------------------------------------------------------
     def _set_guidance(self, scale: float) -> None:
@@ -114,11 +115,12 @@ class Runner:
         ms = cost_curve.load(cost_curve.curve_key(self.target, self.kernel, threads, cost_curve.CACHE_LEN))
         return cost_curve.Curve(ms) if ms else None
 
-    def _check_context(self) -> int:
-        """Refuse prompts that cannot fit the model's context; returns the KV slots the run's longest generation can
-        need (every turn's text with empty answers, plus the answers' budget), to which the static path's buffers
-        are sized once, so that no graph is recorded again inside a timing."""
-        limit, longest = self.target.max_positions, 0
+    def _check_context(self) -> tuple[int, int]:
+        """Refuse prompts that cannot fit the model's context; returns the least and the most tokens (prompt plus
+        budget) a generation of the run can hold: the shortest first turn, and every turn's text with empty
+        answers plus the answers' budget. Shapes that depend on them are prepared once, before any timing: the
+        static path's buffers, a compiled peer's cache sizes."""
+        limit, shortest, longest = self.target.max_positions, 1 << 62, 0
         for s in self.samples:
             for t in range(len(s.turns)):
                 # empty earlier answers: a lower bound; run_prompt checks again with the real history
@@ -136,7 +138,8 @@ class Runner:
                         f"or filter it out (task.groups / task.categories{' / task.max_turns=1' if t else ''})"
                     )
                 longest = max(longest, n + (t + 1) * self.cfg.max_new_tokens)
-        return longest + 64
+                shortest = min(shortest, n + self.cfg.max_new_tokens)
+        return shortest, longest
 
     # -- the loop ---------------------------------------------------------------------------------------
     def warmup(self, gen: Generator | None = None) -> None:
@@ -152,7 +155,7 @@ class Runner:
             if id(g) not in self._warm:
                 if self.target.static is not None and g.uses_engine:  # every width's graph, before any timing
                     self.target.static.record(self.longest_context, g.drafter.hidden_layers)
-                g.generate(ids, n, torch.Generator().manual_seed(0) if not self.sampling.greedy else None)
+                g.warm_up(ids, n, torch.Generator().manual_seed(0) if not self.sampling.greedy else None, self.lengths)
                 self._warm.add(id(g))
 
     def run_prompt(self, index: int, sample: Any, repeat: int) -> tuple[list[dict], list[dict]]:

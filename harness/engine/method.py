@@ -30,6 +30,12 @@ class Generator:
     def generate(self, prompt_ids: list[int], max_new_tokens: int, generator: torch.Generator | None) -> PromptResult:
         raise NotImplementedError
 
+    def warm_up(self, prompt_ids: list[int], max_new_tokens: int, generator: torch.Generator | None,
+                lengths: tuple[int, int]) -> None:
+        """Untimed work before the first timed generation: one generation of ``prompt_ids``. ``lengths`` bounds
+        prompt + budget over the timed generations to come, for a generator whose shapes depend on it."""
+        self.generate(prompt_ids, max_new_tokens, generator)
+
     def without_stop_tokens(self) -> "Generator":
         """The same generator generating the whole token budget (synthetic acceptance: every side the same length)."""
         raise SpeclabError(f"{self.name!r} cannot ignore stop tokens; compare engine methods, hf_generate or hf_compiled")
