@@ -93,3 +93,15 @@ def test_incompatible_draft_is_refused(tiny_target, tmp_path):
 def test_missing_default_draft_names_the_fix(tiny_target):
     with pytest.raises(SpeclabError, match="method.draft.path"):
         load_draft(None, tiny_target)
+
+
+def test_a_model_without_a_default_draft_is_one_line_naming_the_fix(tiny_target):
+    """sps on a model speclab ships no draft for (tiny-llama here; lmsys/vicuna-7b-v1.3 on a cluster): one line that
+    names the option to set and the script that distils one."""
+    from harness.core.errors import SpeclabError
+
+    node = OmegaConf.structured(SpSConfig())
+    with pytest.raises(SpeclabError, match=r"no default draft for model 'tiny-llama'.*method\.draft\.path=.*"
+                                           r"python scripts/distill_draft\.py --model tiny-llama") as err:
+        METHODS.build(node, MethodContext(tiny_target, Sampling(), EngineConfig(kernel="torch")))
+    assert "\n" not in str(err.value)
