@@ -236,3 +236,20 @@ def test_guided_run_records_its_scale_and_refuses_what_it_cannot_guide(tmp_path)
         cfg.out_dir = str(tmp_path / "bad")
         with pytest.raises(SpeclabError, match=message):
             Runner(cfg)
+
+
+def test_a_fixed_length_task_sets_the_budget_itself(tmp_path):
+    """task=digits knows an answer is 64 grey levels and the end token: without experiment=digits it runs with that
+    budget (the default 128 would exceed the model's context of 74), and an explicit max_new_tokens still wins."""
+    from harness.api import run
+
+    from .conftest import compose
+
+    assert compose("model=digits-ar", "task=digits").max_new_tokens == 65
+    assert compose("model=digits-ar", "task=digits", "max_new_tokens=20").max_new_tokens == 20
+    assert compose().max_new_tokens == 128  # other tasks keep the run's default
+    cfg = compose("model=digits-ar", "task=digits", "method=sjd", "task.per_class=1", "task.limit=2",
+                  "engine.warmup=false", "progress=false")
+    cfg.out_dir = str(tmp_path)
+    m = run(cfg).query("role == 'method'")
+    assert (m.max_new_tokens == 65).all() and (m.new_tokens == 65).all() and m.equivalent.all()
