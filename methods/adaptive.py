@@ -33,6 +33,7 @@ as deep as its acceptance pays for, and not at all when nothing does.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -83,6 +84,11 @@ class AdaptiveDrafter(Drafter):
         self._asked = 0
         self._t_proposed = 0.0
         self._t_draft = 0.0
+
+    def fork(self) -> "AdaptiveDrafter":
+        clone = copy.copy(self)  # acceptance and cost stay shared: estimates pooled over the batch's rows
+        clone.inner = self.inner.fork()
+        return clone
 
     def best_depth(self, cap: int, context: int | None = None, grade: int | None = None) -> int:
         return best_depth(self.acceptance.reach(context, grade), self.cost.step_seconds, min(cap, self.max_depth))

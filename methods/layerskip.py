@@ -38,6 +38,7 @@ class LayerSkipConfig(MethodConfig):
 
 class EarlyExitDrafter(Drafter):
     name = "layerskip"
+    batchable = False  # its drafts run on the target's own KV cache
 
     def __init__(self, cfg: LayerSkipConfig, target: TargetModel, adapter: EarlyExitAdapter | None, sampling: Sampling) -> None:
         if not 1 <= cfg.exit_layer < target.num_layers:

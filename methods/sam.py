@@ -16,6 +16,7 @@ Drafts are deterministic chains, so greedy verification matches ``ar`` and sampl
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -68,6 +69,12 @@ class SuffixAutomatonDrafter(Drafter):
         # prompt's first steps would otherwise start from the prior every time
         self.reached = [0.0] * MATCH_BUCKETS
         self.accepted = [0.0] * MATCH_BUCKETS
+
+    def fork(self) -> "SuffixAutomatonDrafter":
+        clone = copy.copy(self)
+        clone.static = copy.copy(self.static)  # a match state of its own over the shared static automaton
+        clone.aux = self.aux.fork() if self.aux is not None else None
+        return clone
 
     def begin(self, state: DecodeState, prefill: ForwardOutput) -> None:
         self.sam = SuffixAutomaton()

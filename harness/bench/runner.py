@@ -242,18 +242,26 @@ class Runner:
         if todo:
             if self.cfg.engine.load_check:
                 warn_if_busy()
-            self.warmup()
+            if self.cfg.batch_size == 1:  # batched sides warm up on a batch of their own (harness/bench/batched.py)
+                self.warmup()
         figures = RunningFigures(names, self.store.rows)
         desc = ", ".join(names) + (" vs ar" if self.baseline is not None else "")
         bar = tqdm(total=total, initial=total - len(todo), desc=desc, unit="prompt", disable=not self.cfg.progress,
                    file=sys.stderr, dynamic_ncols=True)
         try:
-            for index, sample, repeat in todo:
-                rows, texts = self.run_prompt(index, sample, repeat)
-                self.store.add(rows, texts)
-                figures.add(rows)
+            if self.cfg.batch_size > 1:
+                from harness.bench.batched import BatchedRuns
+
+                batched = BatchedRuns(self)
+                units = [(wave, lambda i=i, wave=wave: batched.run_wave(i, wave)) for i, wave in enumerate(batched.waves(todo))]
+            else:
+                units = [([item], lambda item=item: [self.run_prompt(*item)]) for item in todo]
+            for items, work in units:
+                for rows, texts in work():
+                    self.store.add(rows, texts)
+                    figures.add(rows)
                 bar.set_postfix_str(str(figures))
-                bar.update(1)
+                bar.update(len(items))
         finally:
             bar.close()
             self.store.consolidate()

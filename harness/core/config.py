@@ -129,6 +129,10 @@ class RunConfig:
     guidance: float = 1.0  # classifier-free guidance scale (1 = off); needs a model with an unconditional prompt
     seed: int = 0
     repeats: int = 1
+    # batched decoding (harness/engine/batch_decoder.py): this many generations decoded together, every side alike;
+    # continuous: a finished row's slot takes the next prompt at once; drain: the batch empties before the next starts
+    batch_size: int = 1
+    batch_mode: str = "continuous"
     compare: list[str] = field(default_factory=list)  # more conf/method options timed in the same interleaved run
     progress: bool = True
     out_dir: Optional[str] = None  # set by run.py to Hydra's run folder; the API may set it directly

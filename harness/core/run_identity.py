@@ -24,6 +24,8 @@ LATER_DEFAULTS: dict[str | tuple[str, str], Any] = {
     ("engine", "graph_widths"): [1, 2, 4, 8, 16, 32, 64],
     "synthetic": {"mode": "off", "trace": None, "rates": [], "seed": 0},
     ("method", "prompt_carry"): 1.0,
+    "batch_size": 1,
+    "batch_mode": "continuous",
 }
 
 

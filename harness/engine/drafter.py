@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +50,14 @@ class Drafter:
     # that orders how far it is likely to be accepted (prompt lookup: the matched suffix's length), so a wrapper
     # that sizes drafts (``adaptive``) drafts in full and cuts the proposal by the acceptance seen at its grade
     grades_proposals: bool = False
+    # False: it drafts on the target's own KV cache (layerskip), which a batch of generations does not have
+    batchable: bool = True
+
+    def fork(self) -> "Drafter":
+        """A drafter for another generation decoded beside this one (batched decoding): it shares this one's weights
+        and run-level statistics; its per-generation state is its own (a drafter sets it in :meth:`begin`). A
+        drafter holding another drafter, or a per-generation object made in ``__init__``, forks those too."""
+        return copy.copy(self)
 
     def begin(self, state: DecodeState, prefill: ForwardOutput) -> None:
         """Called once per generation after the prefill forward (which emitted ``state.ids[-1]``)."""

@@ -14,6 +14,7 @@ import torch
 
 from harness.core.errors import SpeclabError
 from harness.core.registry import METHODS
+from harness.engine.batch_decoder import BatchDecoder, BatchResult
 from harness.engine.decoder import Decoder, PromptResult
 from harness.engine.drafter import Drafter, NoDraft
 from harness.engine.sampling import Sampling
@@ -39,6 +40,12 @@ class Generator:
     def without_stop_tokens(self) -> "Generator":
         """The same generator generating the whole token budget (synthetic acceptance: every side the same length)."""
         raise SpeclabError(f"{self.name!r} cannot ignore stop tokens; compare engine methods, hf_generate or hf_compiled")
+
+    def generate_batch(self, prompts: list[list[int]], max_new_tokens: int, generators: list[torch.Generator | None],
+                       batch_size: int, refill: bool = True) -> BatchResult:
+        """Every prompt decoded ``batch_size`` at a time (harness/engine/batch_decoder.py)."""
+        raise SpeclabError(f"{self.name!r} does not decode in batches; run it with batch_size=1, or compare engine "
+                           "methods (ar, pld, sps, eagle2, sam, recycling, ...)")
 
 
 class EngineGenerator(Generator):
@@ -75,6 +82,10 @@ class EngineGenerator(Generator):
 
     def generate(self, prompt_ids, max_new_tokens, generator):
         return self.decoder.generate(prompt_ids, self.drafter, max_new_tokens, generator)
+
+    def generate_batch(self, prompts, max_new_tokens, generators, batch_size, refill=True):
+        decoder = BatchDecoder(self.target, self.verifier, batch_size, refill, self.decoder.stop_ids)
+        return decoder.generate(prompts, self.drafter, max_new_tokens, generators)
 
 
 def autoregressive(target: TargetModel, sampling: Sampling, name: str = "ar", rule: str = "auto") -> EngineGenerator:
