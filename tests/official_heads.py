@@ -177,7 +177,7 @@ def random_state(keys: list[tuple[str, tuple]], seed: int) -> dict[str, torch.Te
 
 
 def vocab_maps(draft_ids: torch.Tensor, vocab: int) -> dict[str, torch.Tensor]:
-    """EAGLE-3's maps for draft index i -> target id ``draft_ids[i]``: ``d2t = ids - i``, ``t2d`` the membership mask."""
+    """EAGLE-3's maps for draft index i -> target id ``draft_ids[i]``: ``d2t = ids - i``, ``t2d`` the id mask."""
     t2d = torch.zeros(vocab, dtype=torch.bool)
     t2d[draft_ids] = True
     return {"d2t": (draft_ids - torch.arange(draft_ids.numel())).long(), "t2d": t2d}

@@ -87,7 +87,8 @@ def downloads(hub, tmp_path, monkeypatch):
         fetched = tmp_path / "fetched" / repo_id.replace("/", "--")
         fetched.mkdir(parents=True)
         names = [p.name for p in snapshot.iterdir()]
-        for name in filter_repo_objects(names, allow_patterns=allow_patterns, ignore_patterns=kwargs.get("ignore_patterns")):
+        ignore = kwargs.get("ignore_patterns")
+        for name in filter_repo_objects(names, allow_patterns=allow_patterns, ignore_patterns=ignore):
             shutil.copyfile(snapshot / name, fetched / name)
         calls.append((repo_id, sorted(p.name for p in fetched.iterdir())))
         return str(fetched)
@@ -155,7 +156,8 @@ def test_auto_without_the_file_is_the_full_vocabulary(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="speclab"):
         assert frequency_vocab(SimpleNamespace(vocab_size="auto"), tmp_path, 259) is None
     assert [r.message for r in caplog.records if "vocab_size=auto" in r.message] == [
-        f"method.vocab_size=auto: {tmp_path} has no token_frequency.json, drafting over the full vocabulary (259 tokens)"]
+        f"method.vocab_size=auto: {tmp_path} has no token_frequency.json, drafting over the full vocabulary "
+        "(259 tokens)"]
     assert frequency_vocab(SimpleNamespace(vocab_size=None), tmp_path, 259) is None
 
 
