@@ -8,6 +8,7 @@ from plain torch ops in float64; speclab's head runs in float32.
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -112,7 +113,7 @@ def draft_ids(vocab: int, rows: int, seed: int) -> torch.Tensor:
     return torch.randperm(vocab, generator=torch.Generator().manual_seed(seed))[:rows].sort().values
 
 
-def eagle3_head(target, folder, layout: str, draft_rows: int | None = None, shuffle: bool = False):
+def eagle3_head(target, folder, layout: str, draft_rows: int | None = None, shuffle: bool = False, **extra):
     """(folder, state, rope base, taps the official code reads) for one EAGLE-3 layout."""
     d = oh.Dims.of(target)
     rows = draft_rows or d.vocab // 3
@@ -132,7 +133,8 @@ def eagle3_head(target, folder, layout: str, draft_rows: int | None = None, shuf
         state["embed_tokens.weight"] = embedding_of(target)
         outputs = [1, 3, 6]
         config = oh.llama_head_config(d, architectures=["LlamaForCausalLMEagle3"], draft_vocab_size=rows,
-                                      rope_theta=500000.0, eagle_config={"eagle_aux_hidden_state_layer_ids": outputs})
+                                      rope_theta=500000.0, eagle_config={"eagle_aux_hidden_state_layer_ids": outputs},
+                                      **extra)
         return (oh.write_head(folder, config, state, "model.safetensors"), state, 500000.0,
                 [i + 1 for i in outputs])
     # speculators: the layer's LlamaConfig nested (its diff from the defaults), taps as layer inputs; the stored
@@ -152,17 +154,19 @@ def eagle3_head(target, folder, layout: str, draft_rows: int | None = None, shuf
     return oh.write_head(folder, config, state, "model.safetensors"), state, 500000.0, taps
 
 
-@pytest.mark.parametrize("layout,rows,shuffle", [
-    ("official", None, False),
-    ("official", None, True),
-    ("official", "full", False),  # draft vocabulary = the target's: the official loader ignores d2t / t2d
-    ("specforge", None, False),
-    ("speculators", None, False),
-], ids=["official", "official-unsorted-d2t", "official-full-vocab", "specforge", "speculators"])
-def test_eagle3_layouts(deep_target, tmp_path, layout, rows, shuffle):
+@pytest.mark.parametrize("layout,rows,shuffle,extra", [
+    ("official", None, False, {}),
+    ("official", None, True, {}),
+    ("official", "full", False, {}),  # draft vocabulary = the target's: the official loader ignores d2t / t2d
+    ("specforge", None, False, {}),
+    ("specforge", None, False, {"norm_output": True}),  # SpecForge's default spelled out: lm_head(norm(h))
+    ("speculators", None, False, {}),
+], ids=["official", "official-unsorted-d2t", "official-full-vocab", "specforge", "specforge-norm-output",
+        "speculators"])
+def test_eagle3_layouts(deep_target, tmp_path, layout, rows, shuffle, extra):
     d = oh.Dims.of(deep_target)
     folder, state, base, taps = eagle3_head(deep_target, tmp_path / layout, layout,
-                                            d.vocab if rows == "full" else None, shuffle)
+                                            d.vocab if rows == "full" else None, shuffle, **extra)
     head, _ = load_head(str(folder), deep_target)
     assert head.variant == "eagle3" and list(head.target_layers) == taps
     assert (head.vocab is None) == (rows == "full")
@@ -173,6 +177,18 @@ def test_eagle3_layouts(deep_target, tmp_path, layout, rows, shuffle):
     ours = speclab_eagle_logits(head, tokens, hidden, d.vocab)
     assert torch.equal(ours.isfinite(), ref.isfinite())  # the same draft vocabulary
     close(ours[ref.isfinite()], ref[ref.isfinite()])
+
+
+@pytest.mark.parametrize("layout,norm_output,message", [
+    ("specforge", False, "sets norm_output=false"),  # SpecForge's compute_logits then skips the final norm
+    ("speculators", True, "sets norm_output"),  # speculators' EAGLE-3.1: the post-norm state fed back
+])
+def test_norm_output_variants_are_refused(deep_target, tmp_path, layout, norm_output, message):
+    folder, *_ = eagle3_head(deep_target, tmp_path / "h", layout)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "norm_output": norm_output}))
+    with pytest.raises(SpeclabError, match=message):
+        load_head(str(folder), deep_target)
 
 
 def test_eagle3_t2d_of_another_vocabulary(deep_target, tmp_path):
