@@ -26,7 +26,7 @@ class EagleConfig(MethodConfig):
     head: Optional[str] = None  # HF id or folder; null = drafts/<model.name>/eagle/
     dtype: str = "auto"  # auto: bfloat16 where bf16 linears run natively, else the target's dtype
     choices: Any = "cpu8"  # a preset name in harness/drafting/tree_shapes.py or a list of rank paths
-    vocab_size: Optional[int] = 8192  # null: the target's full head
+    vocab_size: Any = "auto"  # auto: 8192 tokens with a token_frequency.json, else all; null: all; or a number
 
 
 def build(cfg: EagleConfig, ctx: MethodContext) -> EngineGenerator:

@@ -7,7 +7,7 @@ log-probability for ``depth`` levels, then verifies the ``total_tokens - 1`` bes
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any
 
 from harness.core.registry import Family
 from harness.drafting.heads.eagle_drafter import DynamicTreeConfig, build_head_generator, dynamic_shape
@@ -18,7 +18,7 @@ from harness.engine.method import EngineGenerator, MethodContext
 class Eagle2Config(DynamicTreeConfig):
     name: str = "eagle2"
     family: str = "eagle2"  # head: EAGLE-1 weights (default drafts/<model.name>/eagle/)
-    vocab_size: Optional[int] = 8192  # null: the target's full head
+    vocab_size: Any = "auto"  # auto: 8192 tokens with a token_frequency.json, else all; null: all; or a number
 
 
 def build(cfg: Eagle2Config, ctx: MethodContext) -> EngineGenerator:

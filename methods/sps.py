@@ -6,15 +6,15 @@ cropped back to the committed prefix after every verification. ``adaptive`` uses
 heuristic schedule (k += 2 after a fully accepted draft, else k -= 1).
 
 ``vocab_size`` restricts the draft's output head to the target tokens listed, most frequent first, in
-the draft folder's ``token_frequency.json``: the 49152-way head is a large share of a small draft's
-step. The rule stays lossless: the draft simply never proposes the other tokens (q is zero there).
+the draft folder's ``token_frequency.json`` (``auto``: 8192 of them when the folder has the file, else the
+full head): the 49152-way head is a large share of a small draft's step. The rule stays lossless: the draft simply never proposes the other tokens (q is zero there).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any
 
 import torch
 
@@ -42,7 +42,7 @@ class SpSConfig(MethodConfig):
     adaptive: bool = False
     k_min: int = 1
     k_max: int = 16
-    vocab_size: Optional[int] = None  # null: the draft's full head
+    vocab_size: Any = "auto"  # auto: 8192 tokens with a token_frequency.json, else all; null: all; or a number
 
 
 class DraftModel(Drafter):
@@ -102,9 +102,9 @@ class DraftModel(Drafter):
 def build(cfg: SpSConfig, ctx: MethodContext) -> EngineGenerator:
     draft = load_draft(cfg.draft.path, ctx.target, cfg.draft.dtype)
     token_ids = None
-    if cfg.vocab_size is not None:
-        path = Path(cfg.draft.path).expanduser() if cfg.draft.path else default_draft(ctx.target.info.name)
-        vocab = frequency_vocab(cfg, path, ctx.target.vocab_size)
+    path = Path(cfg.draft.path).expanduser() if cfg.draft.path else default_draft(ctx.target.info.name)
+    vocab = frequency_vocab(cfg, path, ctx.target.vocab_size)
+    if vocab is not None:
         token_ids = vocab.ids.to(ctx.target.device)
         # the head over a subset of the vocabulary: rows of the (tied) output matrix
         draft.model.set_output_embeddings(vocab.rows(draft.lm_head.weight))
@@ -112,6 +112,7 @@ def build(cfg: SpSConfig, ctx: MethodContext) -> EngineGenerator:
     if ctx.target.static is not None:  # the draft's per-token forwards are launch-bound on a GPU too
         cuda_graphs.enable(draft, "on", list(ctx.engine.graph_widths))
     drafter = DraftModel(draft, ctx.sampling, cfg, token_ids)
+    drafter.draft_vocab_size = ctx.target.vocab_size if vocab is None else len(vocab)
     return EngineGenerator.with_rule(cfg.name, ctx.target, drafter, ctx.sampling, cfg.rule)
 
 

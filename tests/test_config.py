@@ -146,6 +146,15 @@ def test_override_table_covers_every_key():
         assert keys == set(table), f"{method}: add overrides for {sorted(keys - set(table))}"
 
 
+@pytest.mark.parametrize("method", ["eagle", "eagle2", "medusa", "hydra", "sps"])
+def test_vocab_size_is_auto_null_or_a_number(method):
+    from harness.core.registry import METHODS
+
+    assert METHODS.typed(compose(f"method={method}").method).vocab_size == "auto"  # official heads need no file
+    for given, expect in (("auto", "auto"), ("null", None), ("4096", 4096)):
+        assert METHODS.typed(compose(f"method={method}", f"method.vocab_size={given}").method).vocab_size == expect
+
+
 def test_eagle_choices_take_a_literal_list():
     from harness.core.registry import METHODS
     from harness.drafting.tree_shapes import resolve_choices
@@ -191,6 +200,7 @@ def untrained_head(tmp_path_factory, tiny_target):
     ("eagle2", {"dtype": "float8"}, "unknown method.dtype 'float8'; choose auto or one of float32, bfloat16, float16"),
     ("eagle", {"vocab_size": 0}, "method.vocab_size must be positive"),
     ("eagle2", {"vocab_size": 64}, "token_frequency.json"),
+    ("eagle", {"vocab_size": "most"}, "method.vocab_size must be auto, null or a positive integer, got 'most'"),
 ])
 def test_bad_eagle_values_are_one_clear_line(tiny_target, untrained_head, method, overrides, expect):
     from harness.core.config import EngineConfig

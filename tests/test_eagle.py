@@ -112,7 +112,7 @@ def test_the_head_and_its_draft_rows_take_method_dtype(tiny_target, eagle_heads,
     name = str(dtype).removeprefix("torch.")
     gen = build(tiny_target, eagle_heads, "eagle2", dtype=name, vocab_size=64)
     head = gen.drafter.head
-    assert gen.drafter.draft_dtype == name
+    assert gen.drafter.draft_dtype == name and gen.drafter.draft_vocab_size == 64
     assert head.fc.weight.dtype == dtype
     assert next(head._shared["head"].parameters()).dtype == dtype  # the target's head rows, cast once
     assert head._shared["embed"].weight.dtype == torch.float32  # the target's own embedding is untouched

@@ -1,5 +1,6 @@
-"""Medusa and Hydra on the tiny target: the trainer end to end, the official layouts, greedy identity, the
-typical rule, training = inference, and one clear line for every bad head or setting.
+"""Medusa and Hydra on the tiny target: the trainer end to end (writing the official keys), greedy identity, the
+typical rule, training = inference, and one clear line for every bad head or setting (the official layouts are
+checked against an independent forward in test_official_layouts.py).
 
 The heads come from ``scripts/train_medusa.py`` (the ``parallel_heads`` fixture in conftest.py, trained on the
 answers the EAGLE fixture cached); they know the tiny prompts' continuations, so drafts are accepted.
@@ -18,7 +19,7 @@ from harness.core.errors import SpeclabError
 from harness.core.registry import METHODS
 from harness.drafting.heads.layers import causal_mask
 from harness.drafting.heads.medusa_checkpoints import load_parallel_heads
-from harness.drafting.heads.medusa_heads import HydraHeads, MedusaHeads, ResBlock
+from harness.drafting.heads.medusa_heads import MedusaHeads, ResBlock
 from harness.drafting.tree_shapes import MEDUSA_MC_SIM_7B_63, resolve_choices
 from harness.engine.method import EngineGenerator, MethodContext
 from harness.engine.proposal import Proposal
@@ -29,6 +30,7 @@ from harness.training.parallel import ParallelHeadsLoss
 from methods.hydra import HydraConfig
 from methods.medusa import MedusaConfig
 
+from . import official_heads as oh
 from .conftest import EAGLE_GEN_TOKENS, build_with_head
 from .test_greedy_equivalence import hf_greedy
 
@@ -56,16 +58,18 @@ def test_trainer_writes_official_layouts(parallel_heads, tiny_target):
         state = torch.load(folder / f"{variant}_lm_head.pt", weights_only=True)
         assert config["speclab_head"]["command"].startswith("python scripts/train_medusa.py")
         assert (folder / "README.md").is_file() and (folder / "token_frequency.json").is_file()
-        if variant == "medusa":
+        written = {k: tuple(v.shape) for k, v in state.items()}
+        d = oh.Dims.of(tiny_target)
+        if variant == "medusa":  # the legacy layout: ResBlocks only, the target's lm_head shared
             assert config["medusa_num_heads"] == 4 and config["medusa_num_layers"] == 1
-            assert set(state) == {f"{k}.0.linear.{p}" for k in range(4) for p in ("weight", "bias")}
-        else:
+            assert written == dict(oh.medusa_keys(d, 4, 1, own_output=False))
+        else:  # the official keys, less what the official loader fills from the target (or never reads)
             assert config["hydra_head_arch"] == "prefix-mlp" and config["grounded_heads"] is True
             assert config["hydra_num_heads"] == 4 and config["hydra_num_layers"] == 2
-            assert state["hydra_mlp.2.1.res_connection.weight"].shape == (64, 4 * 64)
-            assert "hydra_mlp.0.3.linear.weight" in state and "hydra_lm_head.3.1.bias" in state
-            assert "prefix_embeding_layer.layers.0.self_attn.q_proj.weight" in state
-            assert not any(k.endswith("lm_head.0.1.weight") or "rotary" in k for k in state)
+            left_out = ("prefix_embeding_layer.embed_tokens.weight", "input_embed_fn.weight", "rotary_emb.inv_freq")
+            official = {k: v for k, v in oh.hydra_keys(d, 4, 2) if not k.endswith(left_out)
+                        and not (k.startswith("hydra_lm_head.") and k.endswith(".weight"))}
+            assert written == official
         heads = load_parallel_heads(str(folder), variant, tiny_target)
         assert heads.num_heads == 4
         assert run["stats"]["learning_curve"][-1]["tau"] == run["stats"]["heldout_tau"]
@@ -85,43 +89,6 @@ def _write(folder, name: str, state: dict, config: dict) -> str:
     torch.save(state, folder / name)
     (folder / "config.json").write_text(json.dumps(config))
     return str(folder)
-
-
-def test_official_medusa1_layout_loads_with_its_own_output_layers(tmp_path, tiny_target):
-    """FasterDecoding's file: ResBlock + an own [V, H] output per head; its config understates the heads."""
-    torch.manual_seed(0)
-    h, v = tiny_target.config.hidden_size, tiny_target.vocab_size
-    state = {}
-    for k in range(3):
-        state[f"{k}.0.linear.weight"] = torch.randn(h, h) * 0.1
-        state[f"{k}.0.linear.bias"] = torch.randn(h) * 0.1
-        state[f"{k}.1.weight"] = torch.randn(v, h)
-    path = _write(tmp_path / "m", "medusa_lm_head.pt", state,
-                  {"medusa_num_heads": 2, "medusa_num_layers": 1, "base_model_name_or_path": "tiny"})
-    heads = load_parallel_heads(path, "medusa", tiny_target)
-    assert heads.num_heads == 3 and heads.own_lm_head
-    x = torch.randn(h)
-    res = x + torch.nn.functional.silu(state["2.0.linear.weight"] @ x + state["2.0.linear.bias"])
-    assert torch.allclose(heads.logits(x)[2], state["2.1.weight"] @ res, atol=1e-4)
-
-
-def test_official_hydra_layout_loads(tmp_path, tiny_target):
-    """ankner's file: shared later blocks saved as identical copies, full output layers, the prefix layer's
-    unused embedding, and keys the loader ignores."""
-    torch.manual_seed(0)
-    h, v = tiny_target.config.hidden_size, tiny_target.vocab_size
-    ref = HydraHeads(tiny_target.config.__class__(**{**tiny_target.config.to_dict(), "num_hidden_layers": 1}), 2, 3,
-                     tiny_target.model.get_input_embeddings(), tiny_target.lm_head, own_lm_head=True)
-    state = {k: torch.randn_like(t) * 0.1 for k, t in ref.own_state_dict().items()}
-    shared = {k: t for k, t in state.items() if ".3." in k}
-    for k, t in shared.items():  # the reference's list multiplication: blocks 3 and 5 are one module
-        state[k.replace(".3.", ".5.")] = t.clone()
-    state["prefix_embeding_layer.embed_tokens.weight"] = torch.randn(v, h)
-    path = _write(tmp_path / "h", "hydra_lm_head.pt", state,
-                  {"hydra_head_arch": "prefix-mlp", "grounded_heads": True, "hydra_num_heads": 2, "hydra_num_layers": 3})
-    heads = load_parallel_heads(path, "hydra", tiny_target)
-    assert heads.num_heads == 2 and heads.num_layers == 3 and heads.own_lm_head
-    assert torch.equal(heads.hydra_lm_head[1][1].weight, state["hydra_lm_head.1.1.weight"])
 
 
 @pytest.mark.parametrize("case,message", [

@@ -92,6 +92,7 @@ class RowMaker:
             "acceptance_rule": gen.acceptance_rule,
             "lossless": bool(gen.lossless),
             "draft_dtype": getattr(getattr(gen, "drafter", None), "draft_dtype", None),  # peers have no drafter
+            "draft_vocab_size": getattr(getattr(gen, "drafter", None), "draft_vocab_size", None),
             "group": sample.group,
             "category": sample.category,
             "prompt_id": sample.id,

@@ -1,10 +1,12 @@
 """A subset of the target vocabulary as a draft's output space: on a CPU the 49152-way head is a large share of a
 draft step. EAGLE-3 heads store their own (``d2t`` / ``t2d``); other heads and draft models read the most frequent
-answer tokens from the ``token_frequency.json`` beside their weights (``method.vocab_size``)."""
+answer tokens from the ``token_frequency.json`` beside their weights (``method.vocab_size``). Official heads ship
+no such file, so ``auto`` (the default) drafts over the full vocabulary for them."""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,10 @@ import torch
 import torch.nn as nn
 
 from harness.core.errors import SpeclabError
+
+log = logging.getLogger("speclab")
+AUTO_VOCAB = 8192  # method.vocab_size=auto with a token_frequency.json: its most frequent tokens, as many as this
+FREQUENCY_FILE = "token_frequency.json"
 
 
 class ReducedVocab:
@@ -56,16 +62,34 @@ class ReducedVocab:
 
 
 def frequency_vocab(cfg: Any, path: str | Path, vocab_size: int) -> ReducedVocab | None:
-    """The ``method.vocab_size`` most frequent answer tokens listed in ``<head>/token_frequency.json`` as a draft
-    vocabulary (None when ``method.vocab_size`` is null)."""
+    """The draft vocabulary ``method.vocab_size`` names (None: the full vocabulary of ``vocab_size`` tokens).
+
+    An integer n: the n most frequent answer tokens listed in ``<path>/token_frequency.json`` (the file is
+    required). ``auto``: the :data:`AUTO_VOCAB` most frequent when the file is there, else the full vocabulary
+    (official heads ship none). null: the full vocabulary.
+    """
     n = getattr(cfg, "vocab_size", None)
     if n is None:
         return None
+    freq = Path(path) / FREQUENCY_FILE
+    auto = n == "auto"
+    if auto:
+        if not freq.is_file():
+            log.info("method.vocab_size=auto: %s has no %s, drafting over the full vocabulary (%d tokens)",
+                     path, FREQUENCY_FILE, vocab_size)
+            return None
+        n = AUTO_VOCAB
+    elif isinstance(n, bool) or not isinstance(n, int):
+        raise SpeclabError(f"method.vocab_size must be auto, null or a positive integer, got {n!r}; "
+                           "set method.vocab_size=auto")
     if n <= 0:
         raise SpeclabError(f"method.vocab_size must be positive, got {n}; "
                            "set method.vocab_size=null for the target's full head")
-    freq = Path(path) / "token_frequency.json"
     if not freq.is_file():
-        raise SpeclabError(f"method.vocab_size needs {freq} (token ids by frequency); set method.vocab_size=null")
+        raise SpeclabError(f"method.vocab_size={n} needs {freq} (token ids by frequency); "
+                           "set method.vocab_size=auto or null")
     ids = json.loads(freq.read_text())["token_ids"][:n]
-    return ReducedVocab(torch.tensor(ids), vocab_size)
+    vocab = ReducedVocab(torch.tensor(ids), vocab_size)
+    if auto:
+        log.info("method.vocab_size=auto: drafting over the %d most frequent tokens of %s", len(vocab), freq)
+    return vocab

@@ -46,6 +46,7 @@ class Drafter:
     name = "drafter"
     hidden_layers: tuple[int | str, ...] = ()
     draft_dtype: str | None = None  # a learned head's weight dtype, as method.dtype resolved (result rows)
+    draft_vocab_size: int | None = None  # tokens a draft can propose, as method.vocab_size resolved (result rows)
     # True: drafting costs the same at any depth, and every proposal carries ``meta["grade"]``, a small integer
     # that orders how far it is likely to be accepted (prompt lookup: the matched suffix's length), so a wrapper
     # that sizes drafts (``adaptive``) drafts in full and cuts the proposal by the acceptance seen at its grade

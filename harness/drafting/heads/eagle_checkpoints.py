@@ -25,7 +25,8 @@ Target taps: the engine's ``hidden[i]`` is HF's ``hidden_states[i]``, the input 
 
 Heads are refused, with one line naming both sizes, when their hidden size, vocabulary, tapped layers or fc
 width do not fit the target, and when they use variants :class:`~harness.drafting.heads.eagle_head.EagleHead` does not implement
-(several decoder layers, EAGLE-3.1's extra norms). Pickles load with ``weights_only=True``.
+(several decoder layers, EAGLE-3.1's extra norms, a SpecForge head with ``norm_output: false``, whose logits skip
+the final norm). Pickles load with ``weights_only=True``.
 
 :func:`save_head` writes the official layout (config.json + model.safetensors, no embedding copy, with
 ``rope_theta``/``rope_scaling`` at the top level for transformers-4 readers and both conventions of the tapped
@@ -63,7 +64,8 @@ LAYER_MODULES = ("self_attn", "mlp", "post_attention_layernorm", "input_layernor
 # stored but not head weights: the vocabulary maps are parsed on their own, the embedding is the target's
 # (checked), and old checkpoints carry their rotary caches
 NOT_WEIGHTS = ("embed_tokens.weight", "d2t", "t2d")
-# EAGLE-3 variants (speculators, SpecForge "EAGLE-3.1") whose extra norms or recurrence EagleHead lacks
+# EAGLE-3 variants (speculators, SpecForge "EAGLE-3.1") whose extra norms or recurrence EagleHead lacks;
+# norm_output means speculators' fed-back post-norm state, but in SpecForge configs the plain head (see below)
 UNSUPPORTED_FLAGS = ("norm_before_residual", "norm_before_fc", "fc_norm", "norm_output", "use_aux_norm")
 # config fields that describe the checkpoint rather than the decoder layer
 NOT_LAYER_CONFIG = ("architectures", "speclab_head", "eagle_config", "torch_dtype", "dtype", "auto_map")
@@ -123,6 +125,11 @@ def check_supported(layer_config: dict, fields: dict, folder: Path) -> None:
         raise SpeclabError(f"head {folder} has {layers} decoder layers but speclab runs one-layer EAGLE heads; "
                            "use a one-layer head")
     flags = [f for f in UNSUPPORTED_FLAGS if fields.get(f) or layer_config.get(f)]
+    if kind is None and "norm_output" in flags:
+        # SpecForge's norm_output (default true) is the plain head, lm_head(norm(h)); false drops the norm
+        flags.remove("norm_output")
+    if kind is None and layer_config.get("norm_output", True) is False:
+        flags.append("norm_output=false")
     if flags:
         raise SpeclabError(f"head {folder} sets {', '.join(flags)} (an EAGLE-3 variant speclab does not implement); "
                            "use a plain EAGLE-3 head")

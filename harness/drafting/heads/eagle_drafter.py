@@ -248,6 +248,7 @@ def build_head_generator(cfg: Any, ctx: Any, default_head: str, shape: TreeShape
     drafter = HeadDrafter(head, shape, ctx.sampling)
     drafter.name = cfg.name
     drafter.draft_dtype = str(dtype).removeprefix("torch.")
+    drafter.draft_vocab_size = target.vocab_size if head.vocab is None else len(head.vocab)
     return EngineGenerator.with_rule(cfg.name, target, drafter, ctx.sampling, cfg.rule)
 
 

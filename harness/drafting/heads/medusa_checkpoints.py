@@ -9,9 +9,12 @@
 * Hydra (``ankner/hydra-*``; ``hydra/model/hydra_heads/prefix_mlp_head.py``): ``config.json`` with
   ``hydra_head_arch`` (``prefix-mlp``), ``grounded_heads``, ``hydra_num_heads``, ``hydra_num_layers``; weights
   ``hydra_lm_head.pt`` keyed ``prefix_embeding_layer.{layers.0.*,norm.weight}`` (its ``embed_tokens`` is unused),
-  ``hydra_mlp.{i}.{1,3,5,..}.{linear,res_connection}.*`` and ``hydra_lm_head.{i}.1.{weight,bias}``. The official
-  loader starts every output weight from the target's LM head and loads with ``strict=False``, so heads written
-  here leave ``hydra_lm_head.{i}.1.weight`` out (they never change it).
+  ``hydra_mlp.{i}.{1,3,5,..}.{linear,res_connection}.*`` and ``hydra_lm_head.{i}.1.{weight,bias}``; the file also
+  holds ``input_embed_fn.weight`` (the target's embedding, unused) and the prefix layer's rotary frequencies
+  (``...self_attn.rotary_emb.inv_freq``: base 10000, which ``hydra/model/modeling_llama_kv.py`` uses whatever the
+  target's ``rope_theta``; the loader runs the stored base). The official loader starts every output weight from
+  the target's LM head and loads with ``strict=False``, so heads written here leave ``hydra_lm_head.{i}.1.weight``
+  out (they never change it), and their prefix layer runs the target's RoPE.
 
 Pickles load with ``weights_only=True``; a head whose sizes do not fit the target is refused in one line.
 """
@@ -32,6 +35,9 @@ from harness.loading.hub import resolve_folder
 from harness.model.target import TargetModel
 
 WEIGHTS = {"medusa": "medusa_lm_head", "hydra": "hydra_lm_head"}
+# the official prefix layer's attention builds its rotary embedding with base 10000 whatever the target's
+# rope_theta, and saves its frequencies: they, not the target's base, are what the head was trained with
+HYDRA_ROTARY = "prefix_embeding_layer.layers.0.self_attn.rotary_emb.inv_freq"
 KINDS = tuple(WEIGHTS)
 
 
@@ -91,6 +97,15 @@ def load_medusa(folder: Path, target: TargetModel, dtype: torch.dtype) -> Medusa
     return heads.to(dtype).eval()
 
 
+def rope_base(inv_freq: torch.Tensor, head_dim: int, folder: Path) -> float:
+    """The RoPE base of stored frequencies ``inv_freq[i] = base ** (-2 i / head_dim)``."""
+    if inv_freq.numel() != head_dim // 2 or inv_freq.numel() < 2:
+        raise SpeclabError(f"head {folder} stores {inv_freq.numel()} rotary frequencies but the target's heads have "
+                           f"dimension {head_dim}; use a head trained for this target")
+    i = torch.arange(1, inv_freq.numel(), dtype=torch.float64)
+    return float((-inv_freq[1:].double().log() * head_dim / (2 * i)).exp().mean())
+
+
 def load_hydra(folder: Path, target: TargetModel, dtype: torch.dtype) -> HydraHeads:
     state = _weights(folder, "hydra")
     config = _config(folder, "hydra")
@@ -121,8 +136,12 @@ def load_hydra(folder: Path, target: TargetModel, dtype: torch.dtype) -> HydraHe
     if own:
         _fit("hydra_lm_head.0.1.weight", state["hydra_lm_head.0.1.weight"].shape, (v, h), target)
     state = {k: t for k, t in state.items() if not k.startswith(("prefix_embeding_layer.embed_tokens", "input_embed_fn"))}
-    heads = HydraHeads(head_llama_config(target.config), num_heads, num_layers, target.model.get_input_embeddings(),
-                       target.lm_head, own_lm_head=own)
+    config = head_llama_config(target.config)
+    stored = state.pop(HYDRA_ROTARY, None)
+    if stored is not None:
+        config.rope_parameters["rope_theta"] = rope_base(stored, config.head_dim, folder)
+    heads = HydraHeads(config, num_heads, num_layers, target.model.get_input_embeddings(), target.lm_head,
+                       own_lm_head=own)
     _load_into(heads, state, folder, "hydra")
     return heads.to(dtype).eval()
 

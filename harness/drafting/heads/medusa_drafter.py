@@ -30,7 +30,7 @@ class ParallelHeadsConfig(MethodConfig):
     head: Optional[str] = None  # HF id or folder; null = drafts/<model.name>/<family>/
     dtype: str = "auto"  # auto: bfloat16 where bf16 linears run natively, else the target's dtype
     choices: Any = "cpu6"  # a preset name in harness/tree_shapes.py (depth <= the number of heads) or rank paths
-    vocab_size: Optional[int] = 8192  # draft over the most frequent answer tokens; null: the full vocabulary
+    vocab_size: Any = "auto"  # auto: 8192 tokens with a token_frequency.json, else all; null: all; or a number
     posterior_threshold: float = 0.09  # rule=typical: epsilon
     posterior_alpha: float = 0.3  # rule=typical: delta (about sqrt(epsilon))
     typical_bonus: str = "argmax"  # rule=typical: the token after the accepted path (argmax as the reference, or sample)
@@ -98,6 +98,7 @@ def build_parallel_generator(cfg: ParallelHeadsConfig, ctx: MethodContext, draft
     drafter.set_vocab(None if vocab is None else vocab.ids.to(ctx.target.device))
     drafter.name = cfg.name
     drafter.draft_dtype = str(dtype).removeprefix("torch.")
+    drafter.draft_vocab_size = ctx.target.vocab_size if vocab is None else len(vocab)
     options = ({"threshold": cfg.posterior_threshold, "alpha": cfg.posterior_alpha, "bonus": cfg.typical_bonus}
                if cfg.rule == "typical" else None)
     return EngineGenerator.with_rule(cfg.name, ctx.target, drafter, ctx.sampling, cfg.rule, options)
