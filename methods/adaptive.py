@@ -41,7 +41,15 @@ from dataclasses import dataclass
 from harness.core.config import MethodConfig
 from harness.core.errors import SpeclabError
 from harness.core.registry import Family
-from harness.drafting.depth_policy import MISS, AcceptanceEstimate, CostModel, best_depth, outcome
+from harness.drafting.depth_policy import (
+    MISS,
+    AcceptanceEstimate,
+    BatchStepModel,
+    CostModel,
+    best_depth,
+    outcome,
+    plan_batch,
+)
 from harness.engine import tree as T
 from harness.engine.drafter import DecodeState, Drafter
 from harness.engine.method import EngineGenerator, MethodContext, inner_drafter
@@ -68,8 +76,13 @@ class AdaptiveDrafter(Drafter):
     name = "adaptive"
 
     def __init__(self, inner: Drafter, max_depth: int, curve: Callable[[int], float], experts: ExpertCounter | None = None,
-                 prompt_carry: float = 1.0, graded: bool = True) -> None:
+                 prompt_carry: float = 1.0, graded: bool = True,
+                 batch_surface: Callable[[], Callable[[float, float], float]] | None = None) -> None:
         self.inner = inner
+        self.batchable = inner.batchable
+        self._batch_surface = batch_surface  # measured on first batched use only: batch-1 runs never pay for it
+        self.batch_step: BatchStepModel | None = None
+        self.in_batch = False  # a row of a batch: its verification's seconds are the batch's, recorded once for all
         self.graded = graded and inner.grades_proposals
         self.prompt_carry = prompt_carry
         self.experts = experts  # the target's router hooks: the expert term is on
@@ -127,6 +140,50 @@ class AdaptiveDrafter(Drafter):
         self._t_draft = self._t_proposed - t0
         return proposal
 
+    def propose_batch(self, rows: list[tuple[Drafter, DecodeState, int]]) -> list[Proposal]:
+        """One batched step's proposals, planned for the whole batch (depth_policy.plan_batch): each row's acceptance
+        in its context (its previous outcome, and the grade of its full draft where the inner drafter grades them),
+        the batch step's price on the c(B, k) surface, each depth's drafting time. At a batch size whose step is
+        already past the surface's flat part the plan drafts nothing, and the batch decodes as batched ``ar``."""
+        if self.batch_step is None:
+            if self._batch_surface is None:
+                return super().propose_batch(rows)
+            self.batch_step = BatchStepModel(self._batch_surface())
+        drafters = [d for d, _, _ in rows]
+        caps = [min(m, self.max_depth) if m > 0 else 0 for _, _, m in rows]
+        full: list[Proposal | None] = []
+        for d, (_, state, _), cap in zip(drafters, rows, caps):
+            d.in_batch, d.grade = True, None
+            proposal = d.inner.propose(state, cap) if self.graded and cap else None
+            if proposal is not None and proposal.tokens:
+                d.grade = int(proposal.meta["grade"])
+            full.append(proposal)
+        reach = [self.acceptance.reach(d.context, d.grade) for d in drafters]
+        floor = [1 if d._idle > EXPLORE_EVERY and cap else 0 for d, cap in zip(drafters, caps)]
+        draft_s = self.cost.draft_s
+
+        def drafting(depth: int) -> float:
+            return draft_s[depth].value if draft_s[depth].count else 0.0
+
+        depths = plan_batch(reach, caps, drafting, self.batch_step, floor)
+        proposals = []
+        for d, (_, state, _), depth, proposal in zip(drafters, rows, depths, full):
+            t0 = time.perf_counter()
+            if self.graded:
+                proposal = proposal if proposal is not None and proposal.tokens else Proposal()
+                proposal = proposal.restrict(T.prune_depth(proposal.parents, depth))
+            else:
+                proposal = d.inner.propose(state, depth) if depth else Proposal()
+            d._asked = depth if proposal.tokens else 0
+            d._idle = d._idle + 1 if not d._asked else 0
+            d._t_draft = time.perf_counter() - t0
+            proposals.append(proposal)
+        return proposals
+
+    def observe_batch(self, rows: int, tokens: int, seconds: float) -> None:
+        if self.batch_step is not None:
+            self.batch_step.record(rows, tokens, seconds)
+
     def observe(self, state: DecodeState, proposal: Proposal, result: VerifyResult, out: ForwardOutput) -> None:
         t0 = time.perf_counter()
         verify_s = t0 - self._t_proposed
@@ -137,7 +194,10 @@ class AdaptiveDrafter(Drafter):
             self.context = outcome(len(proposal.tokens), accepted)
         self.inner.observe(state, proposal, result, out)
         draft_s = self._t_draft + time.perf_counter() - t0
-        self.cost.record(self._asked, 1 + len(proposal.tokens), verify_s, draft_s, experts)
+        if self.in_batch:  # the batch's step time is recorded once, by observe_batch
+            self.cost.draft_s[self._asked].add(draft_s)
+        else:
+            self.cost.record(self._asked, 1 + len(proposal.tokens), verify_s, draft_s, experts)
 
 
 def build(cfg: AdaptiveConfig, ctx: MethodContext) -> EngineGenerator:
@@ -152,7 +212,7 @@ def build(cfg: AdaptiveConfig, ctx: MethodContext) -> EngineGenerator:
                            "is not a Mixture-of-Experts model; use method=adaptive (or method.expert_term=false)")
     inner = inner_drafter(cfg.inner, ctx, "adaptive")
     use = experts if cfg.expert_term is not False else None
-    drafter = AdaptiveDrafter(inner, cfg.max_depth, ctx.verify_cost(), use, cfg.prompt_carry, cfg.graded)
+    drafter = AdaptiveDrafter(inner, cfg.max_depth, ctx.verify_cost(), use, cfg.prompt_carry, cfg.graded, ctx.batch_cost)
     return EngineGenerator.with_rule(cfg.name, ctx.target, drafter, ctx.sampling, cfg.rule)
 
 

@@ -7,6 +7,7 @@
     python scripts/verify_cost.py --bound-runs results/runs/...    # add the bound to runs timed before a curve existed
     python scripts/verify_cost.py --moe-table model=smollm2-moe    # MoE c(k) beside the dense model's and the
                                                                    # distinct experts beside the uniform estimate
+    python scripts/verify_cost.py --batch 1,2,4,8,16               # the surface c(B, k) of batched decoding
 
 Overrides use the same Hydra syntax as run.py (model=, engine.kernel=, engine.threads=, model.dtype=).
 Run it on an idle machine: under concurrent load multi-row kernels slow down far more than 1-row ones.
@@ -72,6 +73,28 @@ def moe_table(moe_overrides: list[str], dense_overrides: list[str], cache_len: i
     return "\n".join(lines)
 
 
+def batch_table(overrides: list[str], batches: list[int], ks: list[int], cache_len: int, repeats: int) -> str:
+    """Markdown: ms of B rows x k tokens, c(B, k) (over B rows of one token) and the step's cost over one row of one
+    token; the surface is cached for the runner when measured at the runner's cache length."""
+    from harness.engine import batch_cost
+    from harness.engine.cost_curve import CACHE_LEN
+
+    cfg, target, kernel = load_config_target(overrides)
+    ms = batch_cost.measure(target, batches, ks, cache_len=cache_len, repeats=repeats)
+    if cache_len == CACHE_LEN:
+        batch_cost.save(batch_cost.surface_key(target, kernel, int(cfg.engine.threads)), ms)
+    one = ms[(batches[0], 1)] if batches[0] == 1 else None
+    lines = [f"{target.info.name} kernel={kernel} threads={cfg.engine.threads}, cache {cache_len} a row, median of "
+             f"{repeats}: ms of a forward of B rows x k tokens; c(B, k) = that / B rows x 1 token"
+             + ("; x1 = that / 1 row x 1 token" if one else ""), "",
+             "| B | " + " | ".join(f"k={k} ms | c" for k in ks) + (" | tokens/s at k=1 |" if one else " |"),
+             "|---|" + "---|---|" * len(ks) + ("---|" if one else "")]
+    for b in batches:
+        cells = " | ".join(f"{ms[(b, k)]:.1f} | {ms[(b, k)] / ms[(b, 1)]:.2f}" for k in ks)
+        lines.append(f"| {b} | {cells} |" + (f" {1e3 * b / ms[(b, 1)]:.1f} |" if one else ""))
+    return "\n".join(lines)
+
+
 def measure_config(overrides: list[str], cache_len: int, repeats: int, ks: list[int], save: bool = True) -> tuple[dict, dict[int, float]]:
     from harness.engine import cost_curve
 
@@ -100,7 +123,18 @@ def main(argv: list[str] | None = None) -> None:
                    help="print the MoE model's c(k) (overrides; default model=smollm2-moe) beside the dense one's "
                         "(--dense) and its distinct experts beside the uniform-routing estimate, on real text")
     p.add_argument("--dense", default="model=smollm2-135m", help="the dense model for --moe-table (space-separated overrides)")
+    p.add_argument("--batch", default=None, metavar="B,B,...",
+                   help="measure the batch surface c(B, k): forwards of B rows x k tokens (k from --ks, default a few up "
+                        "to 16), cached for the batch-aware draft length")
     args = p.parse_args(argv)
+    if args.batch:
+        ks = [int(k) for k in args.ks.split(",")] if "," in args.ks else [1, 2, 3, 4, 6, 8, 11, 16]
+        table = batch_table(args.overrides, [int(b) for b in args.batch.split(",")], sorted({1, *ks}), args.cache_len,
+                            args.repeats)
+        print(table)
+        if args.json:
+            Path(args.json).write_text(table + "\n")
+        return
     if args.moe_table:
         ks = [int(k) for k in args.ks.split(",")] if "," in args.ks else [1, 2, 3, 4, 6, 8, 12, 16, 24, 32]
         table = moe_table(args.overrides or ["model=smollm2-moe"], args.dense.split(), args.cache_len, args.repeats,

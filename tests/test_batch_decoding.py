@@ -195,3 +195,51 @@ def test_a_batched_run_records_its_batches_and_checks_rows_against_batch_one(tmp
     # a second run over the same folder finds every wave done
     again = run(cfg)
     assert len(again) == len(df)
+
+
+# -- the batch-aware draft length ------------------------------------------------------------------------------------
+def step_model(ms):
+    from harness.drafting.depth_policy import BatchStepModel
+
+    model = BatchStepModel(ms)
+    for _ in range(3):  # calibrated: seconds = the surface's milliseconds / 1000
+        model.record(4, 4, ms(4, 1) / 1e3)
+        model.record(16, 16, ms(16, 1) / 1e3)
+    return model
+
+
+def test_the_batch_plan_drafts_where_verification_is_flat_and_not_where_it_is_not():
+    from harness.drafting.depth_policy import plan_batch
+
+    likely = [1.0] + [0.8 ** d for d in range(1, 9)]  # a row that copies: each depth 80% likely given the last
+    unlikely = [1.0] + [0.1 ** d for d in range(1, 9)]
+    no_draft_cost = lambda depth: 0.0  # noqa: E731
+    flat = step_model(lambda b, k: 10.0 * (1 + 0.01 * b * (k - 1)))  # verifying a token costs 1% of a step
+    steep = step_model(lambda b, k: 10.0 * b * k)  # past the flat part: a token costs what a step costs
+    assert plan_batch([likely] * 4, [8] * 4, no_draft_cost, flat) == [8] * 4
+    assert plan_batch([likely] * 16, [8] * 16, no_draft_cost, steep) == [0] * 16  # batched ar
+    mixed = plan_batch([likely, unlikely, likely, unlikely], [8] * 4, no_draft_cost,
+                       step_model(lambda b, k: 10.0 * (1 + 0.15 * b * (k - 1))))
+    assert mixed[0] == mixed[2] > mixed[1] == mixed[3]  # the tokens go where they are likeliest accepted
+    assert plan_batch([likely, likely], [2, 8], no_draft_cost, flat) == [2, 8]  # each row within its budget
+    assert plan_batch([unlikely] * 16, [8] * 16, no_draft_cost, steep, floor=[1] + [0] * 15)[0] == 1  # exploration
+    # drafting time counts: a drafter slower than the tokens it wins drafts nothing
+    assert plan_batch([likely] * 4, [8] * 4, lambda depth: 1.0 * depth, flat) == [0] * 4
+
+
+def test_adaptive_in_a_batch_plans_every_row_and_stays_lossless(tiny_target, batch_prompts, monkeypatch):
+    from methods import adaptive
+
+    planned = []
+    plan = adaptive.plan_batch
+
+    def spy(reach, caps, drafting, step, floor=None):
+        depths = plan(reach, caps, drafting, step, floor)
+        planned.append((len(reach), depths))
+        return depths
+
+    monkeypatch.setattr(adaptive, "plan_batch", spy)
+    gen = engine_method(tiny_target, "adaptive")
+    assert_rows_equal_batch_one(gen, batch_prompts, sizes=((4, "continuous"),))
+    assert planned and max(n for n, _ in planned) == 4 and any(sum(d) for _, d in planned)
+    assert gen.drafter.batch_step is not None and gen.drafter.batch_step.ratio  # calibrated on the run's own steps

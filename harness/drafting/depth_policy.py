@@ -241,3 +241,50 @@ def best_depth(reach: list[float], step_seconds: Callable[[int], float], cap: in
         if rate > best_rate * (1 + 1e-9):
             best, best_rate = depth, rate
     return best
+
+
+class BatchStepModel:
+    """Seconds of one batched step (B rows, N tokens in all): the machine's c(B, k) surface
+    (harness/engine/batch_cost.py) at the mean width N / B, times its running ratio to this run's own steps at B
+    (the surface is measured on random tokens and a fixed context; a run's steps are what they are)."""
+
+    def __init__(self, surface_ms: Callable[[float, float], float]) -> None:
+        self.surface_ms = surface_ms
+        self.ratio: dict[int, Running] = {}
+
+    def seconds(self, rows: int, tokens: int) -> float:
+        ratio = self.ratio.get(rows)
+        scale = ratio.value if ratio is not None and ratio.count >= 3 else 1e-3  # ms -> s before any timing
+        return scale * self.surface_ms(rows, tokens / rows)
+
+    def record(self, rows: int, tokens: int, seconds: float) -> None:
+        self.ratio.setdefault(rows, Running()).add(seconds / self.surface_ms(rows, tokens / rows))
+
+
+def plan_batch(reach: list[list[float]], caps: list[int], draft_seconds: Callable[[int], float],
+               step: BatchStepModel, floor: list[int] | None = None) -> list[int]:
+    """Each row's draft depth for one batched step, for the most expected tokens per second of the whole batch.
+
+    ``reach[r]`` are row r's s_d (s_0 = 1), ``caps[r]`` its deepest allowed depth, ``floor[r]`` a depth it must draft
+    at least (exploration). Greedy over marginal gains: starting from the floors, the next token goes to the row whose
+    next depth is the likeliest accepted, the batch's step time read off the c(B, k) surface at the new total; every
+    allocation on the way is priced and the best one returned. Verifying a token costs the same whichever row it
+    sits in, so the likeliest next token is the best buy, and a batch whose step is already past the flat part of the
+    surface (large B) buys none: it decodes as batched ``ar``.
+    """
+    rows = len(reach)
+    depth = list(floor) if floor is not None else [0] * rows
+    tokens = sum(sum(reach[r][: d + 1]) for r, d in enumerate(depth))
+    drafting = sum(draft_seconds(d) for d in depth)
+    best, best_rate = list(depth), tokens / (step.seconds(rows, rows + sum(depth)) + drafting)
+    while True:
+        open_rows = [r for r in range(rows) if depth[r] < min(caps[r], len(reach[r]) - 1)]
+        if not open_rows:
+            return best
+        r = max(open_rows, key=lambda i: reach[i][depth[i] + 1])
+        drafting += draft_seconds(depth[r] + 1) - draft_seconds(depth[r])
+        depth[r] += 1
+        tokens += reach[r][depth[r]]
+        rate = tokens / (step.seconds(rows, rows + sum(depth)) + drafting)
+        if rate > best_rate * (1 + 1e-9):
+            best, best_rate = list(depth), rate

@@ -148,17 +148,15 @@ class BatchDecoder:
 
         admit()
         while rows:
-            proposals, drafting = [], []
-            for row in rows:
-                t0 = time.perf_counter()
-                max_depth = row.state.max_new_tokens - row.state.new_tokens - 1  # the target adds one itself
-                p = row.drafter.propose(row.state, max_depth) if max_depth > 0 else Proposal()
-                if p.tokens and max(T.depths(p.parents)) > max_depth:
-                    p = p.restrict(T.prune_depth(p.parents, max_depth))
-                proposals.append(p)
-                drafting.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            depths = [row.state.max_new_tokens - row.state.new_tokens - 1 for row in rows]  # the target adds one
+            proposals = drafter.propose_batch([(row.drafter, row.state, d) for row, d in zip(rows, depths)])
+            for i, (p, d) in enumerate(zip(proposals, depths)):
+                if p.tokens and max(T.depths(p.parents)) > d:
+                    proposals[i] = p.restrict(T.prune_depth(p.parents, d))
             synchronize(device)
             t1 = time.perf_counter()
+            drafting = [(t1 - t0) / len(rows)] * len(rows)  # the rows drafted in turn: each is charged its share
             inputs = [[row.state.ids[-1]] + p.tokens for row, p in zip(rows, proposals)]
             trees = [None if T.is_chain(p.parents) else ([0] + T.depths(p.parents), T.ancestor_mask(p.parents))
                      for p in proposals]
@@ -173,6 +171,7 @@ class BatchDecoder:
                 verified.append((vr, emitted))
             synchronize(device)
             t2 = time.perf_counter()
+            drafter.observe_batch(len(rows), sum(len(x) for x in inputs), t2 - t1)
             for row, p, out, (vr, emitted), draft_s in zip(rows, proposals, outs, verified, drafting):
                 t3 = time.perf_counter()
                 row.drafter.observe(row.state, p, vr, out)

@@ -70,6 +70,15 @@ class Drafter:
     def observe(self, state: DecodeState, proposal: Proposal, result: VerifyResult, out: ForwardOutput) -> None:
         """Called after each verification, once ``state.ids`` holds the newly committed tokens."""
 
+    def propose_batch(self, rows: list[tuple["Drafter", DecodeState, int]]) -> list[Proposal]:
+        """The proposals of one batched step: ``rows`` holds each row's fork of this drafter, its state and its deepest
+        allowed draft. By default each row proposes alone; a drafter that sizes drafts by what they cost (adaptive)
+        plans the batch as a whole, since a batch step's price depends on every row's width."""
+        return [d.propose(s, m) if m > 0 else Proposal() for d, s, m in rows]
+
+    def observe_batch(self, rows: int, tokens: int, seconds: float) -> None:
+        """After a batched step: ``tokens`` verified over ``rows`` rows took ``seconds`` (forward and verification)."""
+
 
 class NoDraft(Drafter):
     """Proposes nothing: the engine's autoregressive baseline."""

@@ -110,6 +110,16 @@ class MethodContext:
 
             self.kernel = resolve_kernel(self.engine.kernel, self.target.dtype, self.target.device)
 
+    def batch_cost(self) -> Callable[[float, float], float]:
+        """Milliseconds of a batched forward of B rows x k tokens on this machine (harness/engine/batch_cost.py;
+        measured once, then cached), for methods that size drafts under batching."""
+        import logging
+
+        from harness.engine import batch_cost
+
+        ms = batch_cost.cached_or_measured(self.target, self.kernel, int(self.engine.threads), logging.getLogger("speclab"))
+        return batch_cost.Surface(ms).ms
+
     def verify_cost(self) -> Callable[[int], float]:
         """c(k) of this target on this machine with the run's kernel and threads (measured once, then cached),
         for methods that size their drafts by what a verification costs."""
