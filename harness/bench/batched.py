@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from harness.bench.equivalence import equivalence
+from harness.bench.quality import nll_per_token
 from harness.bench.timing import Timed, derive_seed
 from harness.core.diskcache import cache_dir, keyed_cache_path, read_keyed, write_keyed
 from harness.core.errors import SpeclabError
@@ -115,6 +116,8 @@ class BatchedRuns:
                         b_row = row
                     else:
                         row["speedup"] = (row["tokens_per_s"] or 0.0) / b_row["tokens_per_s"] if b_row["tokens_per_s"] else None
+                    if cfg.nll:
+                        row["target_nll"] = nll_per_token(run.target, prompts[j], result.token_ids)
                     if references is not None:
                         ref_ids, ref_top2 = references[j]
                         row.update(equivalence(run.target, prompts[j], result.token_ids, ref_ids, ref_top2))

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from harness.bench.equivalence import equivalence
 from harness.bench.progress import RunningFigures
+from harness.bench.quality import nll_per_token
 from harness.bench.rows import RowMaker
 from harness.bench.timing import Timed, derive_seed, timed_generate, warn_if_busy
 from harness.core.config import REPO
@@ -201,9 +202,13 @@ class Runner:
                     b_text = self.rows.text(sample, turn, repeat, "baseline", self.baseline.name, b_ids)
                     if self.cache is not None:
                         self.cache.put(key, b_row, b_text, top2=b_top2)
+            if b_row is not None and self.cfg.nll:
+                b_row["target_nll"] = nll_per_token(self.target, prompt_ids, b_ids)
             for i, (node, gen) in enumerate(self.methods):
                 m_row = self.rows.row("method", node, gen, timed[i], sample, turn, repeat, seed, sides.index(i))
                 m_ids = timed[i].result.token_ids
+                if self.cfg.nll:
+                    m_row["target_nll"] = nll_per_token(self.target, prompt_ids, m_ids)
                 if b_row is not None:
                     self._compare(m_row, m_ids, b_row, b_ids, b_top2, prompt_ids)
                     if self.curve is not None and gen.uses_engine:  # peers run other kernels: no bound

@@ -133,6 +133,7 @@ class RunConfig:
     # continuous: a finished row's slot takes the next prompt at once; drain: the batch empties before the next starts
     batch_size: int = 1
     batch_mode: str = "continuous"
+    nll: bool = False  # rows get target_nll: each output's NLL per token under the target (untimed; lossy methods)
     compare: list[str] = field(default_factory=list)  # more conf/method options timed in the same interleaved run
     progress: bool = True
     out_dir: Optional[str] = None  # set by run.py to Hydra's run folder; the API may set it directly

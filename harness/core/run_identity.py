@@ -26,6 +26,7 @@ LATER_DEFAULTS: dict[str | tuple[str, str], Any] = {
     ("method", "prompt_carry"): 1.0,
     "batch_size": 1,
     "batch_mode": "continuous",
+    "nll": False,
 }
 
 

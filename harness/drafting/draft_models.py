@@ -87,6 +87,8 @@ def load_draft(path: str | None, target: TargetModel, dtype: str = "float32") ->
     folder = Path(path).expanduser() if path else default_draft(target.info.name)
     if dtype not in DTYPES:
         raise SpeclabError(f"unknown draft dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if not folder.exists() and (str(path).startswith((".", "/", "~")) or str(path).count("/") != 1):
+        raise SpeclabError(f"draft {path!r} is neither a folder nor a Hub id (org/name); fix method.draft.path")
     if folder.exists() and is_layer_draft(folder):
         meta = json.loads((folder / "config.json").read_text())["speclab_draft"]
         model = _assemble(folder, target, DTYPES[dtype])

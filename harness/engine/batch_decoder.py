@@ -129,11 +129,11 @@ class BatchDecoder:
                 r, prompt = len(rows), prompts[index]
                 cache.reset_row(r)
                 t0 = time.perf_counter()
-                out = forward_rows(target, cache, range(r, r + 1), [prompt], [None], hidden)[0]
+                out = forward_rows(target, cache, range(r, r + 1), [prompt], [None], hidden, last_logits=True)[0]
                 cache.keep(r, range(len(prompt)))
                 state = DecodeState(list(prompt), len(prompt), max_new_tokens, target, self.verifier.sampling,
                                     generators[index])
-                first = self.verifier.verify(out.logits[-1:], Proposal(), generators[index])
+                first = self.verifier.verify(out.logits, Proposal(), generators[index])
                 result = PromptResult(len(prompt), [], "", steps=1, top2=first.top2)
                 row = _Row(index, state, drafter.fork(), result, t0)
                 rows.append(row)

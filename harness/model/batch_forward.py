@@ -53,10 +53,13 @@ def row_layout(length: int, n: int, tree: Tree | None, width: int, kv_len: int) 
 
 @torch.inference_mode()
 def forward_rows(target: TargetModel, cache: BatchKVCache, span: range, inputs: Sequence[Sequence[int]],
-                 trees: Sequence[Tree | None], hidden_layers: Sequence[int | str] = ()) -> list[ForwardOutput]:
+                 trees: Sequence[Tree | None], hidden_layers: Sequence[int | str] = (),
+                 last_logits: bool = False) -> list[ForwardOutput]:
     """Rows ``span`` of ``cache`` each run ``inputs[i]`` (``trees[i]``: each input's depth below the first and their
     visibility among themselves, as the engine's tree arithmetic gives them; None for a causal run such as a
-    prefill). The cache holds the new slots after each row's length until :meth:`BatchKVCache.keep`."""
+    prefill). The cache holds the new slots after each row's length until :meth:`BatchKVCache.keep`. With
+    ``last_logits`` only each row's last input is projected to the vocabulary (a prefill's or a draft step's: the
+    head is a large share of a small model's forward)."""
     widths = [len(x) for x in inputs]
     width = max(widths)
     device = target.device
@@ -76,8 +79,9 @@ def forward_rows(target: TargetModel, cache: BatchKVCache, span: range, inputs: 
                           attention_mask=mask.to(device, non_blocking=True), cache=cache, use_cache=True,
                           output_hidden_states=needs_layers(hidden_layers))
     final = out.last_hidden_state
-    real = torch.cat([final[i, :n] for i, n in enumerate(widths)])
-    logits = target.lm_head(real).float().split(widths)
+    projected = [1] * len(widths) if last_logits else widths
+    real = torch.cat([final[i, n - m:n] for i, (n, m) in enumerate(zip(widths, projected))])
+    logits = target.lm_head(real).float().split(projected)
     results = []
     for i, n in enumerate(widths):
         hidden = {layer: final[i, :n] if layer == "final" else out.hidden_states[layer][i, :n] for layer in hidden_layers}

@@ -131,9 +131,11 @@ def aggregate(method_rows: pd.DataFrame, baseline_rows: pd.DataFrame) -> dict[st
     steps_verify = int(m.drafted_per_step.map(len).sum())
     reached = _pooled_curve(m.pos_reached)
     accepted = _pooled_curve(m.pos_accepted)
-    # task scores (exact match, pass@1) beside the baseline's: what a lossy rule (typical acceptance) costs
+    # task scores (exact match, pass@1) and the target's NLL of the outputs beside the baseline's: what a lossy rule
+    # (typical acceptance, SMC-SD) costs
     scores = {}
-    for col in sorted(c for c in m.columns if c.startswith("score_") and pd.api.types.is_numeric_dtype(m[c])):
+    quality = [c for c in m.columns if (c.startswith("score_") or c == "target_nll") and pd.api.types.is_numeric_dtype(m[c])]
+    for col in sorted(quality):
         scores[col] = float(m[col].mean())
         scores[f"baseline_{col}"] = float(b[col].mean()) if col in b else math.nan
     return {

@@ -99,9 +99,10 @@ def summarize_frame(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def summary_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """The scalar columns of a summary, the bound only when it was measured, task scores when a task has them."""
+    """The scalar columns of a summary, the bound only when it was measured, task scores and the target's NLL of
+    the outputs when the run has them."""
     cols = [c for c in SUMMARY_COLUMNS if c in summary]
-    cols += [c for c in summary.columns if c.startswith(("score_", "baseline_score_"))]
+    cols += [c for c in summary.columns if c.startswith(("score_", "baseline_score_", "target_nll", "baseline_target_nll"))]
     if "speedup_bound" in cols and summary.speedup_bound.isna().all():
         cols.remove("speedup_bound")
     return summary[cols].reset_index(drop=True)
