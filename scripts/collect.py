@@ -23,6 +23,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # runnable from a checkout without `pip install -e .`
 
+from harness.results.batch_sweep import CAPTION as BATCH_CAPTION
+from harness.results.batch_sweep import batch_table, crossovers, plot_speedup_vs_batch
 from harness.results.figures import figures, plot_heatmap, save_figures
 from harness.results.report import Report
 from harness.results.store import RESULTS, ResultsStore, read_results, run_folders  # noqa: E402
@@ -69,7 +71,13 @@ def collect(sweep_dir: Path, out_dir: Path | None = None) -> Report:
     summary.to_parquet(out_dir / "summary.parquet", index=False)
     tables = write_leaderboard(summary, out_dir / "leaderboard")
     tables += write_table(summary_table(summary), out_dir / "summary", caption=CAPTION)
-    figs = save_figures({"heatmap": plot_heatmap(summary), **figures(df, summary)}, out_dir)
+    plots = {"heatmap": plot_heatmap(summary), **figures(df, summary)}
+    if "batch_size" in df and df.batch_size.fillna(1).nunique() > 1:  # a sweep over batch sizes: where SD stops paying
+        by_batch = batch_table(df)
+        tables += write_table(by_batch, out_dir / "batch_sweep", caption=BATCH_CAPTION)
+        tables += write_table(crossovers(by_batch), out_dir / "crossovers")
+        plots["speedup_vs_batch"] = plot_speedup_vs_batch(by_batch)
+    figs = save_figures(plots, out_dir)
     return Report(summary, [out_dir / MERGED, *tables], figs)
 
 

@@ -243,3 +243,26 @@ def test_adaptive_in_a_batch_plans_every_row_and_stays_lossless(tiny_target, bat
     assert_rows_equal_batch_one(gen, batch_prompts, sizes=((4, "continuous"),))
     assert planned and max(n for n, _ in planned) == 4 and any(sum(d) for _, d in planned)
     assert gen.drafter.batch_step is not None and gen.drafter.batch_step.ratio  # calibrated on the run's own steps
+
+
+def test_the_batch_sweep_table_finds_where_a_method_stops_paying():
+    import pandas as pd
+
+    from harness.results.batch_sweep import batch_table, crossovers, plot_speedup_vs_batch
+
+    rows = []
+    for size, speedup in ((1, 1.5), (2, 1.2), (4, 0.9), (8, 0.7)):
+        for p in range(6):
+            base = {"run_id": f"r{size}", "prompt_id": f"p{p}", "batch_size": size, "batch_id": "0:0", "repeat": 0,
+                    "steps": 10, "equivalent": True}
+            jitter = 1 + 0.01 * p
+            rows.append({**base, "role": "baseline", "method": "ar", "new_tokens": 100, "wall_time_s": 1.0 * jitter,
+                         "batch_wall_time_s": 10.0})
+            rows.append({**base, "role": "method", "method": "pld", "new_tokens": 100,
+                         "wall_time_s": jitter / speedup, "batch_wall_time_s": 10.0 / speedup})
+    table = batch_table(pd.DataFrame(rows))
+    assert table.set_index("batch_size").speedup_geomean.round(3).to_dict() == {1: 1.5, 2: 1.2, 4: 0.9, 8: 0.7}
+    assert table.set_index("batch_size").throughput_ratio.round(3).to_dict() == {1: 1.5, 2: 1.2, 4: 0.9, 8: 0.7}
+    (found,) = crossovers(table).to_dict("records")
+    assert found["crossover_batch_size"] == 4 and found["significant"] and found["largest_batch_tried"] == 8
+    assert plot_speedup_vs_batch(table).axes[0].get_xscale() == "log"

@@ -109,7 +109,7 @@ class BatchedRuns:
                     result = batch.results[j]
                     row = run.rows.row("baseline" if side is None else "method", node, gen, Timed(result, load, rss),
                                        sample, turn, repeat, seeds[j], order.index(side))
-                    row.update({"batch_size": self.size, "batch_mode": cfg.batch_mode,
+                    row.update({"batch_size": self.size, "batch_mode": cfg.batch_mode, "batch_id": f"{index}:{turn}",
                                 "batch_tokens_per_s": batch.tokens_per_s, "batch_wall_time_s": batch.wall_time,
                                 "latency_s": batch.latency[j], "history_source": None if turn == 0 else "reference"})
                     if side is None:

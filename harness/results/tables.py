@@ -27,7 +27,8 @@ TITLES = {
     "math_reasoning": "Math reasoning", "rag": "RAG", "tau": "Mean accepted tokens", "overall": "Overall",
 }
 # Settings that make two runs of one method different experiments (joined to the label when they vary).
-RUN_SETTINGS = ("synthetic", "model", "task", "device", "dtype", "temperature", "top_k", "top_p", "guidance", "max_new_tokens", "kernel", "threads")
+RUN_SETTINGS = ("synthetic", "model", "task", "device", "dtype", "temperature", "top_k", "top_p", "guidance", "max_new_tokens",
+                "kernel", "threads", "batch_size", "batch_mode")
 SUMMARY_COLUMNS = (
     "method", "group", "lossless", "prompts", "speedup", "speedup_total", "speedup_geomean", "speedup_ci_low", "speedup_ci_high",
     "speedup_bound", "speedup_vs_hf_compiled", "tau", "real_tau", "acceptance_rate", "equivalence_rate", "near_ties", "mismatches",
