@@ -102,9 +102,12 @@ class HeadDrafter(Drafter):
         self.vocab_ids = head.vocab.ids.to(self.device) if head.vocab is not None else None
         self.cache = None
         self.pending: tuple[dict, list[int]] | None = None
+        self.batch = None  # batched decoding: the rows' head caches as one (eagle_batch.HeadBatch), shared by forks
+        self.generation = object()  # which generation this drafter serves (its slot in the batch's cache)
 
     # -- the committed pairs -------------------------------------------------------------------------------
     def begin(self, state: DecodeState, prefill: ForwardOutput) -> None:
+        self.generation = object()
         self.cache = self.head.new_cache(len(state.ids) + state.max_new_tokens + 64)
         # prompt states f_0..f_{P-1} pair with tokens x_1..x_P (x_P: the token the prefill emitted)
         self.pending = ({k: v for k, v in prefill.hidden.items()}, state.ids[1:])
@@ -202,6 +205,14 @@ class HeadDrafter(Drafter):
         if any(tree.q[i] is not None for i in keep):
             q = torch.stack([tree.q[i] for i in keep])
         return Proposal([tree.tokens[i] for i in keep], parents, q)
+
+    def propose_batch(self, rows: list[tuple[Drafter, DecodeState, int]]) -> list[Proposal]:
+        """Dynamic trees: every row's level in one head forward (eagle_batch.py); static trees: row by row."""
+        if self.shape.kind != "dynamic":
+            return super().propose_batch(rows)
+        from harness.drafting.heads import eagle_batch
+
+        return eagle_batch.propose_batch(self, rows)
 
     def _grow_static(self, tree: _Tree, root: torch.Tensor, stable: int, max_depth: int, generator) -> None:
         tree_shapes.grow_choices(self.shape.choices, max_depth, self.head.logits(root[None])[0],
