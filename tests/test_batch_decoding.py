@@ -163,8 +163,8 @@ def test_rows_verified_with_their_neighbours_logits_are_caught(sampled_setup, mo
     """Negative control: a batch that verifies each row's draft with the next row's logits (another prompt's)."""
     gen, prefixes, law = sampled_setup
 
-    def shifted(target, cache, span, inputs, trees, hidden_layers=()):
-        outs = forward_rows(target, cache, span, inputs, trees, hidden_layers)
+    def shifted(target, cache, span, inputs, trees, hidden_layers=(), last_logits=False):
+        outs = forward_rows(target, cache, span, inputs, trees, hidden_layers, last_logits)
         return outs if len(outs) == 1 else outs[1:] + outs[:1]  # prefills untouched, decoding steps shifted
 
     monkeypatch.setattr(batch_decoder, "forward_rows", shifted)
