@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import resource
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -31,15 +31,13 @@ from harness.core.errors import SpeclabError
 from harness.core.hostinfo import LoadMonitor
 from harness.engine.method import Generator, autoregressive
 
-if TYPE_CHECKING:
-    from harness.bench.runner import Runner
-
 WAVE = 4  # prompts per wave, in batches: enough for continuous batching to refill, few enough to resume often
 MODES = ("continuous", "drain")
 
 
 class BatchedRuns:
-    def __init__(self, runner: Runner) -> None:
+    def __init__(self, runner: Any) -> None:
+        """``runner``: the run's Runner (its config, target, sides, task, row maker and warm-up record)."""
         cfg = runner.cfg
         if cfg.batch_mode not in MODES:
             raise SpeclabError(f"unknown batch_mode {cfg.batch_mode!r}; choose continuous or drain")

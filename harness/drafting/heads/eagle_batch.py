@@ -10,17 +10,15 @@ what its rows would propose one by one, and greedy outputs stay the target's.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 
 from harness.drafting import tree_shapes
+from harness.drafting.heads.draft_tree import DraftTree
 from harness.engine.drafter import DecodeState, Drafter
 from harness.engine.proposal import Proposal
 from harness.model.batch_cache import BatchKVCache
-
-if TYPE_CHECKING:
-    from harness.drafting.heads.eagle_drafter import HeadDrafter, _Tree
 
 SPARE = 80  # slots past a row's prompt and budget: its tree's nodes while it is grown
 ALONE = 16  # a catch-up longer than this (a new row's prompt) runs on its own row: padded to it, every other row
@@ -61,7 +59,7 @@ class HeadBatch:
             new.device, new.is_initialized = layer.device, True
 
 
-def _forward(proto: HeadDrafter, batch: HeadBatch, feeds: dict[int, tuple[list[int], torch.Tensor, list[int], list[list[int]]]],
+def _forward(proto: Any, batch: HeadBatch, feeds: dict[int, tuple[list[int], torch.Tensor, list[int], list[list[int]]]],
              rows: range | None = None) -> dict[int, torch.Tensor]:
     """One head forward over the slots ``rows`` (all by default): ``feeds[slot]`` = (tokens, features [n, H],
     positions, the cache slots each token sees besides itself); slots without a feed are padding. Returns each fed
@@ -93,10 +91,10 @@ def _forward(proto: HeadDrafter, batch: HeadBatch, feeds: dict[int, tuple[list[i
     return {s: out[r, : len(feeds[s][0])] for r, s in enumerate(rows) if s in feeds}
 
 
-def propose_batch(proto: HeadDrafter, rows: list[tuple[HeadDrafter, DecodeState, int]]) -> list[Proposal]:
-    """Every row's dynamic tree, each level of all rows in one head forward (see the module docstring)."""
-    from harness.drafting.heads.eagle_drafter import _Tree
-
+def propose_batch(proto: Any, rows: list[tuple[Any, DecodeState, int]]) -> list[Proposal]:
+    """Every row's dynamic tree, each level of all rows in one head forward (see the module docstring). ``proto`` is
+    the run's HeadDrafter (its head, shape and draft vocabulary; it holds the batch's head cache), ``rows`` its
+    forks with their states and deepest allowed drafts."""
     capacity = max(len(s.ids) + s.max_new_tokens - s.new_tokens for _, s, _ in rows) + SPARE
     if proto.batch is None or proto.batch.cache.rows < len(rows):
         proto.batch = HeadBatch(len(rows), capacity)
@@ -122,13 +120,13 @@ def propose_batch(proto: HeadDrafter, rows: list[tuple[HeadDrafter, DecodeState,
             for s, (toks, *_rest) in feeds.items():
                 cache.keep(s, range(len(toks)))
         stable = {s: cache.lengths[s] for s in slots}
-        trees: dict[int, _Tree] = {}
+        trees: dict[int, DraftTree] = {}
         frontier: dict[int, list[int]] = {}
         depth = {s: min(shape.depth, m) for (_, _, m), s in zip(rows, slots)}
         roots = torch.stack([outs[s][-1] for s in slots])
         logp = proto._distribution(roots)
         for i, s in enumerate(slots):
-            tree = trees[s] = _Tree()
+            tree = trees[s] = DraftTree()
             tree.out[-1], tree.slot[-1] = roots[i], stable[s] - 1
             if depth[s] < 1:
                 frontier[s] = []

@@ -28,6 +28,8 @@ import torch
 from harness.core.config import MethodConfig
 from harness.core.errors import SpeclabError
 from harness.drafting import tree_shapes
+from harness.drafting.heads import eagle_batch
+from harness.drafting.heads.draft_tree import DraftTree
 from harness.drafting.heads.eagle_head import EagleHead
 from harness.drafting.heads.head_files import head_path
 from harness.drafting.heads.layers import causal_mask, visible_mask
@@ -59,34 +61,6 @@ class TreeShape:
                 )
         else:
             raise ValueError(f"unknown tree kind {self.kind!r}; choose static or dynamic")
-
-
-class _Tree:
-    """Nodes grown in one step: token, parent, depth, score, the head output of fed nodes and their cache slot."""
-
-    def __init__(self) -> None:
-        self.tokens: list[int] = []
-        self.parents: list[int] = []
-        self.depth: list[int] = []
-        self.score: list[float] = []
-        self.q: list[torch.Tensor | None] = []
-        self.out: dict[int, torch.Tensor] = {}  # node -> head output [H] (-1: the root)
-        self.slot: dict[int, int] = {}  # node -> head cache slot
-
-    def add(self, token: int, parent: int, score: float, q: torch.Tensor | None = None) -> int:
-        self.tokens.append(token)
-        self.parents.append(parent)
-        self.depth.append(1 if parent < 0 else self.depth[parent] + 1)
-        self.score.append(score)
-        self.q.append(q)
-        return len(self.tokens) - 1
-
-    def ancestors(self, node: int) -> list[int]:
-        out = []
-        while node >= 0:
-            out.append(node)
-            node = self.parents[node]
-        return out
 
 
 class HeadDrafter(Drafter):
@@ -142,7 +116,7 @@ class HeadDrafter(Drafter):
     def _target_ids(self, idx: torch.Tensor) -> list[int]:
         return (self.vocab_ids[idx] if self.vocab_ids is not None else idx).tolist()
 
-    def _feed(self, tree: _Tree, nodes: Sequence[int], stable: int) -> torch.Tensor:
+    def _feed(self, tree: DraftTree, nodes: Sequence[int], stable: int) -> torch.Tensor:
         """Run the head on ``nodes`` (each with its parent's output as feature); returns their log-probs."""
         start = self.cache.length
         h = torch.stack([tree.out[tree.parents[n]] for n in nodes])
@@ -188,7 +162,7 @@ class HeadDrafter(Drafter):
         with torch.inference_mode():
             root = self._catch_up()
             stable = self.cache.length
-            tree = _Tree()
+            tree = DraftTree()
             tree.out[-1] = root
             tree.slot[-1] = stable - 1
             if self.shape.kind == "static":
@@ -210,16 +184,14 @@ class HeadDrafter(Drafter):
         """Dynamic trees: every row's level in one head forward (eagle_batch.py); static trees: row by row."""
         if self.shape.kind != "dynamic":
             return super().propose_batch(rows)
-        from harness.drafting.heads import eagle_batch
-
         return eagle_batch.propose_batch(self, rows)
 
-    def _grow_static(self, tree: _Tree, root: torch.Tensor, stable: int, max_depth: int, generator) -> None:
+    def _grow_static(self, tree: DraftTree, root: torch.Tensor, stable: int, max_depth: int, generator) -> None:
         tree_shapes.grow_choices(self.shape.choices, max_depth, self.head.logits(root[None])[0],
                            lambda logits, n: self._children(logits, n, generator), tree.add,
                            lambda nodes: self.head.logits(self._feed(tree, nodes, stable)))
 
-    def _grow_dynamic(self, tree: _Tree, root: torch.Tensor, stable: int, max_depth: int) -> None:
+    def _grow_dynamic(self, tree: DraftTree, root: torch.Tensor, stable: int, max_depth: int) -> None:
         k = self.shape.top_k
         depth = min(self.shape.depth, max_depth)
         logp = self._distribution(root[None])[0]
