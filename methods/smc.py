@@ -29,6 +29,7 @@ from harness.core.config import MethodConfig
 from harness.core.errors import SpeclabError
 from harness.core.registry import Family
 from harness.drafting import particles
+from harness.drafting.batch_chains import draft_chains
 from harness.drafting.draft_models import DraftModelConfig, load_draft
 from harness.engine.decoder import PromptResult
 from harness.engine.method import Generator, MethodContext
@@ -154,24 +155,21 @@ class SMCGenerator(Generator):
         return result
 
     def _draft(self, group: list[_Particle], cache, gamma: int, generator) -> tuple[list[list[int]], torch.Tensor]:
-        """``gamma`` draft tokens per particle at the draft temperature, and the log-probability each was drawn with."""
-        n = len(group)
-        feed = [p.pending or [p.tokens[-1]] for p in group]
-        width = max(len(f) for f in feed)
-        feed = [([f[0]] * (width - len(f))) + f if len(f) < width else f for f in feed]  # finished rows: any tokens
-        log_q = torch.zeros(n, gamma, dtype=torch.float64)
-        drafts: list[list[int]] = [[] for _ in group]
-        for k in range(gamma):
-            outs = forward_rows(self.draft, cache, range(n), feed, [None] * n, last_logits=True)
-            for row, out in enumerate(outs):
-                cache.keep(row, range(len(feed[row])))
-                q = warp(out.logits[-1], self.draft_sampling)
-                x = sample(q, generator)
-                log_q[row, k] = float(torch.log(q[x]))
-                drafts[row].append(x)
-            feed = [[d[-1]] for d in drafts]
-        # the last draft token is not fed: the next cycle feeds it with the bonus token (the reference's deferral)
-        return drafts, log_q
+        """``gamma`` draft tokens per particle at the draft temperature, and the log-probability each was drawn with.
+        A particle's draft cache lacks its pending tokens (the last draft and the bonus of its previous cycle: the
+        reference's deferral); a finished particle is fed its last token and drafts along."""
+        log_q = torch.zeros(len(group), gamma, dtype=torch.float64)
+        step = [0] * len(group)
+
+        def choose(row: int, logits: torch.Tensor) -> int:
+            q = warp(logits, self.draft_sampling)
+            x = sample(q, generator)
+            log_q[row, step[row]] = float(torch.log(q[x]))
+            step[row] += 1
+            return x
+
+        feeds = [p.pending or [p.tokens[-1]] for p in group]
+        return draft_chains(self.draft, cache, feeds, [gamma] * len(group), choose), log_q
 
 
 def _emitted(tokens: int, gamma: int, cycles: int) -> list[int]:

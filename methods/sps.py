@@ -21,6 +21,8 @@ import torch
 from harness.core.config import MethodConfig
 from harness.core.errors import SpeclabError
 from harness.core.registry import Family
+from harness.drafting.batch_chains import draft_chains
+from harness.drafting.batch_slots import slot_cache_for
 from harness.drafting.draft_models import DraftModelConfig, default_draft, load_draft
 from harness.drafting.vocab import frequency_vocab
 from harness.engine.drafter import DecodeState, Drafter
@@ -58,10 +60,14 @@ class DraftModel(Drafter):
         self.token_ids = token_ids  # draft head row -> target token id (None: identity)
         self.cache = None
         self._fed_before = 0
+        self.batch = None  # batched decoding: the rows' draft caches as one (batch_slots.SlotCache), shared by forks
+        self.generation = object()  # which generation this drafter serves (its slot in the batch's cache)
+        self.slot: int | None = None
 
     def begin(self, state: DecodeState, prefill: ForwardOutput) -> None:
         self.cache = self.draft.new_cache(len(state.ids) + state.max_new_tokens + self.cfg.k_max + 8)
         self.k = self.cfg.k
+        self.generation, self.slot = object(), None
 
     def _distribution(self, logits: torch.Tensor, vocab: int) -> torch.Tensor:
         probs = warp(logits, self.sampling)
@@ -89,11 +95,38 @@ class DraftModel(Drafter):
                 logits = self.draft.forward(self.cache, [x], logits_rows=[-1]).logits[-1]
         return Proposal.chain(tokens, q=None if self.sampling.greedy else torch.stack(qs))
 
+    def propose_batch(self, rows: list[tuple[Drafter, DecodeState, int]]) -> list[Proposal]:
+        """Every row's chain with one draft forward a step over all rows (harness/drafting/batch_chains.py)."""
+        capacity = max(len(s.ids) + s.max_new_tokens - s.new_tokens for _, s, _ in rows) + self.cfg.k_max + 16
+        batch = slot_cache_for(self, "batch", self.draft.num_layers, len(rows), capacity)
+        slots = batch.assign([d for d, _, _ in rows], capacity)
+        feeds, lengths = [[0]] * batch.rows, [0] * batch.rows
+        owner: dict[int, tuple[DraftModel, DecodeState]] = {}
+        for (d, state, max_depth), s in zip(rows, slots):
+            d.batch, d.slot, d._fed_before = batch, s, len(state.ids)
+            feeds[s], lengths[s] = state.ids[batch.cache.lengths[s]:], max(0, min(d.k, max_depth))
+            owner[s] = (d, state)
+        qs: dict[int, list[torch.Tensor]] = {s: [] for s in slots}
+
+        def choose(s: int, logits: torch.Tensor) -> int:
+            d, state = owner[s]
+            q = d._distribution(logits, state.target.vocab_size)
+            qs[s].append(q)
+            return int(q.argmax()) if self.sampling.greedy else sample(q, state.generator)
+
+        drafted = draft_chains(self.draft, batch.cache, feeds, lengths, choose)
+        return [Proposal.chain(drafted[s], q=None if self.sampling.greedy or not drafted[s] else torch.stack(qs[s]))
+                for s in slots]
+
     def observe(self, state: DecodeState, proposal: Proposal, result: VerifyResult, out: ForwardOutput) -> None:
         if not proposal.tokens:
             return
         # the draft cache holds the committed prefix plus drafted tokens 1..k-1; keep what was accepted
-        self.cache.truncate(self._fed_before + min(len(result.accepted), len(proposal.tokens) - 1))
+        kept = self._fed_before + min(len(result.accepted), len(proposal.tokens) - 1)
+        if self.slot is not None:  # a row of a batch: its slot of the batch's draft cache
+            self.batch.cache.lengths[self.slot] = kept
+        else:
+            self.cache.truncate(kept)
         if self.cfg.adaptive:
             full = len(result.accepted) == len(proposal.tokens)
             self.k = min(self.cfg.k_max, self.k + 2) if full else max(self.cfg.k_min, self.k - 1)

@@ -1,7 +1,7 @@
 """EAGLE-2's dynamic trees for a whole batch at once: one head forward catches every row up, one more per tree level
 expands every row's frontier, instead of a forward per row per level.
 
-The rows' head caches are the rows of one batched cache (a slot per generation, reused when it ends), so a
+The rows' head caches are the rows of one batched cache (harness/drafting/batch_slots.py), so a
 level's forward reads every row's own committed pairs and tree ancestors through a per-row mask. Each row's tree is
 grown exactly as :class:`HeadDrafter` grows it alone (the ``top_k`` children of the ``top_k`` best frontier nodes by
 cumulative draft log-probability, ``depth`` levels, then the ``total_tokens - 1`` best nodes), so a batch proposes
@@ -15,51 +15,17 @@ from typing import Any
 import torch
 
 from harness.drafting import tree_shapes
+from harness.drafting.batch_slots import SlotCache, slot_cache_for
 from harness.drafting.heads.draft_tree import DraftTree
-from harness.engine.drafter import DecodeState, Drafter
+from harness.engine.drafter import DecodeState
 from harness.engine.proposal import Proposal
-from harness.model.batch_cache import BatchKVCache
 
 SPARE = 80  # slots past a row's prompt and budget: its tree's nodes while it is grown
 ALONE = 16  # a catch-up longer than this (a new row's prompt) runs on its own row: padded to it, every other row
 # would write as many padding slots past its own length
 
 
-class HeadBatch:
-    """The batched head cache of the rows of one batch decoder run, a slot per row's drafter."""
-
-    def __init__(self, rows: int, capacity: int) -> None:
-        self.cache = BatchKVCache(1, rows, capacity)
-        self.slots: dict[object, int] = {}  # a row drafter's generation -> its slot
-
-    def assign(self, drafters: list[Drafter], capacity: int) -> list[int]:
-        """Each drafter's slot: kept while it is in the batch, freed when it has left, given to newcomers."""
-        live = {d.generation for d in drafters}
-        for key in [k for k in self.slots if k not in live]:  # a generation that has ended: its slot is padding
-            self.cache.reset_row(self.slots.pop(key))
-        free = sorted(set(range(self.cache.rows)) - set(self.slots.values()))
-        for d in drafters:
-            if d.generation not in self.slots:
-                self.slots[d.generation] = free.pop(0)
-                self.cache.reset_row(self.slots[d.generation])
-        if capacity > self.cache.capacity:  # a longer prompt than the batch started with: a larger buffer
-            self._grow(capacity)
-        return [self.slots[d.generation] for d in drafters]
-
-    def _grow(self, capacity: int) -> None:
-        old = self.cache
-        self.cache = BatchKVCache(1, old.rows, capacity)
-        self.cache.lengths = list(old.lengths)
-        layer, new = old.layers[0], self.cache.layers[0]
-        if layer._k is not None:
-            new._k = layer._k.new_zeros(layer._k.shape[0], layer._k.shape[1], capacity, layer._k.shape[3])
-            new._v = layer._v.new_zeros(layer._v.shape[0], layer._v.shape[1], capacity, layer._v.shape[3])
-            new._k[:, :, : old.capacity] = layer._k
-            new._v[:, :, : old.capacity] = layer._v
-            new.device, new.is_initialized = layer.device, True
-
-
-def _forward(proto: Any, batch: HeadBatch, feeds: dict[int, tuple[list[int], torch.Tensor, list[int], list[list[int]]]],
+def _forward(proto: Any, batch: SlotCache, feeds: dict[int, tuple[list[int], torch.Tensor, list[int], list[list[int]]]],
              rows: range | None = None) -> dict[int, torch.Tensor]:
     """One head forward over the slots ``rows`` (all by default): ``feeds[slot]`` = (tokens, features [n, H],
     positions, the cache slots each token sees besides itself); slots without a feed are padding. Returns each fed
@@ -96,9 +62,7 @@ def propose_batch(proto: Any, rows: list[tuple[Any, DecodeState, int]]) -> list[
     the run's HeadDrafter (its head, shape and draft vocabulary; it holds the batch's head cache), ``rows`` its
     forks with their states and deepest allowed drafts."""
     capacity = max(len(s.ids) + s.max_new_tokens - s.new_tokens for _, s, _ in rows) + SPARE
-    if proto.batch is None or proto.batch.cache.rows < len(rows):
-        proto.batch = HeadBatch(len(rows), capacity)
-    batch = proto.batch
+    batch = slot_cache_for(proto, "batch", 1, len(rows), capacity)
     slots = batch.assign([d for d, _, _ in rows], capacity)
     cache = batch.cache
     shape = proto.shape

@@ -76,7 +76,7 @@ class HeadDrafter(Drafter):
         self.vocab_ids = head.vocab.ids.to(self.device) if head.vocab is not None else None
         self.cache = None
         self.pending: tuple[dict, list[int]] | None = None
-        self.batch = None  # batched decoding: the rows' head caches as one (eagle_batch.HeadBatch), shared by forks
+        self.batch = None  # batched decoding: the rows' head caches as one (batch_slots.SlotCache), shared by forks
         self.generation = object()  # which generation this drafter serves (its slot in the batch's cache)
 
     # -- the committed pairs -------------------------------------------------------------------------------
