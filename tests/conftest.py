@@ -79,9 +79,18 @@ def one_thread():
 EAGLE_GEN_TOKENS = 32
 
 
+# The trainers' hold-out share: it holds out two copies of the tiny test prompts (tiny-3-2, tiny-0-0, the first two
+# held-out prompts, on which the held-out tau is measured) and three counting prompts, and leaves at least three
+# copies of each tiny prompt in training.
+HOLDOUT = "0.3"
+# Held-out tau over 32 tokens that a trained tiny head reaches on those copies (eagle 1.36, eagle3 1.33, medusa 1.49,
+# hydra 1.56) and an untrained one does not (1.00-1.09): a head that learned nothing drafts nothing accepted.
+TRAINED_TAU = 1.2
+
+
 def tiny_training_prompts(root: Path) -> tuple[Path, int]:
-    """The tiny test prompts (four copies under different ids, so the hold-out split leaves some of each in
-    training) and a few counting prompts, as a training-prompts file."""
+    """The tiny test prompts (four copies under different ids: the hold-out split keeps some of each in training
+    and holds out others, see ``HOLDOUT``) and a few counting prompts, as a training-prompts file."""
     rows = [{"id": f"tiny-{copy}-{i}", "prompt": t} for copy in range(4) for i, t in enumerate(TINY_TEXTS)]
     rows += [{"id": f"count-{i}", "prompt": f"Count: {i} {i} {i} {i} {i}"} for i in range(12)]
     prompts = root / "prompts.jsonl"
@@ -96,7 +105,8 @@ def eagle_heads(tmp_path_factory):
     A random tiny target's answers are close to noise, so heads trained on a few of them accept almost nothing;
     the tiny test prompts are among the training prompts (four copies under different ids, so the hold-out split
     leaves some of each in training) and the heads learn those continuations: drafts are accepted and every
-    verification path runs.
+    verification path runs. The held-out tau is measured on two held-out copies (``HOLDOUT``), over the 32 answer
+    tokens the heads were trained on.
     Returns {variant: {"folder", "args", "stats", "work"}}.
     """
     from scripts.train_eagle import main
@@ -108,7 +118,7 @@ def eagle_heads(tmp_path_factory):
         args = ["--variant", variant, "--model", "tiny-llama", "--prompts-file", str(prompts),
                 "--prompts", str(n_rows), "--gen-tokens", str(EAGLE_GEN_TOKENS), "--gen-batch", "8",
                 "--epochs", "12", "--batch", "4", "--lr", "4e-3",
-                "--draft-vocab", "64", "--holdout", "0.2", "--eval-prompts", "2", "--eval-tokens", "8",
+                "--draft-vocab", "64", "--holdout", HOLDOUT, "--eval-prompts", "2", "--eval-tokens", str(EAGLE_GEN_TOKENS),
                 "--threads", "1", "--work", str(root / "work"), "--out", str(root / variant)]
         threads = torch.get_num_threads()
         try:  # one thread: beside a busy neighbour, two spin-waiting threads make these small matmuls crawl
@@ -134,7 +144,7 @@ def parallel_heads(eagle_heads):
         argv = ["--variant", variant, "--model", "tiny-llama", "--prompts-file", args["--prompts-file"],
                 "--prompts", args["--prompts"], "--gen-tokens", args["--gen-tokens"], "--gen-batch", args["--gen-batch"],
                 "--heads", "4", "--epochs", "30", "--batch", "4", "--lr", "1e-2", "--draft-vocab", "64",
-                "--holdout", "0.2", "--eval-prompts", "2", "--eval-tokens", "8", "--threads", "1",
+                "--holdout", args["--holdout"], "--eval-prompts", "2", "--eval-tokens", args["--eval-tokens"], "--threads", "1",
                 "--work", str(run["work"]), "--out", str(root / variant)]
         threads = torch.get_num_threads()
         try:
