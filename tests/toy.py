@@ -44,6 +44,7 @@ class TableLM:
         self.stop_ids = set(stop_ids or ())
         self.experts = None  # a dense model: no expert accounting
         self.device = torch.device("cpu")
+        self.tokenizer = None  # no text: methods build through the registry as on a model without a digits vocabulary
 
     def new_cache(self, capacity: int) -> ToyCache:
         return ToyCache()
