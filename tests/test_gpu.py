@@ -107,7 +107,7 @@ def test_sampling_and_peers_on_cuda(tmp_path, layer_draft_folder):
     peers = df[df.method.str.startswith("hf_")]
     assert (peers.steps == peers.new_tokens).all()  # one forward a token
     summary = summarize(df).set_index(["method", "group"])
-    sps = summary.loc[("sps", "overall")]  # the draft model's sampled chains, verified by rejection sampling on the device
+    sps = summary.loc[("sps", "overall")]  # the draft model's sampled chains, rejection-sampled on the device
     assert sps.lossless and sps.acceptance_rate > 0 and sps.tau > 1.0, (sps.acceptance_rate, sps.tau)
     # recycling's successor lists seldom hold a random model's samples: it must draft; its rule's acceptance is
     # checked statistically in test_sampling_lossless.py

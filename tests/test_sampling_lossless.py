@@ -459,8 +459,8 @@ def long_case(case: str) -> int:
 
 
 @pytest.mark.parametrize("setting", sorted(SETTINGS))
-@pytest.mark.parametrize("case", ["rest", "recycling", "sam_recycling", "lookahead", "lookahead_prompt", "adaptive", "sjd",
-                                  "sjd_coupled"])
+@pytest.mark.parametrize("case", ["rest", "recycling", "sam_recycling", "lookahead", "lookahead_prompt", "adaptive",
+                                  "sjd", "sjd_coupled"])
 def test_training_free_drafts_reproduce_the_target(case, setting):
     s = SETTINGS[setting]
     SETTINGS_OF_CASE[0] = s
@@ -721,10 +721,11 @@ def test_presets_resampling_from_p_are_caught(request, preset, n):
     from harness.engine.method import EngineGenerator
 
     if preset == "moe_aware":
-        (target, prefix), spec, s = request.getfixturevalue("moe_target_and_prefix"), MOE_AWARE, EAGLE_SETTINGS["t1_top4"]
+        target, prefix = request.getfixturevalue("moe_target_and_prefix")
+        spec, s = MOE_AWARE, EAGLE_SETTINGS["t1_top4"]
     else:
         target, prefix = request.getfixturevalue("tiny_target"), request.getfixturevalue("eagle_prefix")
         spec, s = preset, EAGLE_SETTINGS["t05"]
-    right = registry_method(target, spec, s)
-    pvalue, tv, _ = generation_test(target, EngineGenerator(preset, target, right.drafter, ResampleFromP(s)), prefix, s, n=n)
+    wrong = EngineGenerator(preset, target, registry_method(target, spec, s).drafter, ResampleFromP(s))
+    pvalue, tv, _ = generation_test(target, wrong, prefix, s, n=n)
     assert pvalue < POWER, f"{preset}: p={pvalue:.2e}, TV={tv:.4f}"
