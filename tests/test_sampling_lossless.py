@@ -394,7 +394,7 @@ class DynamicWithSoftmaxQ(HeadDrafter):
 
 
 @pytest.mark.usefixtures("one_thread")
-@pytest.mark.parametrize("wrong,method,setting,n", [(SiblingsKeepTheirFirstQ, "eagle", "t07_top2", 800),
+@pytest.mark.parametrize("wrong,method,setting,n", [(SiblingsKeepTheirFirstQ, "eagle", "t07_top2", 1500),
                                                     (TopRanksWithSampledQ, "eagle", "t1_top4", 400),
                                                     (DynamicWithSoftmaxQ, "eagle2", "t1_top4", 400),
                                                     (DynamicWithSoftmaxQ, "eagle3", "t1_top4", 400)])
