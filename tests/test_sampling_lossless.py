@@ -715,7 +715,7 @@ def test_moe_aware_reproduces_the_target(moe_target_and_prefix):
 
 
 @pytest.mark.usefixtures("one_thread", "simulated_costs")
-@pytest.mark.parametrize("preset,n", [("moe_aware", 1000), ("recycling_prompt", 700)])
+@pytest.mark.parametrize("preset,n", [("moe_aware", 800), ("recycling_prompt", 700)])
 def test_presets_resampling_from_p_are_caught(request, preset, n):
     """moe_aware's and recycling_prompt's drafts verified with the replacement drawn from p, not the residual."""
     from harness.engine.method import EngineGenerator

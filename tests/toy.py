@@ -44,7 +44,9 @@ class TableLM:
         self.stop_ids = set(stop_ids or ())
         self.experts = None  # a dense model: no expert accounting
         self.device = torch.device("cpu")
-        self.tokenizer = None  # no text: methods build through the registry as on a model without a digits vocabulary
+        # what a method's registry build reads of a target: no text (no digits-testbed vocabulary), fp32 logits
+        self.tokenizer = None
+        self.dtype = self.table.dtype
 
     def new_cache(self, capacity: int) -> ToyCache:
         return ToyCache()
