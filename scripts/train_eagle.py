@@ -81,11 +81,13 @@ def main(argv: list[str] | None = None) -> dict:
     ckpt = work / (f"{args.variant}-v{args.draft_vocab}-s{args.steps}-lr{args.lr:g}-e{args.epochs:g}-"
                    f"n{len(train_set)}-seed{args.seed}.pt")
     trainer = Trainer(head, args.lr, per_epoch * args.epochs, args.train_minutes, ckpt, precision=args.precision)
+    before = evaluate(0)["tau"] if trainer.step == 0 else None  # what training adds is judged against this
     stats = trainer.run(lambda seed: batches(train_set, args.batch, seed, args.max_len), loss, evaluate, args.eval_every)
     final_eval = trainer.final_evaluation(evaluate)
     command = "python scripts/train_eagle.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     stats.update(
         heldout_tau=final_eval["tau"],
+        heldout_tau_untrained=before,
         heldout_tree="dynamic depth=5 top_k=2 total_tokens=8",
         learning_curve=trainer.history,
         epochs=trainer.step / per_epoch,
@@ -106,13 +108,14 @@ def main(argv: list[str] | None = None) -> dict:
             f"EAGLE-3: fc over the inputs of target layers {list(head.target_layers)}, one decoder layer over 2H, its own "
             f"head over {len(vocab)} draft tokens (d2t/t2d)")
     curve = "".join(f"| {h['step']} | {h['train_tokens']:.0f} | {h['minutes']:.1f} | {h['tau']:.3f} |\n" for h in trainer.history)
+    untrained = f" (untrained: {before:.3f})" if before is not None else ""
     (out / "README.md").write_text(
         f"# {args.variant} head for {target.info.name}\n\n{what}. Trained on the target's own greedy answers to "
         f"{len(train_set)} training prompts ({stats['train_answer_tokens']} answer tokens); never on an evaluation prompt.\n\n"
         f"Made by: `{command}` ({stats['total_minutes']:.1f} min on this machine: {stats['generate_minutes']:.1f} min of "
         f"answers, {stats['minutes']:.1f} min of training, {stats['epochs']:.2f} epochs).\n\n"
         f"Held-out tau (engine, greedy, {len(eval_prompts)} held-out training prompts, {args.eval_tokens} tokens, "
-        f"{stats['heldout_tree']}): {stats['heldout_tau']:.3f}.\n\n"
+        f"{stats['heldout_tree']}): {stats['heldout_tau']:.3f}{untrained}.\n\n"
         + (f"Learning curve:\n\n| step | answer tokens seen | minutes | held-out tau |\n|---|---|---|---|\n{curve}\n" if curve else "")
         + "Official layout (config.json + model.safetensors, no embedding copy): `harness.drafting.heads.eagle_checkpoints.load_head` reads it, "
           "and so do loaders that take the target's embedding.\n"

@@ -79,10 +79,21 @@ def one_thread():
 EAGLE_GEN_TOKENS = 32
 
 
+# The trainers' hold-out share: with eight copies of each tiny test prompt it holds out four of the 32 copies
+# (tiny-4-2, tiny-6-1, tiny-6-3, tiny-7-3) and two counting prompts, and leaves at least six copies of each tiny
+# prompt in training. Held-out tau is measured on the first four held-out prompts (count-8, tiny-4-2, tiny-6-3,
+# count-10).
+HOLDOUT = "0.2"
+HELDOUT_PROMPTS = 4
+# Held-out tau over 32 tokens that a trained tiny head reaches there (eagle 1.88, eagle3 1.73, medusa 2.07, hydra
+# 2.13) and an untrained one does not (1.02-1.03): a head that learned nothing has next to nothing accepted.
+TRAINED_TAU = 1.4
+
+
 def tiny_training_prompts(root: Path) -> tuple[Path, int]:
-    """The tiny test prompts (four copies under different ids, so the hold-out split leaves some of each in
-    training) and a few counting prompts, as a training-prompts file."""
-    rows = [{"id": f"tiny-{copy}-{i}", "prompt": t} for copy in range(4) for i, t in enumerate(TINY_TEXTS)]
+    """The tiny test prompts (eight copies under different ids: the hold-out split keeps some of each in training
+    and holds out others, see ``HOLDOUT``) and a few counting prompts, as a training-prompts file."""
+    rows = [{"id": f"tiny-{copy}-{i}", "prompt": t} for copy in range(8) for i, t in enumerate(TINY_TEXTS)]
     rows += [{"id": f"count-{i}", "prompt": f"Count: {i} {i} {i} {i} {i}"} for i in range(12)]
     prompts = root / "prompts.jsonl"
     prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -94,9 +105,10 @@ def eagle_heads(tmp_path_factory):
     """EAGLE-1 and EAGLE-3 heads for the tiny target, trained by scripts/train_eagle.py (about 15 s).
 
     A random tiny target's answers are close to noise, so heads trained on a few of them accept almost nothing;
-    the tiny test prompts are among the training prompts (four copies under different ids, so the hold-out split
+    the tiny test prompts are among the training prompts (eight copies under different ids, so the hold-out split
     leaves some of each in training) and the heads learn those continuations: drafts are accepted and every
-    verification path runs.
+    verification path runs. The held-out tau is measured on held-out copies (``HOLDOUT``), over the 32 answer
+    tokens the heads were trained on.
     Returns {variant: {"folder", "args", "stats", "work"}}.
     """
     from scripts.train_eagle import main
@@ -108,7 +120,8 @@ def eagle_heads(tmp_path_factory):
         args = ["--variant", variant, "--model", "tiny-llama", "--prompts-file", str(prompts),
                 "--prompts", str(n_rows), "--gen-tokens", str(EAGLE_GEN_TOKENS), "--gen-batch", "8",
                 "--epochs", "12", "--batch", "4", "--lr", "4e-3",
-                "--draft-vocab", "64", "--holdout", "0.2", "--eval-prompts", "2", "--eval-tokens", "8",
+                "--draft-vocab", "64", "--holdout", HOLDOUT, "--eval-prompts", str(HELDOUT_PROMPTS),
+                "--eval-tokens", str(EAGLE_GEN_TOKENS),
                 "--threads", "1", "--work", str(root / "work"), "--out", str(root / variant)]
         threads = torch.get_num_threads()
         try:  # one thread: beside a busy neighbour, two spin-waiting threads make these small matmuls crawl
@@ -134,7 +147,8 @@ def parallel_heads(eagle_heads):
         argv = ["--variant", variant, "--model", "tiny-llama", "--prompts-file", args["--prompts-file"],
                 "--prompts", args["--prompts"], "--gen-tokens", args["--gen-tokens"], "--gen-batch", args["--gen-batch"],
                 "--heads", "4", "--epochs", "30", "--batch", "4", "--lr", "1e-2", "--draft-vocab", "64",
-                "--holdout", "0.2", "--eval-prompts", "2", "--eval-tokens", "8", "--threads", "1",
+                "--holdout", args["--holdout"], "--eval-prompts", args["--eval-prompts"],
+                "--eval-tokens", args["--eval-tokens"], "--threads", "1",
                 "--work", str(run["work"]), "--out", str(root / variant)]
         threads = torch.get_num_threads()
         try:

@@ -2,10 +2,12 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from harness.api import run
+from harness.results.metrics import summarize
 
 from .conftest import compose
 
@@ -13,7 +15,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_default_job_on_real_model(tmp_path):
-    cfg = compose("task.limit=2", "max_new_tokens=24")
+    """The default job (pld on the demo prompts) drafts, its drafts are accepted, its fp32 output is ar's, and every
+    speedup column is there and follows from the rows (their values are timings: not asserted)."""
+    cfg = compose("task.limit=2", "max_new_tokens=48")
     cfg.out_dir = str(tmp_path)
     df = run(cfg)
     assert len(df) == 4
@@ -21,7 +25,16 @@ def test_default_job_on_real_model(tmp_path):
     b = df[df.role == "baseline"]
     assert (b.tau == 1.0).all() and (b.steps == b.new_tokens).all()
     assert m.equivalent.all(), m[["prompt_id", "first_divergence", "divergence_margin"]]
-    assert (m.speedup > 0).all() and m.tau.ge(1.0).all()
+    # every prompt copies from itself (tau 1.85 and 1.23 here): drafted, accepted, fewer target forwards than tokens
+    assert (m.drafted_tokens > 0).all() and (m.accepted_tokens > 0).all() and (m.tau > 1.0).all()
+    summary = summarize(df).set_index(["method", "group"]).loc[("pld", "overall")]
+    assert summary.tau > 1.2 and summary.acceptance_rate > 0, (summary.tau, summary.acceptance_rate)
+    assert summary.equivalence_rate == 1.0 and summary.mismatches == 0 and summary.near_ties == 0
+    paired = m.merge(b, on=["prompt_id", "turn", "repeat"], suffixes=("", "_b"))
+    assert len(paired) == 2 and np.isfinite(paired.speedup).all()
+    np.testing.assert_allclose(paired.speedup, paired.tokens_per_s / paired.tokens_per_s_b)
+    for col in ("speedup", "speedup_total", "speedup_geomean", "speedup_ci_low", "speedup_ci_high"):
+        assert np.isfinite(summary[col]) and summary[col] > 0, col
     assert set(df.model) == {"smollm2-135m"} and df.weights_hash.str.len().eq(16).all()
     for col in ("method", "task", "group", "category", "prompt_id", "turn", "repeat", "temperature", "new_tokens", "steps",
                 "tau", "acceptance_rate", "wall_time_s", "tokens_per_s", "speedup", "equivalent", "first_divergence", "lossless"):

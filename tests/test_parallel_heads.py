@@ -31,7 +31,7 @@ from methods.hydra import HydraConfig
 from methods.medusa import MedusaConfig
 
 from . import official_heads as oh
-from .conftest import EAGLE_GEN_TOKENS, build_with_head
+from .conftest import EAGLE_GEN_TOKENS, TRAINED_TAU, build_with_head
 from .test_greedy_equivalence import hf_greedy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -73,6 +73,7 @@ def test_trainer_writes_official_layouts(parallel_heads, tiny_target):
         heads = load_parallel_heads(str(folder), variant, tiny_target)
         assert heads.num_heads == 4
         assert run["stats"]["learning_curve"][-1]["tau"] == run["stats"]["heldout_tau"]
+        assert run["stats"]["heldout_tau"] >= TRAINED_TAU > run["stats"]["heldout_tau_untrained"], variant
 
 
 def test_trainer_resumes_from_its_checkpoint(parallel_heads):

@@ -3,7 +3,10 @@
 Toy logit-table models (tests/toy.py) have peaked, exactly known distributions, so chi-square tests on
 the first tokens of tens of thousands of seeded generations have real power. Each case runs the engine's
 own Decoder, verifier and drafters. EAGLE's tree drafters run on the tiny transformer target with trained
-heads (see "EAGLE trees" below).
+heads (see "EAGLE trees" below); presets whose drafters need a transformer and learn over a generation
+(recycling_prompt, moe_aware on a tiny MoE, sps with a reduced draft vocabulary) run whole generations on tiny
+transformers (see "whole generations" at the end). Every family of rule has a deliberately wrong variant that the
+same test must reject.
 """
 
 from __future__ import annotations
@@ -126,6 +129,18 @@ class PerPathSampling(RejectionVerifier):
         return VerifyResult(best[0], best[1], len(best[0]))
 
 
+class ResampleFromP(RejectionVerifier):
+    """Wrong: after every draft at a position is rejected, the token is drawn from p instead of the residual, so a
+    rejected draft token can come back."""
+
+    def verify(self, logits, proposal, generator=None):
+        res = super().verify(logits, proposal, generator)
+        if res.reached > len(res.accepted):  # the drafts below the last accepted node were all rejected
+            row = res.accepted[-1] + 1 if res.accepted else 0
+            return VerifyResult(res.accepted, sample(warp(logits[row], self.sampling), generator), res.reached)
+        return res
+
+
 def run_case(drafter, sampling, verifier=None, n=N, seed=0, length=LENGTH):
     verifier = verifier or make_verifier(sampling)
     counts = sample_outputs(Decoder(TARGET, verifier), drafter, PROMPT, length, n, seed)
@@ -134,6 +149,19 @@ def run_case(drafter, sampling, verifier=None, n=N, seed=0, length=LENGTH):
 
 def sps(sampling, k):
     return DraftModel(DRAFT, sampling, SpSConfig(k=k), None)
+
+
+def registry_method(target, spec: str, sampling: Sampling):
+    """The engine generator ``spec`` (a conf/method preset with overrides) builds, as a run would."""
+    from omegaconf import OmegaConf
+
+    from harness.core.config import EngineConfig
+    from harness.core.presets import method_node
+    from harness.core.registry import METHODS
+    from harness.engine.method import MethodContext
+
+    engine = OmegaConf.structured(EngineConfig(kernel="torch"))
+    return METHODS.build(method_node(spec), MethodContext(target, sampling, engine))
 
 
 @pytest.mark.parametrize("setting", sorted(SETTINGS))
@@ -313,19 +341,23 @@ def eagle_drafter(tiny_target, eagle_heads: dict, method: str, sampling: Samplin
     from .test_eagle import build
 
     shape = {"choices": WIDE} if method == "eagle" else {"depth": 3, "top_k": 3, "total_tokens": 8}
-    return build(tiny_target, eagle_heads, method, sampling, vocab_size=64, **shape).drafter
+    vocab = {} if method == "eagle3" else {"vocab_size": 64}  # EAGLE-3's head has its own 64 tokens (d2t)
+    return build(tiny_target, eagle_heads, method, sampling, **vocab, **shape).drafter
 
 
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("method,setting", [("eagle", "t07_top2"), ("eagle", "t07_top_p06"), ("eagle2", "t1_top4"),
-                                            ("eagle2", "t05")])
+                                            ("eagle2", "t05"), ("eagle3", "t1_top4"), ("eagle3", "t07_top_p06")])
 def test_eagle_trees_reproduce_the_target(tiny_target, eagle_heads, eagle_prefix, method, setting):
     """``eagle``: a static tree whose siblings are drawn without replacement, each with its q given the earlier
-    siblings; ``eagle2``: a dynamic tree of deterministic top-k children (q = one-hot)."""
+    siblings; ``eagle2``: a dynamic tree of deterministic top-k children (q = one-hot); ``eagle3``: the same tree
+    from the fused-feature head over its own 64-token vocabulary, mapped to target ids through d2t."""
     s = EAGLE_SETTINGS[setting]
     drafter = eagle_drafter(tiny_target, eagle_heads, method, s)
     if method == "eagle":
         assert drafter.shape.kind == "static" and len(drafter.shape.choices) == len(WIDE)
+    if method == "eagle3":
+        assert drafter.shape.kind == "dynamic" and len(drafter.vocab_ids) == 64 < tiny_target.vocab_size
     pvalue, tv, per_step = eagle_step_test(tiny_target, drafter, eagle_prefix, s)
     assert pvalue > ALPHA, f"{method}/{setting}: p={pvalue:.2e}, TV={tv:.4f}"
     assert per_step > 0.8  # paths are accepted: the deeper levels' q matter to the outcome
@@ -362,9 +394,10 @@ class DynamicWithSoftmaxQ(HeadDrafter):
 
 
 @pytest.mark.usefixtures("one_thread")
-@pytest.mark.parametrize("wrong,method,setting,n", [(SiblingsKeepTheirFirstQ, "eagle", "t07_top2", 800),
+@pytest.mark.parametrize("wrong,method,setting,n", [(SiblingsKeepTheirFirstQ, "eagle", "t07_top2", 1500),
                                                     (TopRanksWithSampledQ, "eagle", "t1_top4", 400),
-                                                    (DynamicWithSoftmaxQ, "eagle2", "t1_top4", 400)])
+                                                    (DynamicWithSoftmaxQ, "eagle2", "t1_top4", 400),
+                                                    (DynamicWithSoftmaxQ, "eagle3", "t1_top4", 400)])
 def test_wrong_eagle_tree_rules_are_caught(tiny_target, eagle_heads, eagle_prefix, wrong, method, setting, n):
     s = EAGLE_SETTINGS[setting]
     right = eagle_drafter(tiny_target, eagle_heads, method, s)
@@ -402,6 +435,10 @@ def retrieval_drafter(case: str):
         from methods.lookahead import Lookahead, LookaheadConfig
 
         return Lookahead(LookaheadConfig(ngram=3, window=2, guesses=2, pool_from_prompt=True))
+    if case == "lookahead_prompt":  # the preset as the registry builds it (n-gram pool seeded from the prompt)
+        gen = registry_method(TARGET, "lookahead_prompt", SETTINGS_OF_CASE[0])
+        assert gen.name == "lookahead_prompt" and gen.drafter.cfg.pool_from_prompt
+        return gen.drafter
     if case in ("sjd", "sjd_coupled"):
         from methods.sjd import JacobiWindow, SJDConfig
 
@@ -416,14 +453,21 @@ def retrieval_drafter(case: str):
 SETTINGS_OF_CASE: list = [None]  # the sampling settings a drafter that samples its own drafts (sjd) needs
 
 
+def long_case(case: str) -> int:
+    """Generation length for a training-free case: 5 where the tree's structure shows only past the first steps."""
+    return 5 if case.startswith("sjd") or case == "lookahead_prompt" else LENGTH
+
+
 @pytest.mark.parametrize("setting", sorted(SETTINGS))
-@pytest.mark.parametrize("case", ["rest", "recycling", "sam_recycling", "lookahead", "adaptive", "sjd", "sjd_coupled"])
+@pytest.mark.parametrize("case", ["rest", "recycling", "sam_recycling", "lookahead", "lookahead_prompt", "adaptive",
+                                  "sjd", "sjd_coupled"])
 def test_training_free_drafts_reproduce_the_target(case, setting):
     s = SETTINGS[setting]
     SETTINGS_OF_CASE[0] = s
     drafter = retrieval_drafter(case)
-    # Jacobi windows verify redrawn drafts only from the third token on: 5 tokens, so they are on the path
-    pvalue, tv = run_case(drafter, s, n=10000 if case.startswith("sjd") else 8000, length=5 if case.startswith("sjd") else LENGTH)
+    # Jacobi windows verify redrawn drafts only from the third token on, and lookahead's window columns share a
+    # trunk only past depth 1 (at 3 tokens every draft is cut to one): 5 tokens, so they are on the path
+    pvalue, tv = run_case(drafter, s, n=10000 if case.startswith("sjd") else 8000, length=long_case(case))
     assert pvalue > ALPHA, f"{case}/{setting}: p={pvalue:.2e}, TV={tv:.4f}"
 
 
@@ -444,6 +488,14 @@ def test_rest_tree_counted_once_per_path_is_caught():
     """The REST reference's per-path sampling on a REST tree: a shared node gets one chance per path."""
     s = SETTINGS["t1"]
     pvalue, tv = run_case(retrieval_drafter("rest"), s, PerPathSampling(s), n=8000)
+    assert pvalue < POWER, f"p={pvalue:.2e}, TV={tv:.4f}"
+
+
+def test_lookahead_prompt_resampling_from_p_is_caught():
+    """lookahead_prompt's window and pool branches verified with the replacement drawn from p, not the residual."""
+    s = SETTINGS["t1"]
+    SETTINGS_OF_CASE[0] = s
+    pvalue, tv = run_case(retrieval_drafter("lookahead_prompt"), s, ResampleFromP(s), n=4000)
     assert pvalue < POWER, f"p={pvalue:.2e}, TV={tv:.4f}"
 
 
@@ -502,3 +554,178 @@ def test_medusa_top_k_with_softmax_q_is_caught(tiny_target, parallel_heads, eagl
     with torch.no_grad():
         pvalue, tv, _ = eagle_step_test(tiny_target, wrong, eagle_prefix, s, n=400)
     assert pvalue < POWER, f"p={pvalue:.2e}, TV={tv:.4f}"
+
+
+
+# -- whole generations on tiny transformers ---------------------------------------------------------------------------
+# Drafters that learn within and across generations (a successor matrix fed by the prefill, the adaptive wrapper's
+# estimates, a draft model's own cache) run whole seeded generations of GEN_LENGTH tokens: the first from the prefill,
+# the rest from drafting steps. They are compared with the target's law over GEN_LENGTH tokens (``TargetLaw``). The
+# drafter persists over the generations, as it does over a run's prompts.
+
+GEN_LENGTH = 4  # the prefill's token, then steps of up to two drafted tokens and the target's own
+GEN_N = 1000
+
+
+def generation_test(target, gen, prompt: list[int], sampling: Sampling, n: int = GEN_N,
+                    seed: int = 0) -> tuple[float, float, float]:
+    """(p-value, TV, accepted tokens per generation) of ``n`` seeded generations of the engine generator ``gen``
+    (stop tokens ignored, as the law does)."""
+    law = TargetLaw(target, prompt, sampling, GEN_LENGTH, 2.0 / n)
+    gen = gen.without_stop_tokens()
+    g = torch.Generator().manual_seed(seed)
+    counts: dict[tuple, int] = {}
+    accepted = 0
+    for _ in range(n):
+        res = gen.generate(prompt, GEN_LENGTH, g)
+        accepted += sum(res.accepted)
+        key = law.cell(res.token_ids)
+        counts[key] = counts.get(key, 0) + 1
+    pvalue, tv = chi_square(counts, law.cells)
+    return pvalue, tv, accepted / n
+
+
+@pytest.fixture
+def simulated_costs(tmp_path, monkeypatch):
+    """Presets that size drafts by cost (total_tokens=auto; adaptive's per-width timings) read a simulated clock
+    (tests/test_verify_cost.py: a fixed price per forward and per token), so they choose the same depths on every
+    machine and every run; c(k) is measured on it into a scratch cache."""
+    from types import SimpleNamespace
+
+    import methods.adaptive
+    from harness.engine import cost_curve
+    from harness.model.target import TargetModel
+
+    from .test_verify_cost import SimulatedClock
+
+    clock = SimulatedClock()
+    monkeypatch.setenv("SPECLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(methods.adaptive, "time", SimpleNamespace(perf_counter=clock.perf_counter))
+    monkeypatch.setattr(cost_curve, "time", SimpleNamespace(perf_counter=clock.perf_counter, time=clock.time))
+    forward = TargetModel.forward
+
+    def priced_forward(self, cache, tokens, *args, **kwargs):
+        clock.charge(tokens)
+        return forward(self, cache, tokens, *args, **kwargs)
+
+    monkeypatch.setattr(TargetModel, "forward", priced_forward)
+
+
+@pytest.mark.usefixtures("one_thread", "simulated_costs")
+def test_recycling_prompt_reproduces_the_target(tiny_target, eagle_prefix):
+    """The preset's successor matrix is seeded with the prefill's rows (every prompt position's top-k) and keyed by
+    two tokens: the root's children are the target's own top-k there, so paths are accepted."""
+    s = EAGLE_SETTINGS["t05"]
+    gen = registry_method(tiny_target, "recycling_prompt", s)
+    assert gen.drafter.cfg.recycle_prompt and gen.drafter.cfg.context == 2 and gen.lossless
+    pvalue, tv, accepted = generation_test(tiny_target, gen, eagle_prefix, s)
+    assert pvalue > ALPHA, f"recycling_prompt: p={pvalue:.2e}, TV={tv:.4f}"
+    assert accepted > 0.5, "drafts must be accepted for this test to mean anything"
+
+
+REDUCED_VOCAB = 32  # of the tiny target's 259 tokens: much of both the target's and the draft's mass lies outside
+
+
+@pytest.fixture(scope="module")
+def reduced_draft_folder(tmp_path_factory, layer_draft_folder, tiny_target, tiny_prompts):
+    """The layer draft with a token_frequency.json: token ids by how often the target's greedy answers to the tiny
+    prompts use them (then every other id), as the draft distiller writes it."""
+    import json
+    import shutil
+    from collections import Counter
+
+    folder = tmp_path_factory.mktemp("reduced_draft") / "draft"
+    shutil.copytree(layer_draft_folder, folder)
+    counts = Counter()
+    for prompt in tiny_prompts:
+        out = tiny_target.model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=32, pad_token_id=0)
+        counts.update(out[0, len(prompt):].tolist())
+    ranked = sorted(range(tiny_target.vocab_size), key=lambda t: (-counts[t], t))
+    (folder / "token_frequency.json").write_text(json.dumps({"token_ids": ranked}))
+    return folder
+
+
+class FullVocabularyQ(DraftModel):
+    """Wrong: drafts from the reduced vocabulary but reports each token's probability under the full head, as if
+    restricting the head renormalised nothing (``sample`` draws from the restricted, unnormalised weights)."""
+
+    def _distribution(self, logits, vocab):
+        full = warp(logits, self.sampling)
+        q = torch.zeros_like(full)
+        q[self.token_ids] = full[self.token_ids]
+        return q
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_sps_with_a_reduced_draft_vocabulary_reproduces_the_target(tiny_target, eagle_prefix, reduced_draft_folder):
+    """sps's default (method.vocab_size: the draft's head cut to the most frequent tokens of its
+    token_frequency.json): q is zero outside the subset, and the target's own mass there comes from the residual."""
+    s = EAGLE_SETTINGS["t1_top4"]  # top-k of the reduced head: the draft's four best tokens within the subset
+    gen = registry_method(tiny_target, f"sps draft.path={reduced_draft_folder} vocab_size={REDUCED_VOCAB} k=2", s)
+    drafter = gen.drafter
+    assert len(drafter.token_ids) == REDUCED_VOCAB and drafter.draft.lm_head.out_features == REDUCED_VOCAB
+    pvalue, tv, accepted = generation_test(tiny_target, gen, eagle_prefix, s)
+    assert pvalue > ALPHA, f"sps vocab_size={REDUCED_VOCAB}: p={pvalue:.2e}, TV={tv:.4f}"
+    assert accepted > 0.15, "drafts must be accepted for this test to mean anything"
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_reduced_vocabulary_reported_with_the_full_heads_q_is_caught(tiny_target, eagle_prefix, reduced_draft_folder):
+    from harness.drafting.draft_models import load_draft
+    from harness.drafting.vocab import frequency_vocab
+    from harness.engine.method import EngineGenerator
+
+    s = EAGLE_SETTINGS["t05"]  # no top-k: the full head's top tokens may all lie outside the subset
+    cfg = SpSConfig(k=2, vocab_size=REDUCED_VOCAB)
+    ids = frequency_vocab(cfg, reduced_draft_folder, tiny_target.vocab_size).ids
+    wrong = FullVocabularyQ(load_draft(str(reduced_draft_folder), tiny_target), s, cfg, ids)
+    gen = EngineGenerator("sps", tiny_target, wrong, RejectionVerifier(s))
+    pvalue, tv, _ = generation_test(tiny_target, gen, eagle_prefix, s, n=600)
+    assert pvalue < POWER, f"p={pvalue:.2e}, TV={tv:.4f}"
+
+
+@pytest.fixture(scope="module")
+def moe_target_and_prefix():
+    """The tiny Mixtral of test_moe.py and a prompt plus the first 15 tokens of its greedy answer."""
+    from .conftest import TINY_TEXTS
+    from .test_moe import tiny_moe
+
+    target = tiny_moe("mixtral", "speclab")
+    prompt = target.encode_chat([{"role": "user", "content": TINY_TEXTS[0]}])
+    ids = target.model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=15, pad_token_id=0)
+    return target, ids[0].tolist()
+
+
+# A random target never continues as its prompt did, so moe_aware's default inner drafter (pld) would have nothing
+# accepted; recycling's successors are the target's own top-k from earlier rows, so its paths are accepted.
+MOE_AWARE = "moe_aware inner=recycling"
+
+
+@pytest.mark.usefixtures("one_thread", "simulated_costs")
+def test_moe_aware_reproduces_the_target(moe_target_and_prefix):
+    """The adaptive wrapper with the expert term on an MoE target picks each step's depth from its estimates and the
+    experts a width activates; whatever it picks, the inner drafter's proposal is verified as it is."""
+    target, prefix = moe_target_and_prefix
+    s = EAGLE_SETTINGS["t1_top4"]
+    gen = registry_method(target, MOE_AWARE, s)
+    assert gen.name == "moe_aware" and gen.drafter.experts is target.experts is not None
+    pvalue, tv, accepted = generation_test(target, gen, prefix, s)
+    assert pvalue > ALPHA, f"moe_aware: p={pvalue:.2e}, TV={tv:.4f}"
+    assert accepted > 0.3, "drafts must be accepted for this test to mean anything"
+
+
+@pytest.mark.usefixtures("one_thread", "simulated_costs")
+@pytest.mark.parametrize("preset,n", [("moe_aware", 800), ("recycling_prompt", 700)])
+def test_presets_resampling_from_p_are_caught(request, preset, n):
+    """moe_aware's and recycling_prompt's drafts verified with the replacement drawn from p, not the residual."""
+    from harness.engine.method import EngineGenerator
+
+    if preset == "moe_aware":
+        target, prefix = request.getfixturevalue("moe_target_and_prefix")
+        spec, s = MOE_AWARE, EAGLE_SETTINGS["t1_top4"]
+    else:
+        target, prefix = request.getfixturevalue("tiny_target"), request.getfixturevalue("eagle_prefix")
+        spec, s = preset, EAGLE_SETTINGS["t05"]
+    wrong = EngineGenerator(preset, target, registry_method(target, spec, s).drafter, ResampleFromP(s))
+    pvalue, tv, _ = generation_test(target, wrong, prefix, s, n=n)
+    assert pvalue < POWER, f"{preset}: p={pvalue:.2e}, TV={tv:.4f}"

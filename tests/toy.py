@@ -44,6 +44,9 @@ class TableLM:
         self.stop_ids = set(stop_ids or ())
         self.experts = None  # a dense model: no expert accounting
         self.device = torch.device("cpu")
+        # what a method's registry build reads of a target: no text (no digits-testbed vocabulary), fp32 logits
+        self.tokenizer = None
+        self.dtype = self.table.dtype
 
     def new_cache(self, capacity: int) -> ToyCache:
         return ToyCache()
